@@ -1,0 +1,122 @@
+"""Protobuf <-> domain translation for inventory.v1, shared by the servicer and the client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import field_mask_pb2, timestamp_pb2
+from google.type import money_pb2
+
+from inventory.v1 import inventory_pb2 as pb
+from inventory_svc.domain import MUTABLE_FIELDS, NANOS_PER_UNIT, Item, ItemFields, ItemQuery, Money
+from servicekit.errors import InvalidField
+
+# Item fields a client can never write; UpdateItem rejects them in an update_mask.
+IMMUTABLE_FIELDS = frozenset({"id", "create_time", "update_time", "etag"})
+_MAX_NANOS = 999_999_999
+_MAX_AMOUNT_NANOS = 2**63 - 1  # what the database column holds
+
+
+def money_from_proto(message: money_pb2.Money, field: str) -> Money:
+    units, nanos = message.units, message.nanos
+    if abs(nanos) > _MAX_NANOS or (units > 0 > nanos) or (units < 0 < nanos):
+        raise InvalidField(field, "nanos must be within ±999,999,999 and share the sign of units")
+    total = units * NANOS_PER_UNIT + nanos
+    if abs(total) > _MAX_AMOUNT_NANOS:
+        raise InvalidField(field, "is too large")
+    return Money(message.currency_code, total)
+
+
+def money_to_proto(money: Money) -> money_pb2.Money:
+    sign = -1 if money.nanos < 0 else 1
+    units, nanos = divmod(abs(money.nanos), NANOS_PER_UNIT)
+    return money_pb2.Money(currency_code=money.currency_code, units=sign * units, nanos=sign * nanos)
+
+
+def _timestamp(value: Any) -> timestamp_pb2.Timestamp:
+    timestamp = timestamp_pb2.Timestamp()
+    timestamp.FromDatetime(value)
+    return timestamp
+
+
+def item_to_proto(item: Item) -> pb.Item:
+    message = pb.Item(
+        id=item.id,
+        sku=item.sku,
+        name=item.name,
+        description=item.description,
+        category=item.category,
+        brand=item.brand,
+        price=money_to_proto(item.price),
+        quantity=item.quantity,
+        low_stock_threshold=item.low_stock_threshold,
+        is_active=item.is_active,
+        dimensions=item.dimensions,
+        customer_id=item.customer_id,
+        create_time=_timestamp(item.create_time),
+        update_time=_timestamp(item.update_time),
+        etag=item.etag,
+    )
+    if item.cost is not None:
+        message.cost.CopyFrom(money_to_proto(item.cost))
+    if item.max_quantity is not None:
+        message.max_quantity = item.max_quantity
+    if item.weight_kg is not None:
+        message.weight_kg = item.weight_kg
+    return message
+
+
+def _field_value(message: pb.Item, name: str, prefix: str) -> Any:
+    """The domain value of one Item field; optional fields left unset become None."""
+    if name == "price":
+        if not message.HasField("price"):
+            raise InvalidField(prefix + "price", "is required")
+        return money_from_proto(message.price, prefix + "price")
+    if name == "cost":
+        return money_from_proto(message.cost, prefix + "cost") if message.HasField("cost") else None
+    if name in ("max_quantity", "weight_kg"):
+        return getattr(message, name) if message.HasField(name) else None
+    return getattr(message, name)
+
+
+def item_fields_from_proto(message: pb.Item, prefix: str = "item.") -> ItemFields:
+    values = {name: _field_value(message, name, prefix) for name in MUTABLE_FIELDS}
+    if not message.HasField("is_active"):
+        values["is_active"] = True
+    return ItemFields(**values)
+
+
+def changes_from_update(message: pb.Item, mask: field_mask_pb2.FieldMask) -> dict[str, Any]:
+    """The fields an UpdateItem changes, following AIP-134: an empty mask means every
+    field set to a non-default value, "*" means every mutable field."""
+    if not mask.paths:
+        paths = [field.name for field, _ in message.ListFields() if field.name not in IMMUTABLE_FIELDS]
+    elif list(mask.paths) == ["*"]:
+        paths = sorted(MUTABLE_FIELDS)
+    else:
+        paths = list(mask.paths)
+    for path in paths:
+        if path in IMMUTABLE_FIELDS:
+            raise InvalidField("update_mask", f"{path} cannot be changed")
+        if path not in MUTABLE_FIELDS:
+            raise InvalidField("update_mask", f"{path} is not a field of Item that can be updated")
+    if not paths:
+        raise InvalidField("update_mask", "names no field to change")
+    return {path: _field_value(message, path, "item.") for path in paths}
+
+
+def query_from_request(request: pb.ListItemsRequest) -> ItemQuery:
+    return ItemQuery(
+        category=request.category,
+        brand=request.brand,
+        customer_id=request.customer_id,
+        is_active=request.is_active if request.HasField("is_active") else None,
+        name_contains=request.name_contains,
+        text=request.query,
+        min_price=money_from_proto(request.min_price, "min_price") if request.HasField("min_price") else None,
+        max_price=money_from_proto(request.max_price, "max_price") if request.HasField("max_price") else None,
+        min_quantity=request.min_quantity if request.HasField("min_quantity") else None,
+        max_quantity=request.max_quantity if request.HasField("max_quantity") else None,
+        in_stock_only=request.in_stock_only,
+        low_stock_only=request.low_stock_only,
+    )

@@ -1,0 +1,155 @@
+"""Items and their rules: plain dataclasses, no grpc, no SQL."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, fields, replace
+from datetime import datetime
+from typing import Any, Mapping
+
+from servicekit.errors import FailedPrecondition, InvalidField
+
+NANOS_PER_UNIT = 1_000_000_000
+MAX_QUANTITY_VALUE = 2**31 - 1  # quantities are int32 on the wire
+_CURRENCY_CODE = re.compile(r"[A-Z]{3}")
+
+
+@dataclass(frozen=True, slots=True)
+class Money:
+    """An exact amount: `nanos` is the whole amount in billionths of a unit of `currency_code`."""
+
+    currency_code: str
+    nanos: int
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFields:
+    """Everything about an item that a client may write."""
+
+    sku: str
+    name: str
+    price: Money
+    description: str = ""
+    category: str = ""
+    brand: str = ""
+    cost: Money | None = None
+    quantity: int = 0
+    low_stock_threshold: int = 0
+    max_quantity: int | None = None
+    is_active: bool = True
+    weight_kg: float | None = None
+    dimensions: str = ""
+    customer_id: str = ""
+
+
+MUTABLE_FIELDS = frozenset(f.name for f in fields(ItemFields))
+
+
+@dataclass(frozen=True, slots=True)
+class Item(ItemFields):
+    """A stored item: its fields plus what the server assigns."""
+
+    id: int = 0
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+    version: int = 1
+
+    @property
+    def etag(self) -> str:
+        return str(self.version)
+
+    @property
+    def writable_fields(self) -> ItemFields:
+        return ItemFields(**{name: getattr(self, name) for name in MUTABLE_FIELDS})
+
+
+class StockWouldGoNegative(FailedPrecondition):
+    def __init__(self, item_id: int) -> None:
+        super().__init__(f"item {item_id} has too little stock for this change: nothing was changed")
+
+
+class StockWouldOverflow(FailedPrecondition):
+    def __init__(self, item_id: int) -> None:
+        super().__init__(
+            f"item {item_id} would hold more than {MAX_QUANTITY_VALUE} units: nothing was changed"
+        )
+
+
+def _check_text(field: str, value: str, max_length: int, required: bool = False) -> None:
+    if required and not value.strip():
+        raise InvalidField(field, "is required")
+    if len(value) > max_length:
+        raise InvalidField(field, f"must be at most {max_length} characters, got {len(value)}")
+
+
+def _check_count(field: str, value: int) -> None:
+    if not 0 <= value <= MAX_QUANTITY_VALUE:
+        raise InvalidField(field, "must be zero or more")
+
+
+def check_currency_code(field: str, code: str) -> None:
+    if not _CURRENCY_CODE.fullmatch(code):
+        raise InvalidField(field, "must be a three-letter ISO 4217 code such as USD")
+
+
+def validate_item_fields(item: ItemFields, prefix: str = "item.") -> None:
+    """Raises InvalidField, naming the request field, for the first rule `item` breaks."""
+    _check_text(prefix + "sku", item.sku, 100, required=True)
+    if item.sku != item.sku.strip():
+        raise InvalidField(prefix + "sku", "must not start or end with white space")
+    _check_text(prefix + "name", item.name, 255, required=True)
+    _check_text(prefix + "description", item.description, 4000)
+    _check_text(prefix + "category", item.category, 100)
+    _check_text(prefix + "brand", item.brand, 100)
+    _check_text(prefix + "dimensions", item.dimensions, 100)
+    _check_text(prefix + "customer_id", item.customer_id, 100)
+    check_currency_code(prefix + "price.currency_code", item.price.currency_code)
+    if item.price.nanos <= 0:
+        raise InvalidField(prefix + "price", "must be greater than zero")
+    if item.cost is not None:
+        if item.cost.currency_code not in ("", item.price.currency_code):
+            raise InvalidField(prefix + "cost.currency_code", "must be empty or the price's currency")
+        if item.cost.nanos < 0:
+            raise InvalidField(prefix + "cost", "must be zero or more")
+    _check_count(prefix + "quantity", item.quantity)
+    _check_count(prefix + "low_stock_threshold", item.low_stock_threshold)
+    if item.max_quantity is not None and item.max_quantity <= item.low_stock_threshold:
+        raise InvalidField(prefix + "max_quantity", "must be greater than low_stock_threshold")
+    if item.weight_kg is not None and not (math.isfinite(item.weight_kg) and item.weight_kg >= 0):
+        raise InvalidField(prefix + "weight_kg", "must be a finite number, zero or more")
+
+
+def apply_changes(item: Item, changes: Mapping[str, Any]) -> ItemFields:
+    """The item's writable fields with `changes` applied; the caller validates the result."""
+    unknown = set(changes) - MUTABLE_FIELDS
+    if unknown:
+        raise InvalidField("update_mask", f"cannot change {', '.join(sorted(unknown))}")
+    return replace(item.writable_fields, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class ItemQuery:
+    """Filters of a listing: each one set narrows it, None or empty matches all."""
+
+    category: str = ""
+    brand: str = ""
+    customer_id: str = ""
+    is_active: bool | None = None
+    name_contains: str = ""
+    text: str = ""
+    min_price: Money | None = None
+    max_price: Money | None = None
+    min_quantity: int | None = None
+    max_quantity: int | None = None
+    in_stock_only: bool = False
+    low_stock_only: bool = False
+    # Low stock means quantity <= this value instead of the item's own threshold.
+    low_stock_at_most: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[Item]
+    next_page_token: str
+    total_size: int

@@ -1,0 +1,81 @@
+"""inventory.v1.ItemService over gRPC: protobuf <-> domain, nothing else.
+
+Errors are raised, never caught here: servicekit.status maps them to statuses.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from inventory.v1 import inventory_pb2 as pb
+from inventory.v1 import inventory_pb2_grpc
+from inventory_svc.convert import (
+    changes_from_update,
+    item_fields_from_proto,
+    item_to_proto,
+    query_from_request,
+)
+from inventory_svc.domain import Page
+from inventory_svc.service import ItemService
+
+
+def _page_reply(page: Page) -> dict[str, object]:
+    return {
+        "items": [item_to_proto(item) for item in page.items],
+        "next_page_token": page.next_page_token,
+        "total_size": page.total_size,
+    }
+
+
+class ItemServicer(inventory_pb2_grpc.ItemServiceServicer):
+    def __init__(self, items: ItemService) -> None:
+        self._items = items
+
+    def CreateItem(self, request: pb.CreateItemRequest, context: grpc.ServicerContext) -> pb.CreateItemResponse:
+        item = self._items.create_item(item_fields_from_proto(request.item))
+        return pb.CreateItemResponse(item=item_to_proto(item))
+
+    def GetItem(self, request: pb.GetItemRequest, context: grpc.ServicerContext) -> pb.GetItemResponse:
+        return pb.GetItemResponse(item=item_to_proto(self._items.get_item(request.id)))
+
+    def ListItems(self, request: pb.ListItemsRequest, context: grpc.ServicerContext) -> pb.ListItemsResponse:
+        page = self._items.list_items(query_from_request(request), request.page_size, request.page_token)
+        return pb.ListItemsResponse(**_page_reply(page))
+
+    def UpdateItem(self, request: pb.UpdateItemRequest, context: grpc.ServicerContext) -> pb.UpdateItemResponse:
+        changes = changes_from_update(request.item, request.update_mask)
+        item = self._items.update_item(request.item.id, changes, request.item.etag)
+        return pb.UpdateItemResponse(item=item_to_proto(item))
+
+    def DeleteItem(self, request: pb.DeleteItemRequest, context: grpc.ServicerContext) -> pb.DeleteItemResponse:
+        self._items.delete_item(request.id, request.etag)
+        return pb.DeleteItemResponse()
+
+    def ListCustomerItems(
+        self, request: pb.ListCustomerItemsRequest, context: grpc.ServicerContext
+    ) -> pb.ListCustomerItemsResponse:
+        page = self._items.list_customer_items(
+            request.customer_id, request.include_inactive, request.page_size, request.page_token
+        )
+        return pb.ListCustomerItemsResponse(**_page_reply(page))
+
+    def AdjustQuantity(
+        self, request: pb.AdjustQuantityRequest, context: grpc.ServicerContext
+    ) -> pb.AdjustQuantityResponse:
+        change = request.WhichOneof("change")
+        item = self._items.adjust_quantity(
+            request.id,
+            delta=request.delta if change == "delta" else None,
+            set_to=request.set_quantity if change == "set_quantity" else None,
+        )
+        return pb.AdjustQuantityResponse(item=item_to_proto(item))
+
+    def ListLowStockItems(
+        self, request: pb.ListLowStockItemsRequest, context: grpc.ServicerContext
+    ) -> pb.ListLowStockItemsResponse:
+        page = self._items.list_low_stock_items(
+            request.threshold if request.HasField("threshold") else None,
+            request.page_size,
+            request.page_token,
+        )
+        return pb.ListLowStockItemsResponse(**_page_reply(page))

