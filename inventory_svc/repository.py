@@ -268,11 +268,11 @@ class SqlItemRepository:
 
     def add_to_quantity(self, item_id: int, delta: int, ceiling: int) -> Item | None:
         """Adds `delta` in one statement; None if the item is missing or the result leaves [0, ceiling]."""
-        new_quantity = items.c.quantity + delta
+        # The bounds are moved to the parameter side so that no database adds in int32 and overflows.
         statement = (
             update(items)
-            .where(items.c.id == item_id, new_quantity >= 0, new_quantity <= ceiling)
-            .values(quantity=new_quantity, update_time=_utcnow(), version=items.c.version + 1)
+            .where(items.c.id == item_id, items.c.quantity >= -delta, items.c.quantity <= ceiling - delta)
+            .values(quantity=items.c.quantity + delta, update_time=_utcnow(), version=items.c.version + 1)
             .returning(*items.c)
         )
         row = self._connection.execute(statement).first()

@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import make_url
 
 from inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from inventory_svc import migrations
@@ -39,8 +40,12 @@ def build_engine(settings: InventorySettings) -> Engine:
         # The embedded default: make its folder so that a new user needs nothing prepared.
         database_path = settings.database_url.removeprefix("sqlite:///")
         os.makedirs(os.path.dirname(os.path.abspath(database_path)), exist_ok=True)
+    url = make_url(settings.database_url)
+    if url.drivername == "postgresql":
+        # SQLAlchemy 2.1 picks psycopg 3 for a bare postgresql:// URL; we ship psycopg2.
+        url = url.set(drivername="postgresql+psycopg2")
     engine = create_engine(
-        settings.database_url,
+        url,
         pool_pre_ping=True,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,

@@ -1,0 +1,106 @@
+"""Fixtures that build real things: a migrated database on each backend, a gRPC server
+on a free loopback port, and stubs on real channels.
+
+SQLite always runs. PostgreSQL runs when TEST_POSTGRES_URL names a server (a throwaway
+database is created there and dropped after); with TEST_REQUIRE_POSTGRES=1 (CI) a
+missing server fails the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+import psycopg2
+import pytest
+from sqlalchemy import Engine, delete
+from sqlalchemy.engine import make_url
+
+from inventory.v1 import inventory_pb2_grpc
+from inventory_svc.repository import items
+from inventory_svc.server import RunningServer, build_item_service
+from inventory_svc.service import ItemService
+from inventory_svc.settings import InventorySettings
+from tests.helpers import migrated_engine, serving
+
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "")
+REQUIRE_POSTGRES = os.environ.get("TEST_REQUIRE_POSTGRES") == "1"
+
+
+@contextmanager
+def throwaway_postgres_database(server_url: str) -> Iterator[str]:
+    url = make_url(server_url)
+    name = f"inventory_test_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(
+        host=url.host, port=url.port, user=url.username, password=url.password,
+        dbname=url.database or "postgres",
+    )
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(
+    scope="session",
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+)
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'inventory.db'}"
+        return
+    if not POSTGRES_URL:
+        if REQUIRE_POSTGRES:
+            pytest.fail("TEST_REQUIRE_POSTGRES=1 but TEST_POSTGRES_URL is not set")
+        pytest.skip("PostgreSQL tests need TEST_POSTGRES_URL, e.g. postgresql://postgres@127.0.0.1:5432/postgres")
+    with throwaway_postgres_database(POSTGRES_URL) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def inventory_settings(database_url: str) -> InventorySettings:
+    return InventorySettings(database_url=database_url, listen_address="127.0.0.1:0", max_workers=16)
+
+
+@pytest.fixture(scope="session")
+def engine(inventory_settings: InventorySettings) -> Iterator[Engine]:
+    with migrated_engine(inventory_settings) as engine:
+        yield engine
+
+
+@pytest.fixture
+def empty_database(engine: Engine) -> Engine:
+    """The session's database with no items: each test starts from nothing."""
+    with engine.begin() as connection:
+        connection.execute(delete(items))
+    return engine
+
+
+@pytest.fixture
+def item_service(empty_database: Engine) -> ItemService:
+    return build_item_service(empty_database)
+
+
+@pytest.fixture(scope="session")
+def inventory_server(inventory_settings: InventorySettings, engine: Engine) -> Iterator[RunningServer]:
+    with serving(inventory_settings, engine) as running:
+        yield running
+
+
+@pytest.fixture
+def inventory_address(inventory_server: RunningServer, empty_database: Engine) -> str:
+    return f"127.0.0.1:{inventory_server.port}"
+
+
+@pytest.fixture
+def items_stub(inventory_address: str) -> Iterator[inventory_pb2_grpc.ItemServiceStub]:
+    with grpc.insecure_channel(inventory_address) as channel:
+        yield inventory_pb2_grpc.ItemServiceStub(channel)

@@ -1,0 +1,552 @@
+"""inventory.v1.ItemService over a real channel to a real server, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+from google.protobuf import field_mask_pb2
+
+from inventory.v1 import inventory_pb2 as pb
+from inventory_svc.domain import ItemFields, Money
+from tests.helpers import bad_request_fields, create, money, new_item, rpc_error, usd
+
+
+def get(stub, item_id: int) -> pb.Item:
+    return stub.GetItem(pb.GetItemRequest(id=item_id)).item
+
+
+def total_items(stub) -> int:
+    return stub.ListItems(pb.ListItemsRequest()).total_size
+
+
+# --- CreateItem -------------------------------------------------------------------------
+
+
+def test_create_item_assigns_id_timestamps_and_etag(items_stub):
+    created = create(items_stub, sku="KB-1", name="Keyboard", price=usd(19, 990_000_000))
+
+    assert created.id > 0
+    assert created.create_time.seconds > 0
+    assert created.update_time == created.create_time
+    assert created.etag
+    assert get(items_stub, created.id) == created
+
+
+def test_create_item_keeps_every_field_exactly(items_stub):
+    sent = new_item(
+        sku="FULL-1", name="Full", description="all fields", category="tools", brand="Acme",
+        price=usd(1234, 560_000_001), cost=usd(0, 1), quantity=7, low_stock_threshold=3,
+        max_quantity=40, is_active=False, weight_kg=1.25, dimensions="1 x 2 x 3 cm",
+        customer_id="cust-9",
+    )
+    created = items_stub.CreateItem(pb.CreateItemRequest(item=sent)).item
+
+    for field in ("sku", "name", "description", "category", "brand", "price", "quantity",
+                  "low_stock_threshold", "max_quantity", "is_active", "weight_kg",
+                  "dimensions", "customer_id"):
+        assert getattr(created, field) == getattr(sent, field), field
+    assert created.cost == usd(0, 1)
+
+
+def test_create_item_is_active_unless_told_otherwise(items_stub):
+    assert create(items_stub).is_active is True
+
+
+def test_create_item_with_taken_sku_is_already_exists_and_keeps_the_first(items_stub):
+    first = create(items_stub, sku="DUP-1", name="first")
+
+    error = rpc_error(items_stub.CreateItem, pb.CreateItemRequest(item=new_item(sku="DUP-1", name="second")))
+
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert total_items(items_stub) == 1
+    assert get(items_stub, first.id).name == "first"
+
+
+@pytest.mark.parametrize(
+    ("fields", "field_path"),
+    [
+        ({"sku": ""}, "item.sku"),
+        ({"sku": "x" * 101}, "item.sku"),
+        ({"sku": " padded "}, "item.sku"),
+        ({"name": ""}, "item.name"),
+        ({"name": "n" * 256}, "item.name"),
+        ({"description": "d" * 4001}, "item.description"),
+        ({"category": "c" * 101}, "item.category"),
+        ({"brand": "b" * 101}, "item.brand"),
+        ({"dimensions": "d" * 101}, "item.dimensions"),
+        ({"customer_id": "c" * 101}, "item.customer_id"),
+        ({"price": usd(0)}, "item.price"),
+        ({"price": usd(-1)}, "item.price"),
+        ({"price": usd(1, -5)}, "item.price"),
+        ({"price": usd(0, 1_000_000_000)}, "item.price"),
+        ({"price": money("usd", 1)}, "item.price.currency_code"),
+        ({"cost": usd(-1)}, "item.cost"),
+        ({"cost": money("EUR", 1)}, "item.cost.currency_code"),
+        ({"quantity": -1}, "item.quantity"),
+        ({"low_stock_threshold": -1}, "item.low_stock_threshold"),
+        ({"low_stock_threshold": 5, "max_quantity": 5}, "item.max_quantity"),
+        ({"weight_kg": -0.5}, "item.weight_kg"),
+        ({"weight_kg": float("nan")}, "item.weight_kg"),
+    ],
+)
+def test_create_item_with_invalid_field_names_it_and_stores_nothing(items_stub, fields, field_path):
+    error = rpc_error(items_stub.CreateItem, pb.CreateItemRequest(item=new_item(**fields)))
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(error) == [field_path]
+    assert total_items(items_stub) == 0
+
+
+def test_create_item_without_price_names_the_price(items_stub):
+    item = new_item()
+    item.ClearField("price")
+
+    error = rpc_error(items_stub.CreateItem, pb.CreateItemRequest(item=item))
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(error) == ["item.price"]
+
+
+# --- GetItem ----------------------------------------------------------------------------
+
+
+def test_get_unknown_item_is_not_found(items_stub):
+    error = rpc_error(items_stub.GetItem, pb.GetItemRequest(id=424242))
+
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert "424242" in error.details()
+
+
+def test_get_item_without_id_is_invalid_argument(items_stub):
+    error = rpc_error(items_stub.GetItem, pb.GetItemRequest())
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(error) == ["id"]
+
+
+# --- ListItems --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def catalog(items_stub) -> dict[str, pb.Item]:
+    specs = [
+        dict(sku="A-1", name="Blue Widget", category="widgets", brand="Acme", price=usd(5),
+             quantity=0, low_stock_threshold=2, customer_id="alice"),
+        dict(sku="A-2", name="Red widget", category="widgets", brand="Bolt", price=usd(15),
+             quantity=3, low_stock_threshold=3, customer_id="alice"),
+        dict(sku="B-1", name="Gadget 100%", category="gadgets", brand="Acme", price=usd(25),
+             quantity=50, low_stock_threshold=5, customer_id="bob"),
+        dict(sku="B_2", name="Gizmo", category="gadgets", brand="Cogs", price=usd(35, 500_000_000),
+             quantity=8, low_stock_threshold=10, customer_id="bob", is_active=False),
+        dict(sku="C-1", name="Thing", category="misc", brand="acmeware", price=usd(45),
+             quantity=100, low_stock_threshold=1),
+    ]
+    return {spec["sku"]: create(items_stub, **spec) for spec in specs}
+
+
+def listed_skus(stub, **filters) -> list[str]:
+    return [item.sku for item in stub.ListItems(pb.ListItemsRequest(**filters)).items]
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ({}, ["A-1", "A-2", "B-1", "B_2", "C-1"]),
+        ({"category": "widgets"}, ["A-1", "A-2"]),
+        ({"brand": "Acme"}, ["A-1", "B-1"]),
+        ({"customer_id": "bob"}, ["B-1", "B_2"]),
+        ({"is_active": False}, ["B_2"]),
+        ({"is_active": True}, ["A-1", "A-2", "B-1", "C-1"]),
+        ({"name_contains": "WIDGET"}, ["A-1", "A-2"]),
+        ({"query": "acme"}, ["A-1", "B-1", "C-1"]),
+        ({"query": "gadg"}, ["B-1", "B_2"]),
+        ({"query": "b-"}, ["B-1"]),
+        ({"min_price": usd(15), "max_price": usd(35, 500_000_000)}, ["A-2", "B-1", "B_2"]),
+        ({"max_price": usd(35)}, ["A-1", "A-2", "B-1"]),
+        ({"min_price": money("EUR", 1)}, []),
+        ({"min_quantity": 8, "max_quantity": 50}, ["B-1", "B_2"]),
+        ({"in_stock_only": True}, ["A-2", "B-1", "B_2", "C-1"]),
+        ({"low_stock_only": True}, ["A-1", "A-2", "B_2"]),
+        ({"category": "gadgets", "is_active": True, "in_stock_only": True}, ["B-1"]),
+    ],
+)
+def test_list_items_applies_every_filter(items_stub, catalog, filters, expected):
+    response = items_stub.ListItems(pb.ListItemsRequest(**filters))
+
+    assert [item.sku for item in response.items] == expected
+    assert response.total_size == len(expected)
+
+
+@pytest.mark.parametrize(("query", "expected"), [("%", ["B-1"]), ("_", ["B_2"]), ("0%", ["B-1"])])
+def test_list_items_query_takes_percent_and_underscore_literally(items_stub, catalog, query, expected):
+    assert listed_skus(items_stub, query=query) == expected
+
+
+def test_list_items_pages_follow_id_order_with_tokens(items_stub):
+    created = [create(items_stub).id for _ in range(7)]
+
+    seen, token, pages = [], "", 0
+    while True:
+        response = items_stub.ListItems(pb.ListItemsRequest(page_size=3, page_token=token))
+        assert response.total_size == 7
+        seen += [item.id for item in response.items]
+        pages += 1
+        token = response.next_page_token
+        if not token:
+            break
+
+    assert seen == created
+    assert pages == 3
+
+
+def test_paging_never_skips_or_repeats_while_items_are_inserted(items_stub):
+    before = [create(items_stub).id for _ in range(10)]
+
+    seen, token = [], ""
+    while True:
+        response = items_stub.ListItems(pb.ListItemsRequest(page_size=3, page_token=token))
+        seen += [item.id for item in response.items]
+        create(items_stub)  # a concurrent writer adds an item between every two pages
+        token = response.next_page_token
+        if not token:
+            break
+
+    assert len(seen) == len(set(seen))
+    assert seen[: len(before)] == before
+
+
+def test_list_items_without_page_size_returns_fifty(item_service, items_stub):
+    for number in range(51):
+        item_service.create_item(_fields(f"P-{number}"))
+
+    response = items_stub.ListItems(pb.ListItemsRequest())
+
+    assert len(response.items) == 50
+    assert response.next_page_token
+
+
+def test_list_items_clamps_page_size_to_five_hundred(item_service, items_stub):
+    for number in range(501):
+        item_service.create_item(_fields(f"P-{number}"))
+
+    response = items_stub.ListItems(pb.ListItemsRequest(page_size=10_000))
+
+    assert len(response.items) == 500
+    assert response.total_size == 501
+
+
+def _fields(sku: str) -> ItemFields:
+    return ItemFields(sku=sku, name=sku, price=Money("USD", 1_000_000_000))
+
+
+def test_list_items_with_negative_page_size_is_invalid_argument(items_stub):
+    error = rpc_error(items_stub.ListItems, pb.ListItemsRequest(page_size=-1))
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(error) == ["page_size"]
+
+
+def _first_page_token(stub, **filters) -> str:
+    for _ in range(3):
+        create(stub, category="widgets")
+    token = stub.ListItems(pb.ListItemsRequest(page_size=1, **filters)).next_page_token
+    assert token
+    return token
+
+
+def test_tampered_page_token_is_invalid_argument(items_stub):
+    token = _first_page_token(items_stub)
+    tampered = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
+
+    error = rpc_error(items_stub.ListItems, pb.ListItemsRequest(page_size=1, page_token=tampered))
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(error) == ["page_token"]
+
+
+def test_page_token_of_another_query_is_invalid_argument(items_stub):
+    token = _first_page_token(items_stub, category="widgets")
+
+    error = rpc_error(
+        items_stub.ListItems, pb.ListItemsRequest(page_size=1, page_token=token, category="gadgets")
+    )
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(error) == ["page_token"]
+
+
+def test_garbage_page_token_is_invalid_argument(items_stub):
+    error = rpc_error(items_stub.ListItems, pb.ListItemsRequest(page_token="not a token!"))
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(error) == ["page_token"]
+
+
+def test_list_items_with_overlong_query_is_invalid_argument(items_stub):
+    error = rpc_error(items_stub.ListItems, pb.ListItemsRequest(query="q" * 101))
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(error) == ["query"]
+
+
+# --- UpdateItem -------------------------------------------------------------------------
+
+
+def update(stub, item: pb.Item, *paths: str) -> pb.Item:
+    request = pb.UpdateItemRequest(item=item, update_mask=field_mask_pb2.FieldMask(paths=list(paths)))
+    return stub.UpdateItem(request).item
+
+
+def test_update_item_changes_only_the_masked_fields(items_stub):
+    created = create(items_stub, name="old", description="kept", price=usd(10))
+
+    updated = update(items_stub, pb.Item(id=created.id, name="new", description="ignored", price=usd(12)),
+                     "name", "price")
+
+    assert (updated.name, updated.price, updated.description) == ("new", usd(12), "kept")
+    assert updated.etag != created.etag
+    assert updated.update_time.ToDatetime() > created.update_time.ToDatetime()
+    assert updated.create_time == created.create_time
+    assert get(items_stub, created.id) == updated
+
+
+def test_update_item_with_empty_mask_changes_the_fields_that_are_set(items_stub):
+    created = create(items_stub, name="old", brand="Acme", quantity=4)
+
+    updated = update(items_stub, pb.Item(id=created.id, name="new", category="tools"))
+
+    assert (updated.name, updated.category, updated.brand, updated.quantity) == ("new", "tools", "Acme", 4)
+
+
+def test_update_item_can_clear_an_optional_field(items_stub):
+    created = create(items_stub, max_quantity=50, weight_kg=2.0, cost=usd(3))
+
+    updated = update(items_stub, pb.Item(id=created.id), "max_quantity", "weight_kg", "cost")
+
+    assert not updated.HasField("max_quantity")
+    assert not updated.HasField("weight_kg")
+    assert not updated.HasField("cost")
+
+
+def test_update_item_with_current_etag_succeeds(items_stub):
+    created = create(items_stub)
+
+    updated = update(items_stub, pb.Item(id=created.id, name="renamed", etag=created.etag), "name")
+
+    assert updated.name == "renamed"
+
+
+def test_update_item_with_stale_etag_is_aborted_and_changes_nothing(items_stub):
+    created = create(items_stub, name="original")
+    update(items_stub, pb.Item(id=created.id, name="first"), "name")
+
+    error = rpc_error(update, items_stub, pb.Item(id=created.id, name="second", etag=created.etag), "name")
+
+    assert error.code() == grpc.StatusCode.ABORTED
+    assert get(items_stub, created.id).name == "first"
+
+
+@pytest.mark.parametrize("path", ["id", "create_time", "update_time", "etag", "colour", "price.units"])
+def test_update_item_with_immutable_or_unknown_mask_path_is_invalid_argument(items_stub, path):
+    created = create(items_stub)
+
+    error = rpc_error(update, items_stub, pb.Item(id=created.id, sku="CHANGED"), path)
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(error) == ["update_mask"]
+    assert get(items_stub, created.id) == created
+
+
+def test_update_item_to_a_taken_sku_is_already_exists(items_stub):
+    create(items_stub, sku="TAKEN")
+    other = create(items_stub, sku="MINE")
+
+    error = rpc_error(update, items_stub, pb.Item(id=other.id, sku="TAKEN"), "sku")
+
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert get(items_stub, other.id).sku == "MINE"
+
+
+def test_update_item_with_invalid_value_is_invalid_argument_and_changes_nothing(items_stub):
+    created = create(items_stub, low_stock_threshold=2)
+
+    error = rpc_error(update, items_stub, pb.Item(id=created.id, max_quantity=1), "max_quantity")
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(error) == ["item.max_quantity"]
+    assert get(items_stub, created.id) == created
+
+
+def test_update_unknown_item_is_not_found(items_stub):
+    error = rpc_error(update, items_stub, pb.Item(id=999_999, name="x"), "name")
+
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+# --- DeleteItem -------------------------------------------------------------------------
+
+
+def test_delete_item_removes_it(items_stub):
+    created = create(items_stub)
+
+    items_stub.DeleteItem(pb.DeleteItemRequest(id=created.id))
+
+    assert rpc_error(items_stub.GetItem, pb.GetItemRequest(id=created.id)).code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_delete_unknown_item_is_not_found(items_stub):
+    error = rpc_error(items_stub.DeleteItem, pb.DeleteItemRequest(id=31337))
+
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_delete_item_with_stale_etag_is_aborted_and_keeps_it(items_stub):
+    created = create(items_stub)
+    update(items_stub, pb.Item(id=created.id, name="changed"), "name")
+
+    error = rpc_error(items_stub.DeleteItem, pb.DeleteItemRequest(id=created.id, etag=created.etag))
+
+    assert error.code() == grpc.StatusCode.ABORTED
+    assert get(items_stub, created.id).name == "changed"
+
+
+# --- ListCustomerItems ------------------------------------------------------------------
+
+
+def test_list_customer_items_lists_only_that_customers_active_items(items_stub, catalog):
+    response = items_stub.ListCustomerItems(pb.ListCustomerItemsRequest(customer_id="bob"))
+
+    assert [item.sku for item in response.items] == ["B-1"]
+    assert response.total_size == 1
+
+
+def test_list_customer_items_includes_inactive_when_asked(items_stub, catalog):
+    response = items_stub.ListCustomerItems(
+        pb.ListCustomerItemsRequest(customer_id="bob", include_inactive=True)
+    )
+
+    assert [item.sku for item in response.items] == ["B-1", "B_2"]
+
+
+def test_list_customer_items_pages(items_stub):
+    ids = [create(items_stub, customer_id="carol").id for _ in range(5)]
+    create(items_stub, customer_id="dave")
+
+    first = items_stub.ListCustomerItems(pb.ListCustomerItemsRequest(customer_id="carol", page_size=3))
+    second = items_stub.ListCustomerItems(
+        pb.ListCustomerItemsRequest(customer_id="carol", page_size=3, page_token=first.next_page_token)
+    )
+
+    assert [item.id for item in [*first.items, *second.items]] == ids
+    assert second.next_page_token == ""
+
+
+def test_list_customer_items_without_customer_is_invalid_argument(items_stub):
+    error = rpc_error(items_stub.ListCustomerItems, pb.ListCustomerItemsRequest())
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(error) == ["customer_id"]
+
+
+# --- AdjustQuantity ---------------------------------------------------------------------
+
+
+def adjust(stub, item_id: int, **change) -> pb.Item:
+    return stub.AdjustQuantity(pb.AdjustQuantityRequest(id=item_id, **change)).item
+
+
+def test_adjust_quantity_adds_a_signed_delta(items_stub):
+    created = create(items_stub, quantity=10)
+
+    assert adjust(items_stub, created.id, delta=5).quantity == 15
+    assert adjust(items_stub, created.id, delta=-15).quantity == 0
+    assert get(items_stub, created.id).quantity == 0
+
+
+def test_adjust_quantity_sets_an_absolute_quantity(items_stub):
+    created = create(items_stub, quantity=10)
+
+    adjusted = adjust(items_stub, created.id, set_quantity=3)
+
+    assert adjusted.quantity == 3
+    assert adjusted.etag != created.etag
+
+
+def test_adjust_quantity_below_zero_is_failed_precondition_and_changes_nothing(items_stub):
+    created = create(items_stub, quantity=2)
+
+    error = rpc_error(adjust, items_stub, created.id, delta=-3)
+
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert get(items_stub, created.id) == created
+
+
+def test_adjust_quantity_of_unknown_item_is_not_found(items_stub):
+    assert rpc_error(adjust, items_stub, 777_777, delta=1).code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({}, "change"), ({"delta": 0}, "delta"), ({"set_quantity": -1}, "set_quantity")],
+)
+def test_adjust_quantity_with_invalid_change_is_invalid_argument(items_stub, change, field):
+    created = create(items_stub, quantity=5)
+
+    error = rpc_error(adjust, items_stub, created.id, **change)
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(error) == [field]
+    assert get(items_stub, created.id).quantity == 5
+
+
+def test_adjust_quantity_past_int32_is_failed_precondition(items_stub):
+    created = create(items_stub, quantity=2**31 - 2)
+
+    assert rpc_error(adjust, items_stub, created.id, delta=5).code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert get(items_stub, created.id).quantity == 2**31 - 2
+
+
+def test_concurrent_decrements_never_lose_an_update_nor_go_negative(items_stub):
+    """200 concurrent decrements on 150 units: exactly 150 succeed and the stock ends at 0."""
+    created = create(items_stub, quantity=150)
+
+    def decrement(_: int) -> grpc.StatusCode:
+        try:
+            items_stub.AdjustQuantity(pb.AdjustQuantityRequest(id=created.id, delta=-1))
+            return grpc.StatusCode.OK
+        except grpc.RpcError as error:
+            return error.code()
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        outcomes = list(pool.map(decrement, range(200)))
+
+    assert outcomes.count(grpc.StatusCode.OK) == 150
+    assert outcomes.count(grpc.StatusCode.FAILED_PRECONDITION) == 50
+    final = get(items_stub, created.id)
+    assert final.quantity == 0
+    assert int(final.etag) == int(created.etag) + 150
+
+
+# --- ListLowStockItems ------------------------------------------------------------------
+
+
+def test_list_low_stock_items_uses_each_items_own_threshold_and_skips_inactive(items_stub, catalog):
+    response = items_stub.ListLowStockItems(pb.ListLowStockItemsRequest())
+
+    assert [item.sku for item in response.items] == ["A-1", "A-2"]
+    assert response.total_size == 2
+
+
+def test_list_low_stock_items_with_threshold_uses_it_instead(items_stub, catalog):
+    response = items_stub.ListLowStockItems(pb.ListLowStockItemsRequest(threshold=50))
+
+    assert [item.sku for item in response.items] == ["A-1", "A-2", "B-1"]
+
+
+def test_list_low_stock_items_with_negative_threshold_is_invalid_argument(items_stub):
+    error = rpc_error(items_stub.ListLowStockItems, pb.ListLowStockItemsRequest(threshold=-1))
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(error) == ["threshold"]

@@ -1,0 +1,108 @@
+"""What the server offers around the items: health, unexpected errors, graceful shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from inventory.v1 import inventory_pb2 as pb
+from inventory.v1 import inventory_pb2_grpc
+from inventory_svc.server import ITEM_SERVICE_NAME, build_engine, build_item_service, build_server
+from inventory_svc.settings import InventorySettings
+from tests.helpers import rpc_error
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("service", ["", ITEM_SERVICE_NAME])
+def test_health_reports_serving_for_the_server_and_the_item_service(inventory_address, service):
+    with grpc.insecure_channel(inventory_address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))
+
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_health_of_an_unknown_service_is_not_found(inventory_address):
+    with grpc.insecure_channel(inventory_address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        error = rpc_error(stub.Check, health_pb2.HealthCheckRequest(service="no.such.Service"))
+
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_unexpected_error_is_internal_without_internals(tmp_path):
+    # A real database with no schema: every query fails inside SQLAlchemy.
+    settings = InventorySettings(database_url=f"sqlite:///{tmp_path / 'unmigrated.db'}", listen_address="127.0.0.1:0")
+    engine = build_engine(settings)
+    running = build_server(settings, build_item_service(engine))
+    running.server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = inventory_pb2_grpc.ItemServiceStub(channel)
+            error = rpc_error(stub.GetItem, pb.GetItemRequest(id=1))
+    finally:
+        running.server.stop(None).wait()
+        engine.dispose()
+
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert error.details() == "internal error"
+    assert "items" not in str(error.trailing_metadata())
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_for(predicate, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _health_status(address: str) -> int | None:
+    try:
+        with grpc.insecure_channel(address) as channel:
+            return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1).status
+    except grpc.RpcError:
+        return None
+
+
+def test_sigterm_reports_not_serving_then_exits_cleanly(tmp_path):
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "INVENTORY_DATABASE_URL": f"sqlite:///{tmp_path / 'inventory.db'}",
+        "INVENTORY_LISTEN_ADDRESS": address,
+        "INVENTORY_SHUTDOWN_DRAIN_S": "3",
+        "INVENTORY_SHUTDOWN_GRACE_S": "2",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "inventory_svc.server"], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert _wait_for(lambda: _health_status(address) == health_pb2.HealthCheckResponse.SERVING, 20)
+
+        server.send_signal(signal.SIGTERM)
+
+        assert _wait_for(lambda: _health_status(address) == health_pb2.HealthCheckResponse.NOT_SERVING, 3)
+        assert server.wait(timeout=15) == 0
+    finally:
+        server.kill()
+        output = server.communicate()[0]
+    assert "inventory stopped" in output

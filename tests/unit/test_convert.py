@@ -1,0 +1,55 @@
+"""Protobuf <-> domain translation, without a server."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf import field_mask_pb2
+from google.type import money_pb2
+
+from inventory.v1 import inventory_pb2 as pb
+from inventory_svc.convert import changes_from_update, money_from_proto, money_to_proto
+from inventory_svc.domain import Money
+from servicekit.errors import InvalidField
+
+
+@pytest.mark.parametrize(
+    ("units", "nanos", "total"),
+    [(0, 0, 0), (19, 990_000_000, 19_990_000_000), (-2, -500_000_000, -2_500_000_000), (0, 1, 1)],
+)
+def test_money_round_trips_exactly(units, nanos, total):
+    message = money_pb2.Money(currency_code="USD", units=units, nanos=nanos)
+
+    money = money_from_proto(message, "price")
+
+    assert money == Money("USD", total)
+    assert money_to_proto(money) == message
+
+
+@pytest.mark.parametrize(("units", "nanos"), [(1, -1), (-1, 1), (0, 1_000_000_000), (2**62, 0)])
+def test_money_out_of_range_names_the_field(units, nanos):
+    with pytest.raises(InvalidField) as raised:
+        money_from_proto(money_pb2.Money(currency_code="USD", units=units, nanos=nanos), "min_price")
+    assert raised.value.field == "min_price"
+
+
+def test_update_with_empty_mask_takes_the_fields_that_are_set():
+    changes = changes_from_update(pb.Item(id=3, name="new", quantity=4, etag="7"), field_mask_pb2.FieldMask())
+
+    assert changes == {"name": "new", "quantity": 4}
+
+
+def test_update_with_star_mask_takes_every_mutable_field():
+    item = pb.Item(sku="S", name="N", price=money_pb2.Money(currency_code="USD", units=1))
+
+    changes = changes_from_update(item, field_mask_pb2.FieldMask(paths=["*"]))
+
+    assert changes["sku"] == "S"
+    assert changes["max_quantity"] is None
+    assert changes["is_active"] is False
+    assert len(changes) == 14
+
+
+def test_update_of_nothing_is_refused():
+    with pytest.raises(InvalidField) as raised:
+        changes_from_update(pb.Item(id=3), field_mask_pb2.FieldMask())
+    assert raised.value.field == "update_mask"

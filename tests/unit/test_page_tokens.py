@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import pytest
+
+from servicekit.errors import InvalidField
+from servicekit.page_tokens import decode_page_token, encode_page_token, query_fingerprint
+
+
+def test_a_token_brings_back_its_position_for_the_same_query():
+    fingerprint = query_fingerprint("items", "category=tools")
+
+    assert decode_page_token(encode_page_token(4711, fingerprint), fingerprint) == 4711
+
+
+def test_a_token_of_another_query_is_refused():
+    token = encode_page_token(10, query_fingerprint("items", "category=tools"))
+
+    with pytest.raises(InvalidField, match="different query"):
+        decode_page_token(token, query_fingerprint("items", "category=toys"))
+
+
+@pytest.mark.parametrize("position", range(0, 32, 3))
+def test_a_token_with_any_changed_character_is_refused(position):
+    fingerprint = query_fingerprint("items")
+    token = encode_page_token(123, fingerprint)
+    changed = token[:position] + ("A" if token[position] != "A" else "B") + token[position + 1 :]
+
+    with pytest.raises(InvalidField) as raised:
+        decode_page_token(changed, fingerprint)
+    assert raised.value.field == "page_token"
+
+
+@pytest.mark.parametrize("token", ["x", "!!!!", "AAAA", "é"])
+def test_garbage_is_refused(token):
+    with pytest.raises(InvalidField):
+        decode_page_token(token, query_fingerprint("items"))
