@@ -25,8 +25,9 @@ from inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from inventory_svc import migrations
 from inventory_svc.repository import SqlUnitOfWork, prepare_engine
 from inventory_svc.service import ItemService
-from inventory_svc.servicer import ItemServicer
+from inventory_svc.servicer import ROLE_FOR_METHOD, ItemServicer
 from inventory_svc.settings import InventorySettings
+from servicekit.auth import JwtAuthInterceptor, TokenVerifier
 from servicekit.logging import configure_logging
 from servicekit.status import StatusMappingInterceptor
 
@@ -71,10 +72,15 @@ class RunningServer:
         self.server.stop(grace_s).wait()
 
 
-def build_server(settings: InventorySettings, items: ItemService) -> RunningServer:
+def build_server(settings: InventorySettings, items: ItemService, *, require_auth: bool = True) -> RunningServer:
+    """`require_auth=False` exists only so that scripts/bench can measure what auth costs."""
+    # Status mapping comes first, so that it also maps what authentication raises.
+    interceptors: list[grpc.ServerInterceptor] = [StatusMappingInterceptor()]
+    if require_auth:
+        interceptors.append(JwtAuthInterceptor(TokenVerifier(settings.auth), ROLE_FOR_METHOD))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
-        interceptors=[StatusMappingInterceptor()],
+        interceptors=interceptors,
     )
     inventory_pb2_grpc.add_ItemServiceServicer_to_server(ItemServicer(items), server)
 

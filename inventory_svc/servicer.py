@@ -19,6 +19,17 @@ from inventory_svc.domain import Page
 from inventory_svc.service import ItemService
 
 
+READ_ROLE = "inventory.read"
+WRITE_ROLE = "inventory.write"
+_ITEM_SERVICE = pb.DESCRIPTOR.services_by_name["ItemService"]
+_WRITES = frozenset({"CreateItem", "UpdateItem", "DeleteItem", "AdjustQuantity"})
+# The role each RPC needs; the auth interceptor denies any method missing here.
+ROLE_FOR_METHOD = {
+    f"/{_ITEM_SERVICE.full_name}/{method.name}": WRITE_ROLE if method.name in _WRITES else READ_ROLE
+    for method in _ITEM_SERVICE.methods
+}
+
+
 def _page_reply(page: Page) -> dict[str, object]:
     return {
         "items": [item_to_proto(item) for item in page.items],

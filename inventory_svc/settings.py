@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from servicekit.auth import AuthSettings
 from servicekit.settings import EnvReader
 
 DEFAULT_DATABASE_URL = "sqlite:///var/inventory.db"
@@ -21,6 +22,7 @@ class InventorySettings:
     shutdown_drain_s: float = 0.0
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
+    auth: AuthSettings = field(default_factory=AuthSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "InventorySettings":
@@ -33,4 +35,5 @@ class InventorySettings:
             shutdown_drain_s=read.float("SHUTDOWN_DRAIN_S", cls.shutdown_drain_s),
             shutdown_grace_s=read.float("SHUTDOWN_GRACE_S", cls.shutdown_grace_s),
             log_level=read.str("LOG_LEVEL", cls.log_level),
+            auth=AuthSettings.from_env(env, "INVENTORY"),
         )

@@ -24,7 +24,7 @@ from inventory_svc.repository import items
 from inventory_svc.server import RunningServer, build_item_service
 from inventory_svc.service import ItemService
 from inventory_svc.settings import InventorySettings
-from tests.helpers import migrated_engine, serving
+from tests.helpers import TEST_AUTH, authorized_channel, migrated_engine, mint, serving
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "")
 REQUIRE_POSTGRES = os.environ.get("TEST_REQUIRE_POSTGRES") == "1"
@@ -67,7 +67,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
 @pytest.fixture(scope="session")
 def inventory_settings(database_url: str) -> InventorySettings:
-    return InventorySettings(database_url=database_url, listen_address="127.0.0.1:0", max_workers=16)
+    return InventorySettings(database_url=database_url, listen_address="127.0.0.1:0", auth=TEST_AUTH)
 
 
 @pytest.fixture(scope="session")
@@ -102,5 +102,12 @@ def inventory_address(inventory_server: RunningServer, empty_database: Engine) -
 
 @pytest.fixture
 def items_stub(inventory_address: str) -> Iterator[inventory_pb2_grpc.ItemServiceStub]:
-    with grpc.insecure_channel(inventory_address) as channel:
+    """A stub whose calls carry a token with both inventory roles."""
+    with authorized_channel(inventory_address, mint()) as channel:
         yield inventory_pb2_grpc.ItemServiceStub(channel)
+
+
+def pytest_report_header() -> str:
+    if POSTGRES_URL:
+        return f"PostgreSQL tests: on, throwaway databases on {make_url(POSTGRES_URL).render_as_string()}"
+    return "PostgreSQL tests: skipped (set TEST_POSTGRES_URL to run them)"

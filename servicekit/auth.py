@@ -1,0 +1,249 @@
+"""JWT authentication for both services: settings, verification, minting, the server interceptor.
+
+Every RPC but health checking and reflection needs `authorization: Bearer <JWT>`. The
+algorithm is pinned by configuration, never taken from the token's header, so `alg: none`
+and HS/RS confusion are refused. The verified principal reaches servicers through the
+`current_principal` ContextVar, never re-parsed from metadata.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import grpc
+import jwt
+from cryptography.hazmat.primitives import serialization
+from grpc_interceptor.server import ServerInterceptor
+
+from servicekit.errors import PermissionDenied, Unauthenticated
+from servicekit.settings import EnvReader, SettingsError
+
+SYMMETRIC_ALGORITHMS = frozenset({"HS256"})
+ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "ES256"})
+MIN_SECRET_BYTES = 32
+PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub"]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who made a call: the token's subject and what its roles allow."""
+
+    subject: str
+    roles: frozenset[str]
+
+
+current_principal: ContextVar[Principal] = ContextVar("current_principal")
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    algorithm: str = "HS256"
+    # HS256: the shared secret (at least 32 bytes).
+    secret: str = field(default="", repr=False)
+    # RS256/ES256: a PEM public key or a JWKS document, to verify without the signing key.
+    public_key: str = ""
+    # RS256/ES256: the PEM private key, only where tokens are minted.
+    private_key: str = field(default="", repr=False)
+    # Names the signing key in the tokens' `kid` header (chooses the key in a JWKS).
+    key_id: str = ""
+    issuer: str = "inventory-crm"
+    audience: str = "inventory-crm"
+    leeway_s: float = 30.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], prefix: str) -> "AuthSettings":
+        read = EnvReader(env, prefix)
+
+        def value_or_file(name: str) -> str:
+            path = read.str(f"{name}_FILE", "")
+            if not path:
+                return read.str(name, "")
+            try:
+                return Path(path).read_text().strip()
+            except OSError as error:
+                raise SettingsError(f"{name}_FILE {path!r} cannot be read: {error.strerror}") from None
+
+        settings = cls(
+            algorithm=read.str("JWT_ALGORITHM", cls.algorithm).upper(),
+            secret=value_or_file("JWT_SECRET"),
+            public_key=value_or_file("JWT_PUBLIC_KEY"),
+            private_key=value_or_file("JWT_PRIVATE_KEY"),
+            key_id=read.str("JWT_KEY_ID", ""),
+            issuer=read.str("JWT_ISSUER", cls.issuer),
+            audience=read.str("JWT_AUDIENCE", cls.audience),
+            leeway_s=read.float("JWT_LEEWAY_S", cls.leeway_s),
+        )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.algorithm in SYMMETRIC_ALGORITHMS:
+            if len(self.secret.encode()) < MIN_SECRET_BYTES:
+                raise SettingsError(
+                    f"JWT_SECRET (or JWT_SECRET_FILE) must hold at least {MIN_SECRET_BYTES} random bytes"
+                )
+        elif self.algorithm in ASYMMETRIC_ALGORITHMS:
+            if not (self.public_key or self.private_key):
+                raise SettingsError(
+                    f"{self.algorithm} needs JWT_PUBLIC_KEY_FILE (PEM or JWKS) or JWT_PRIVATE_KEY_FILE"
+                )
+        else:
+            raise SettingsError(f"JWT_ALGORITHM must be one of HS256, RS256, ES256, got {self.algorithm!r}")
+
+
+def _load_verification_keys(settings: AuthSettings) -> dict[str, Any]:
+    """Keys by key id ("" when the tokens need not name one)."""
+    if settings.algorithm in SYMMETRIC_ALGORITHMS:
+        return {"": settings.secret}
+    if settings.public_key.lstrip().startswith("{"):
+        jwks = jwt.PyJWKSet.from_json(settings.public_key)
+        return {key.key_id or "": key.key for key in jwks.keys}
+    if settings.public_key:
+        return {"": serialization.load_pem_public_key(settings.public_key.encode())}
+    private_key = serialization.load_pem_private_key(settings.private_key.encode(), password=None)
+    return {"": private_key.public_key()}
+
+
+_UNAUTHENTICATED_REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (jwt.ExpiredSignatureError, "token has expired"),
+    (jwt.ImmatureSignatureError, "token is not valid yet"),
+    (jwt.InvalidAudienceError, "token is meant for another audience"),
+    (jwt.InvalidIssuerError, "token comes from another issuer"),
+    (jwt.MissingRequiredClaimError, "token lacks a required claim"),
+    (jwt.InvalidAlgorithmError, "token algorithm is not accepted"),
+    (jwt.InvalidSignatureError, "token signature is invalid"),
+    (jwt.DecodeError, "token is malformed"),
+    (jwt.InvalidTokenError, "token is invalid"),
+)
+_CACHE_LIMIT = 4096
+
+
+class TokenVerifier:
+    """Verifies bearer tokens. A token verified once is remembered until it expires, so
+    that a service token reused for every call costs one signature check, not thousands."""
+
+    def __init__(self, settings: AuthSettings) -> None:
+        settings.check()
+        self._settings = settings
+        self._keys = _load_verification_keys(settings)
+        self._verified: dict[str, tuple[Principal, float]] = {}
+        self._lock = threading.Lock()
+
+    def verify(self, token: str) -> Principal:
+        remembered = self._verified.get(token)
+        if remembered is not None and time.time() < remembered[1]:
+            return remembered[0]
+        claims = self._decode(token)
+        principal = Principal(subject=str(claims["sub"]), roles=_roles(claims))
+        with self._lock:
+            if len(self._verified) >= _CACHE_LIMIT:
+                self._verified.clear()
+            self._verified[token] = (principal, float(claims["exp"]))
+        return principal
+
+    def _decode(self, token: str) -> dict[str, Any]:
+        settings = self._settings
+        try:
+            key = self._key_for(token)
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=[settings.algorithm],
+                audience=settings.audience,
+                issuer=settings.issuer,
+                leeway=settings.leeway_s,
+                options={"require": REQUIRED_CLAIMS},
+            )
+        except jwt.InvalidTokenError as error:
+            reason = next(text for kind, text in _UNAUTHENTICATED_REASONS if isinstance(error, kind))
+            raise Unauthenticated(reason) from None
+        if not isinstance(claims["sub"], str) or not claims["sub"]:
+            raise Unauthenticated("token subject is empty")
+        return claims
+
+    def _key_for(self, token: str) -> Any:
+        if len(self._keys) == 1 and "" in self._keys:
+            return self._keys[""]
+        key_id = jwt.get_unverified_header(token).get("kid", "")
+        if key_id not in self._keys:
+            raise Unauthenticated("token is signed by an unknown key")
+        return self._keys[key_id]
+
+
+def _roles(claims: Mapping[str, Any]) -> frozenset[str]:
+    roles = claims.get("roles", [])
+    if isinstance(roles, str):
+        roles = roles.split()
+    scope = claims.get("scope", "")
+    return frozenset(str(role) for role in roles) | frozenset(str(scope).split())
+
+
+class TokenIssuer:
+    """Mints tokens with the configured signing key: for scripts/mint_token and service tokens."""
+
+    def __init__(self, settings: AuthSettings) -> None:
+        settings.check()
+        if settings.algorithm in ASYMMETRIC_ALGORITHMS and not settings.private_key:
+            raise SettingsError(f"minting {settings.algorithm} tokens needs JWT_PRIVATE_KEY_FILE")
+        self._settings = settings
+        self._key: Any = (
+            settings.secret
+            if settings.algorithm in SYMMETRIC_ALGORITHMS
+            else serialization.load_pem_private_key(settings.private_key.encode(), password=None)
+        )
+
+    def mint(self, subject: str, roles: Iterable[str], lifetime_s: float) -> str:
+        now = int(time.time())
+        claims = {
+            "sub": subject,
+            "roles": sorted(roles),
+            "iss": self._settings.issuer,
+            "aud": self._settings.audience,
+            "iat": now,
+            "nbf": now,
+            "exp": now + int(lifetime_s),
+        }
+        headers = {"kid": self._settings.key_id} if self._settings.key_id else None
+        return jwt.encode(claims, self._key, algorithm=self._settings.algorithm, headers=headers)
+
+
+def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str:
+    for key, value in metadata or ():
+        if key == "authorization":
+            scheme, _, token = str(value).partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthenticated("authorization metadata must be 'Bearer <token>'")
+            return token.strip()
+    raise Unauthenticated("missing authorization metadata: 'Bearer <token>'")
+
+
+class JwtAuthInterceptor(ServerInterceptor):
+    """Checks the bearer token and the permission each method needs; fails closed: a
+    method missing from `permission_for_method` is denied to everybody."""
+
+    def __init__(self, verifier: TokenVerifier, permission_for_method: Mapping[str, str]) -> None:
+        self._verifier = verifier
+        self._permission_for_method = permission_for_method
+
+    def intercept(
+        self, method: Callable[..., Any], request_or_iterator: Any,
+        context: grpc.ServicerContext, method_name: str,
+    ) -> Any:
+        if method_name.startswith(PUBLIC_METHOD_PREFIXES):
+            return method(request_or_iterator, context)
+        principal = self._verifier.verify(bearer_token(context.invocation_metadata()))
+        required = self._permission_for_method.get(method_name)
+        if required is None or required not in principal.roles:
+            raise PermissionDenied(f"this call needs the {required or 'unknown'} role")
+        reset = current_principal.set(principal)
+        try:
+            return method(request_or_iterator, context)
+        finally:
+            current_principal.reset(reset)
+

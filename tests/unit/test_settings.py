@@ -1,0 +1,56 @@
+"""Settings come from an environment mapping; weak or missing secrets are refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from inventory_svc.settings import InventorySettings
+from servicekit.auth import AuthSettings
+from servicekit.settings import SettingsError
+
+SECRET = "s" * 32
+
+
+def test_the_service_prefixed_name_wins_over_the_plain_one():
+    settings = InventorySettings.from_env({
+        "DATABASE_URL": "sqlite:///plain.db", "INVENTORY_DATABASE_URL": "sqlite:///prefixed.db", "JWT_SECRET": SECRET,
+    })
+
+    assert settings.database_url == "sqlite:///prefixed.db"
+
+
+def test_defaults_serve_the_embedded_sqlite_on_loopback():
+    settings = InventorySettings.from_env({"JWT_SECRET": SECRET})
+
+    assert (settings.database_url, settings.listen_address) == ("sqlite:///var/inventory.db", "127.0.0.1:50051")
+
+
+def test_secrets_stay_out_of_the_settings_repr():
+    settings = InventorySettings.from_env({"JWT_SECRET": SECRET, "DATABASE_URL": "postgresql://u:pw@db/x"})
+
+    assert SECRET not in repr(settings)
+    assert "pw" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({}, "JWT_SECRET"),
+        ({"JWT_SECRET": "short"}, "JWT_SECRET"),
+        ({"JWT_SECRET": SECRET, "JWT_ALGORITHM": "none"}, "JWT_ALGORITHM"),
+        ({"JWT_ALGORITHM": "RS256"}, "JWT_PUBLIC_KEY_FILE"),
+        ({"JWT_SECRET_FILE": "/no/such/file"}, "JWT_SECRET_FILE"),
+        ({"JWT_SECRET": SECRET, "INVENTORY_MAX_WORKERS": "many"}, "INVENTORY_MAX_WORKERS"),
+        ({"JWT_SECRET": SECRET, "INVENTORY_SHUTDOWN_GRACE_S": "-1"}, "INVENTORY_SHUTDOWN_GRACE_S"),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_variable(env, named):
+    with pytest.raises(SettingsError, match=named):
+        InventorySettings.from_env(env)
+
+
+def test_the_secret_can_come_from_a_file(tmp_path):
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")
+
+    assert AuthSettings.from_env({"JWT_SECRET_FILE": str(secret_file)}, "INVENTORY").secret == SECRET
