@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
+from datetime import timezone
+from typing import Any, Mapping
 
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.type import money_pb2
@@ -13,6 +15,8 @@ from servicekit.errors import InvalidField
 
 # Item fields a client can never write; UpdateItem rejects them in an update_mask.
 IMMUTABLE_FIELDS = frozenset({"id", "create_time", "update_time", "etag"})
+# Fields whose absence means something (None): set on a message only when they have a value.
+_PRESENCE_FIELDS = frozenset({"price", "cost", "max_quantity", "weight_kg"})
 _MAX_NANOS = 999_999_999
 _MAX_AMOUNT_NANOS = 2**63 - 1  # what the database column holds
 
@@ -120,3 +124,64 @@ def query_from_request(request: pb.ListItemsRequest) -> ItemQuery:
         in_stock_only=request.in_stock_only,
         low_stock_only=request.low_stock_only,
     )
+
+
+def item_from_proto(message: pb.Item) -> Item:
+    """The inverse of item_to_proto, for clients."""
+    fields = item_fields_from_proto(message, prefix="")
+    if fields.cost is not None and not fields.cost.currency_code:
+        fields = replace(fields, cost=Money(fields.price.currency_code, fields.cost.nanos))
+    return Item(
+        **{name: getattr(fields, name) for name in MUTABLE_FIELDS},
+        id=message.id,
+        create_time=message.create_time.ToDatetime(timezone.utc),
+        update_time=message.update_time.ToDatetime(timezone.utc),
+        version=int(message.etag or 0),
+    )
+
+
+def fields_to_proto(fields: ItemFields) -> pb.Item:
+    message = pb.Item(
+        **{name: getattr(fields, name) for name in MUTABLE_FIELDS if name not in _PRESENCE_FIELDS},
+        price=money_to_proto(fields.price),
+    )
+    for name in _PRESENCE_FIELDS - {"price"}:
+        value = getattr(fields, name)
+        if value is None:
+            continue
+        if name == "cost":
+            message.cost.CopyFrom(money_to_proto(value))
+        else:
+            setattr(message, name, value)
+    return message
+
+
+def update_to_proto(item_id: int, changes: Mapping[str, Any], etag: str) -> pb.UpdateItemRequest:
+    """The UpdateItemRequest that changes exactly the fields in `changes`."""
+    message = pb.Item(id=item_id, etag=etag)
+    for name, value in changes.items():
+        if name in ("price", "cost"):
+            if value is not None:
+                getattr(message, name).CopyFrom(money_to_proto(value))
+        elif value is not None:
+            setattr(message, name, value)
+    return pb.UpdateItemRequest(item=message, update_mask=field_mask_pb2.FieldMask(paths=sorted(changes)))
+
+
+def query_to_request(query: ItemQuery, page_size: int, page_token: str) -> pb.ListItemsRequest:
+    request = pb.ListItemsRequest(
+        page_size=page_size, page_token=page_token, category=query.category, brand=query.brand,
+        customer_id=query.customer_id, name_contains=query.name_contains, query=query.text,
+        in_stock_only=query.in_stock_only, low_stock_only=query.low_stock_only,
+    )
+    if query.is_active is not None:
+        request.is_active = query.is_active
+    if query.min_price is not None:
+        request.min_price.CopyFrom(money_to_proto(query.min_price))
+    if query.max_price is not None:
+        request.max_price.CopyFrom(money_to_proto(query.max_price))
+    if query.min_quantity is not None:
+        request.min_quantity = query.min_quantity
+    if query.max_quantity is not None:
+        request.max_quantity = query.max_quantity
+    return request

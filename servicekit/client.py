@@ -1,11 +1,53 @@
-"""Client-side plumbing both services' clients share: the bearer token on every call."""
+"""Client-side plumbing the typed clients share: the bearer token on every call, service
+tokens that renew themselves, a deadline on every call, and statuses turned back into
+the errors of servicekit.errors at the boundary."""
 
 from __future__ import annotations
 
+import json
+import os
+import threading
+import time
 from collections import namedtuple
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, TypeVar
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from servicekit import errors
+from servicekit.auth import TokenIssuer
+from servicekit.call_context import REQUEST_ID_METADATA, current_call
+from servicekit.status import STATUS_FOR_ERROR
+
+Reply = TypeVar("Reply")
+
+_ERROR_FOR_STATUS = {code: error for error, code in STATUS_FOR_ERROR.items()}
+
+# Fast recovery: a channel whose server went away tries again within two seconds, not minutes.
+RECONNECT_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
+
+
+def service_config(service: str, idempotent_methods: Iterable[str]) -> str:
+    """gRPC service config: round-robin over every address the target resolves to, and
+    retries with backoff on UNAVAILABLE for the idempotent methods only."""
+    return json.dumps({
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [{
+            "name": [{"service": service, "method": method} for method in idempotent_methods],
+            "retryPolicy": {
+                "maxAttempts": 3,
+                "initialBackoff": "0.05s",
+                "maxBackoff": "0.5s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }],
+    })
 
 
 class _CallDetails(
@@ -18,7 +60,7 @@ class _CallDetails(
 class BearerTokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
     """Appends `authorization: Bearer <token>` to each call's metadata, keeping what is there.
 
-    `token` is called per call, so that a refreshed token is picked up at once.
+    `token` is called per call, so that a renewed token is picked up at once.
     """
 
     def __init__(self, token: Callable[[], str]) -> None:
@@ -36,3 +78,120 @@ class BearerTokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamC
 
     def intercept_unary_stream(self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, request: Any) -> Any:
         return continuation(self._details(details), request)
+
+
+class MintedServiceToken:
+    """A service's own token, minted with its signing key and renewed when a fifth of its
+    lifetime is left."""
+
+    def __init__(self, issuer: TokenIssuer, subject: str, roles: Iterable[str], lifetime_s: float) -> None:
+        self._issuer = issuer
+        self._subject = subject
+        self._roles = tuple(roles)
+        self._lifetime_s = lifetime_s
+        self._token = ""
+        self._renew_at = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> str:
+        if time.monotonic() >= self._renew_at:
+            with self._lock:
+                if time.monotonic() >= self._renew_at:
+                    self._token = self._issuer.mint(self._subject, self._roles, self._lifetime_s)
+                    self._renew_at = time.monotonic() + self._lifetime_s * 0.8
+        return self._token
+
+
+class TokenFile:
+    """A token kept in a file by the platform (a mounted secret), read again when it changes."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._seen: tuple[tuple[int, int], str] = ((-1, -1), "")
+
+    def __call__(self) -> str:
+        stat = os.stat(self._path)
+        version = (stat.st_mtime_ns, stat.st_size)
+        if version != self._seen[0]:
+            with open(self._path) as token_file:
+                self._seen = (version, token_file.read().strip())
+        return self._seen[1]
+
+
+def error_from_rpc(error: grpc.RpcError) -> Exception:
+    """The servicekit error for a status, with the field of a BadRequest detail; a status
+    outside the table comes back as it was."""
+    code = error.code()
+    kind = _ERROR_FOR_STATUS.get(code)
+    if kind is None:
+        return error
+    message = error.details() or code.name
+    if kind is errors.InvalidField:
+        status = rpc_status.from_call(error)
+        for detail in status.details if status else ():
+            bad_request = error_details_pb2.BadRequest()
+            if detail.Unpack(bad_request) and bad_request.field_violations:
+                violation = bad_request.field_violations[0]
+                return errors.InvalidField(violation.field, violation.description)
+        return errors.InvalidField("", message)
+    return kind(message)
+
+
+class RpcCaller:
+    """Makes calls with a deadline (the serving call's remaining time, capped at
+    `timeout_s`, or `timeout_s` when there is no serving call), the request id forwarded,
+    and errors translated at the boundary."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+
+    def __call__(self, method: Callable[..., Reply], request: Any) -> Reply:
+        timeout, metadata = self._timeout_s, ()
+        call = current_call.get(None)
+        if call is not None:
+            remaining = call.time_remaining()
+            if remaining is not None:
+                if remaining <= 0:
+                    raise errors.DeadlineExceeded("the caller's deadline has passed")
+                timeout = min(timeout, remaining)
+            metadata = ((REQUEST_ID_METADATA, call.request_id),)
+        try:
+            return method(request, timeout=timeout, metadata=metadata)
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
+
+
+Client = TypeVar("Client", bound="ServiceClient")
+
+
+class ServiceClient:
+    """Base of the typed clients: one long-lived channel, the stub, the caller.
+
+    A subclass names its stub class, its service and the methods safe to retry."""
+
+    stub_class: Callable[[grpc.Channel], Any]
+    service_name: str
+    idempotent_methods: tuple[str, ...]
+
+    def __init__(self, channel: grpc.Channel, *, timeout_s: float = 5.0) -> None:
+        self._channel = channel
+        self._stub = self.stub_class(channel)
+        self._call = RpcCaller(timeout_s)
+
+    @classmethod
+    def connect(cls: type[Client], target: str, token: Callable[[], str], *, timeout_s: float = 5.0) -> Client:
+        """A channel to `target` (host:port, or dns:///name:port to spread calls over every
+        address of a headless service), with the token on every call."""
+        channel = grpc.insecure_channel(target, options=[
+            *RECONNECT_OPTIONS, ("grpc.service_config", service_config(cls.service_name, cls.idempotent_methods)),
+        ])
+        return cls(grpc.intercept_channel(channel, BearerTokenInterceptor(token)), timeout_s=timeout_s)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self: Client) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

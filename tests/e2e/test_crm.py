@@ -1,0 +1,186 @@
+"""crm.v1.CustomerItemsService end to end: CRM server -> real inventory server -> real database."""
+
+from __future__ import annotations
+
+import pytest
+import grpc
+
+from crm.v1 import crm_pb2 as crm
+from crm.v1 import crm_pb2_grpc
+from crm_svc.servicer import ROLE_FOR_METHOD
+from tests.helpers import authorized_channel, bad_request_fields, create, mint, rpc_error, usd
+
+
+@pytest.fixture
+def as_customer(crm_address):
+    """Gives a CRM stub whose calls carry a customer token for the subject given."""
+    channels = []
+
+    def stub_for(customer_id: str, roles: tuple[str, ...] = ("customer",)) -> crm_pb2_grpc.CustomerItemsServiceStub:
+        channel = authorized_channel(crm_address, mint(subject=customer_id, roles=roles))
+        channels.append(channel)
+        return crm_pb2_grpc.CustomerItemsServiceStub(channel)
+
+    yield stub_for
+    for channel in channels:
+        channel.close()
+
+
+@pytest.fixture
+def shop(items_stub) -> dict[str, int]:
+    """Items of two customers and of nobody; returns ids by sku."""
+    specs = [
+        dict(sku="AL-KB", name="Keyboard", category="peripherals", brand="Keyco", customer_id="alice",
+             price=usd(90), cost=usd(40), quantity=5, low_stock_threshold=2),
+        dict(sku="AL-MS", name="Mouse 100%", category="peripherals", brand="Pointa", customer_id="alice"),
+        dict(sku="AL-MN", name="Monitor", category="displays", brand="Viewo", customer_id="alice"),
+        dict(sku="AL-OLD", name="Old keyboard", category="peripherals", brand="Keyco", customer_id="alice",
+             is_active=False),
+        dict(sku="BO-KB", name="Keyboard", category="peripherals", brand="Keyco", customer_id="bob"),
+        dict(sku="NOBODY", name="Keyboard", category="peripherals", brand="Keyco"),
+    ]
+    return {spec["sku"]: create(items_stub, **spec).id for spec in specs}
+
+
+def skus(reply) -> list[str]:
+    return [item.sku for item in reply.items]
+
+
+def test_list_my_items_shows_only_the_callers_active_items(as_customer, shop):
+    reply = as_customer("alice").ListMyItems(crm.ListMyItemsRequest())
+
+    assert skus(reply) == ["AL-KB", "AL-MS", "AL-MN"]
+    assert reply.total_size == 3
+
+
+def test_customer_view_carries_no_internal_fields(as_customer, shop):
+    item = as_customer("alice").GetMyItem(crm.GetMyItemRequest(id=shop["AL-KB"])).item
+
+    assert (item.sku, item.price, item.quantity) == ("AL-KB", usd(90), 5)
+    assert {field.name for field in item.DESCRIPTOR.fields}.isdisjoint(
+        {"cost", "low_stock_threshold", "max_quantity", "is_active", "customer_id", "etag"}
+    )
+
+
+def test_another_customers_item_answers_exactly_like_a_missing_one(as_customer, shop):
+    alice = as_customer("alice")
+    missing_id = max(shop.values()) + 1000
+
+    foreign = rpc_error(alice.GetMyItem, crm.GetMyItemRequest(id=shop["BO-KB"]))
+    missing = rpc_error(alice.GetMyItem, crm.GetMyItemRequest(id=missing_id))
+
+    assert foreign.code() == missing.code() == grpc.StatusCode.NOT_FOUND
+    assert foreign.details() == f"item {shop['BO-KB']} not found"
+    assert missing.details() == f"item {missing_id} not found"
+
+
+@pytest.mark.parametrize("sku", ["AL-OLD", "NOBODY"])
+def test_inactive_or_unowned_items_are_not_found(as_customer, shop, sku):
+    error = rpc_error(as_customer("alice").GetMyItem, crm.GetMyItemRequest(id=shop[sku]))
+
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "expected"),
+    [
+        ({"query": "KEYB"}, ["AL-KB"]),
+        ({"query": "al-m"}, ["AL-MS", "AL-MN"]),
+        ({"query": "displ"}, ["AL-MN"]),
+        ({"query": "point"}, ["AL-MS"]),
+        ({"query": "%"}, ["AL-MS"]),
+        ({"query": "_"}, []),
+        ({"category": "peripherals"}, ["AL-KB", "AL-MS"]),
+        ({"brand": "Keyco"}, ["AL-KB"]),
+        ({"query": "o", "category": "peripherals", "brand": "Pointa"}, ["AL-MS"]),
+        ({}, ["AL-KB", "AL-MS", "AL-MN"]),
+    ],
+)
+def test_search_my_items_matches_text_and_filters_within_the_callers_items(as_customer, shop, request_fields,
+                                                                            expected):
+    reply = as_customer("alice").SearchMyItems(crm.SearchMyItemsRequest(**request_fields))
+
+    assert skus(reply) == expected
+    assert reply.total_size == len(expected)
+
+
+def test_paging_through_the_crm_visits_every_item_once(as_customer, items_stub):
+    ids = [create(items_stub, customer_id="carol").id for _ in range(5)]
+    carol = as_customer("carol")
+
+    seen, token, pages = [], "", 0
+    while True:
+        reply = carol.ListMyItems(crm.ListMyItemsRequest(page_size=2, page_token=token))
+        seen += [item.id for item in reply.items]
+        pages += 1
+        token = reply.next_page_token
+        if not token:
+            break
+
+    assert (seen, pages) == (ids, 3)
+
+
+def test_search_pages_too(as_customer, items_stub):
+    ids = [create(items_stub, customer_id="carol", name=f"Lamp {n}").id for n in range(3)]
+    carol = as_customer("carol")
+
+    first = carol.SearchMyItems(crm.SearchMyItemsRequest(query="lamp", page_size=2))
+    second = carol.SearchMyItems(crm.SearchMyItemsRequest(query="lamp", page_size=2, page_token=first.next_page_token))
+
+    assert [item.id for item in [*first.items, *second.items]] == ids
+
+
+def test_a_page_token_of_another_customer_is_invalid_argument(as_customer, items_stub):
+    for _ in range(2):
+        create(items_stub, customer_id="bob")
+    bobs_token = as_customer("bob").ListMyItems(crm.ListMyItemsRequest(page_size=1)).next_page_token
+
+    error = rpc_error(as_customer("alice").ListMyItems, crm.ListMyItemsRequest(page_size=1, page_token=bobs_token))
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(error) == ["page_token"]
+
+
+@pytest.mark.parametrize(
+    ("call", "request_message", "field"),
+    [
+        ("ListMyItems", crm.ListMyItemsRequest(page_size=-1), "page_size"),
+        ("SearchMyItems", crm.SearchMyItemsRequest(query="q" * 101), "query"),
+        ("GetMyItem", crm.GetMyItemRequest(id=0), "id"),
+    ],
+)
+def test_invalid_fields_are_invalid_argument_naming_them(as_customer, call, request_message, field):
+    error = rpc_error(getattr(as_customer("alice"), call), request_message)
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(error) == [field]
+
+
+# --- authentication on the CRM ---------------------------------------------------------
+
+
+def test_crm_call_without_token_is_unauthenticated(crm_address):
+    with grpc.insecure_channel(crm_address) as channel:
+        error = rpc_error(crm_pb2_grpc.CustomerItemsServiceStub(channel).ListMyItems, crm.ListMyItemsRequest())
+
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_crm_refuses_an_expired_customer_token(crm_address):
+    with authorized_channel(crm_address, mint(subject="alice", roles=("customer",), lifetime_s=-120)) as channel:
+        error = rpc_error(crm_pb2_grpc.CustomerItemsServiceStub(channel).ListMyItems, crm.ListMyItemsRequest())
+
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error.details() == "token has expired"
+
+
+def test_crm_refuses_a_token_without_the_customer_role(as_customer):
+    error = rpc_error(as_customer("ops", roles=("inventory.read",)).ListMyItems, crm.ListMyItemsRequest())
+
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_every_crm_rpc_needs_the_customer_role():
+    service = crm.DESCRIPTOR.services_by_name["CustomerItemsService"]
+
+    assert ROLE_FOR_METHOD == {f"/crm.v1.CustomerItemsService/{method.name}": "customer" for method in service.methods}
