@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from crm.v1 import crm_pb2, crm_pb2_grpc
 from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
 from inventory_svc.servicer import ROLE_FOR_METHOD
@@ -74,8 +75,14 @@ def test_call_without_token_is_unauthenticated(inventory_address):
     ids=["other-key", "other-audience", "other-issuer", "expired", "not-yet-valid", "no-exp", "no-sub",
          "alg-none", "malformed"],
 )
-def test_bad_token_is_unauthenticated_with_a_short_reason(inventory_address, token, reason):
-    error = get_item_with(inventory_address, bearer(token))
+@pytest.mark.parametrize("service", ["inventory", "crm"])
+def test_bad_token_is_unauthenticated_with_a_short_reason(inventory_address, crm_address, service, token, reason):
+    if service == "inventory":
+        error = get_item_with(inventory_address, bearer(token))
+    else:
+        with grpc.insecure_channel(crm_address) as channel:
+            stub = crm_pb2_grpc.CustomerItemsServiceStub(channel)
+            error = rpc_error(stub.GetMyItem, crm_pb2.GetMyItemRequest(id=1), metadata=bearer(token))
 
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert error.details() == reason
