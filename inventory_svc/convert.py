@@ -15,8 +15,6 @@ from servicekit.errors import InvalidField
 
 # Item fields a client can never write; UpdateItem rejects them in an update_mask.
 IMMUTABLE_FIELDS = frozenset({"id", "create_time", "update_time", "etag"})
-# Fields whose absence means something (None): set on a message only when they have a value.
-_PRESENCE_FIELDS = frozenset({"price", "cost", "max_quantity", "weight_kg"})
 _MAX_NANOS = 999_999_999
 _MAX_AMOUNT_NANOS = 2**63 - 1  # what the database column holds
 
@@ -35,6 +33,17 @@ def money_to_proto(money: Money) -> money_pb2.Money:
     sign = -1 if money.nanos < 0 else 1
     units, nanos = divmod(abs(money.nanos), NANOS_PER_UNIT)
     return money_pb2.Money(currency_code=money.currency_code, units=sign * units, nanos=sign * nanos)
+
+
+def _set_present(message: Any, values: Mapping[str, Any]) -> None:
+    """Sets each field whose value is not None; Money values become google.type.Money."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, Money):
+            getattr(message, name).CopyFrom(money_to_proto(value))
+        else:
+            setattr(message, name, value)
 
 
 def _timestamp(value: Any) -> timestamp_pb2.Timestamp:
@@ -61,12 +70,7 @@ def item_to_proto(item: Item) -> pb.Item:
         update_time=_timestamp(item.update_time),
         etag=item.etag,
     )
-    if item.cost is not None:
-        message.cost.CopyFrom(money_to_proto(item.cost))
-    if item.max_quantity is not None:
-        message.max_quantity = item.max_quantity
-    if item.weight_kg is not None:
-        message.weight_kg = item.weight_kg
+    _set_present(message, {"cost": item.cost, "max_quantity": item.max_quantity, "weight_kg": item.weight_kg})
     return message
 
 
@@ -141,30 +145,15 @@ def item_from_proto(message: pb.Item) -> Item:
 
 
 def fields_to_proto(fields: ItemFields) -> pb.Item:
-    message = pb.Item(
-        **{name: getattr(fields, name) for name in MUTABLE_FIELDS if name not in _PRESENCE_FIELDS},
-        price=money_to_proto(fields.price),
-    )
-    for name in _PRESENCE_FIELDS - {"price"}:
-        value = getattr(fields, name)
-        if value is None:
-            continue
-        if name == "cost":
-            message.cost.CopyFrom(money_to_proto(value))
-        else:
-            setattr(message, name, value)
+    message = pb.Item()
+    _set_present(message, {name: getattr(fields, name) for name in MUTABLE_FIELDS})
     return message
 
 
 def update_to_proto(item_id: int, changes: Mapping[str, Any], etag: str) -> pb.UpdateItemRequest:
     """The UpdateItemRequest that changes exactly the fields in `changes`."""
     message = pb.Item(id=item_id, etag=etag)
-    for name, value in changes.items():
-        if name in ("price", "cost"):
-            if value is not None:
-                getattr(message, name).CopyFrom(money_to_proto(value))
-        elif value is not None:
-            setattr(message, name, value)
+    _set_present(message, changes)
     return pb.UpdateItemRequest(item=message, update_mask=field_mask_pb2.FieldMask(paths=sorted(changes)))
 
 
@@ -174,14 +163,8 @@ def query_to_request(query: ItemQuery, page_size: int, page_token: str) -> pb.Li
         customer_id=query.customer_id, name_contains=query.name_contains, query=query.text,
         in_stock_only=query.in_stock_only, low_stock_only=query.low_stock_only,
     )
-    if query.is_active is not None:
-        request.is_active = query.is_active
-    if query.min_price is not None:
-        request.min_price.CopyFrom(money_to_proto(query.min_price))
-    if query.max_price is not None:
-        request.max_price.CopyFrom(money_to_proto(query.max_price))
-    if query.min_quantity is not None:
-        request.min_quantity = query.min_quantity
-    if query.max_quantity is not None:
-        request.max_quantity = query.max_quantity
+    _set_present(request, {
+        "is_active": query.is_active, "min_price": query.min_price, "max_price": query.max_price,
+        "min_quantity": query.min_quantity, "max_quantity": query.max_quantity,
+    })
     return request
