@@ -12,6 +12,7 @@ status they cover. Reads are retried on UNAVAILABLE with backoff by the channel.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import Any, Mapping
 
 from inventory.v1 import inventory_pb2 as pb
@@ -19,10 +20,13 @@ from inventory.v1 import inventory_pb2_grpc
 from inventory_svc.convert import (
     fields_to_proto,
     item_from_proto,
+    low_stock_event_from_proto,
+    movement_from_proto,
     query_to_request,
+    reason_to_proto,
     update_to_proto,
 )
-from inventory_svc.domain import Item, ItemFields, ItemQuery, Page
+from inventory_svc.domain import Item, ItemFields, ItemQuery, MovementReason, Page, StockMovement
 from servicekit.client import ServiceClient
 
 def _page(reply: Any) -> Page:
@@ -34,9 +38,10 @@ class InventoryClient(ServiceClient):
     service_name = pb.DESCRIPTOR.services_by_name["ItemService"].full_name
     idempotent_methods = ("GetItem", "ListItems", "ListCustomerItems", "ListLowStockItems")
 
-    def create_item(self, fields: ItemFields) -> Item:
-        reply = self._call(self._stub.CreateItem, pb.CreateItemRequest(item=fields_to_proto(fields)))
-        return item_from_proto(reply.item)
+    def create_item(self, fields: ItemFields, *, request_id: str = "") -> Item:
+        """Pass a request_id (a UUID) to make a retry of this call safe."""
+        request = pb.CreateItemRequest(item=fields_to_proto(fields), request_id=request_id)
+        return item_from_proto(self._call(self._stub.CreateItem, request).item)
 
     def get_item(self, item_id: int) -> Item:
         return item_from_proto(self._call(self._stub.GetItem, pb.GetItemRequest(id=item_id)).item)
@@ -59,8 +64,14 @@ class InventoryClient(ServiceClient):
         )
         return _page(self._call(self._stub.ListCustomerItems, request))
 
-    def adjust_quantity(self, item_id: int, *, delta: int | None = None, set_to: int | None = None) -> Item:
-        request = pb.AdjustQuantityRequest(id=item_id)
+    def adjust_quantity(
+        self, item_id: int, *, delta: int | None = None, set_to: int | None = None,
+        reason: MovementReason | None = None, note: str = "", request_id: str = "",
+    ) -> Item:
+        """Pass a request_id (a UUID) to make a retry of this call safe."""
+        request = pb.AdjustQuantityRequest(
+            id=item_id, reason=reason_to_proto(reason) if reason else 0, note=note, request_id=request_id
+        )
         if delta is not None:
             request.delta = delta
         if set_to is not None:
@@ -72,3 +83,23 @@ class InventoryClient(ServiceClient):
         if threshold is not None:
             request.threshold = threshold
         return _page(self._call(self._stub.ListLowStockItems, request))
+
+    def batch_get_items(self, item_ids: Sequence[int]) -> list[Item]:
+        reply = self._call(self._stub.BatchGetItems, pb.BatchGetItemsRequest(ids=item_ids))
+        return [item_from_proto(item) for item in reply.items]
+
+    def list_stock_movements(self, item_id: int, page_size: int = 0, page_token: str = "") -> Page[StockMovement]:
+        request = pb.ListStockMovementsRequest(item_id=item_id, page_size=page_size, page_token=page_token)
+        reply = self._call(self._stub.ListStockMovements, request)
+        return Page([movement_from_proto(movement) for movement in reply.movements], reply.next_page_token)
+
+    def watch_low_stock(
+        self, *, customer_id: str = "", category: str = "", after_cursor: int | None = None, timeout_s: float | None = None
+    ) -> Iterator[StockMovement]:
+        """Low-stock events as they happen (low_stock_change says which kind; id is the
+        cursor to resume after). Runs until `timeout_s`, or forever when None."""
+        request = pb.WatchLowStockRequest(customer_id=customer_id, category=category)
+        if after_cursor is not None:
+            request.after_cursor = after_cursor
+        for event in self._stream(self._stub.WatchLowStock, request, timeout_s):
+            yield low_stock_event_from_proto(event)

@@ -10,7 +10,17 @@ from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.type import money_pb2
 
 from inventory.v1 import inventory_pb2 as pb
-from inventory_svc.domain import MUTABLE_FIELDS, NANOS_PER_UNIT, Item, ItemFields, ItemQuery, Money
+from inventory_svc.domain import (
+    MUTABLE_FIELDS,
+    NANOS_PER_UNIT,
+    Item,
+    ItemFields,
+    ItemQuery,
+    LowStockChange,
+    Money,
+    MovementReason,
+    StockMovement,
+)
 from servicekit.errors import InvalidField
 
 # Item fields a client can never write; UpdateItem rejects them in an update_mask.
@@ -168,3 +178,56 @@ def query_to_request(query: ItemQuery, page_size: int, page_token: str) -> pb.Li
         "min_quantity": query.min_quantity, "max_quantity": query.max_quantity,
     })
     return request
+
+
+_REASON_PREFIX = "STOCK_MOVEMENT_REASON_"
+
+
+def reason_from_proto(value: int) -> MovementReason | None:
+    """None for UNSPECIFIED (the service picks the default)."""
+    if value == pb.STOCK_MOVEMENT_REASON_UNSPECIFIED:
+        return None
+    try:
+        return MovementReason[pb.StockMovementReason.Name(value).removeprefix(_REASON_PREFIX)]
+    except ValueError:
+        raise InvalidField("reason", f"{value} is not a StockMovementReason") from None
+
+
+def reason_to_proto(reason: MovementReason) -> int:
+    return pb.StockMovementReason.Value(_REASON_PREFIX + reason.name)
+
+
+def movement_to_proto(movement: StockMovement) -> pb.StockMovement:
+    return pb.StockMovement(
+        id=movement.id, item_id=movement.item_id, delta=movement.delta, quantity_after=movement.quantity_after,
+        reason=reason_to_proto(movement.reason), note=movement.note, principal=movement.principal,
+        request_id=movement.request_id, create_time=_timestamp(movement.create_time),
+    )
+
+
+def movement_from_proto(message: pb.StockMovement) -> StockMovement:
+    """For clients: the fields a StockMovement message carries (the rest stay empty)."""
+    return StockMovement(
+        id=message.id, item_id=message.item_id, sku="", delta=message.delta, quantity_after=message.quantity_after,
+        reason=MovementReason[pb.StockMovementReason.Name(message.reason).removeprefix(_REASON_PREFIX)],
+        low_stock_change=LowStockChange.NONE, low_stock_threshold=0, customer_id="", category="",
+        note=message.note, principal=message.principal, request_id=message.request_id,
+        create_time=message.create_time.ToDatetime(timezone.utc),
+    )
+
+
+def low_stock_event_to_proto(event: StockMovement) -> pb.WatchLowStockResponse:
+    return pb.WatchLowStockResponse(
+        cursor=event.id, kind=event.low_stock_change.value, item_id=event.item_id, sku=event.sku,
+        quantity=event.quantity_after, low_stock_threshold=event.low_stock_threshold,
+        customer_id=event.customer_id, category=event.category, event_time=_timestamp(event.create_time),
+    )
+
+
+def low_stock_event_from_proto(message: pb.WatchLowStockResponse) -> StockMovement:
+    return StockMovement(
+        id=message.cursor, item_id=message.item_id, sku=message.sku, delta=0, quantity_after=message.quantity,
+        reason=MovementReason.OTHER, low_stock_change=LowStockChange(message.kind),
+        low_stock_threshold=message.low_stock_threshold, customer_id=message.customer_id,
+        category=message.category, create_time=message.event_time.ToDatetime(timezone.utc),
+    )

@@ -6,7 +6,8 @@ import math
 import re
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
-from typing import Any, Mapping
+from enum import Enum, IntEnum
+from typing import Any, Generic, Mapping, TypeVar
 
 from servicekit.errors import FailedPrecondition, InvalidField
 
@@ -148,8 +149,87 @@ class ItemQuery:
     low_stock_at_most: int | None = None
 
 
+Entry = TypeVar("Entry")
+
+
 @dataclass(frozen=True, slots=True)
-class Page:
-    items: list[Item]
+class Page(Generic[Entry]):
+    items: list[Entry]
     next_page_token: str
-    total_size: int
+    total_size: int = 0
+
+
+class MovementReason(str, Enum):
+    RESTOCK = "restock"
+    SALE = "sale"
+    RETURN = "return"
+    CORRECTION = "correction"
+    DAMAGE = "damage"
+    OTHER = "other"
+    # Recorded by the service itself, never given by a client:
+    ITEM_CREATED = "item_created"
+    ITEM_DELETED = "item_deleted"
+    ITEM_UPDATED = "item_updated"
+
+
+CLIENT_REASONS = frozenset({
+    MovementReason.RESTOCK, MovementReason.SALE, MovementReason.RETURN,
+    MovementReason.CORRECTION, MovementReason.DAMAGE, MovementReason.OTHER,
+})
+MAX_NOTE_LENGTH = 500
+
+
+class LowStockChange(IntEnum):
+    NONE = 0
+    BECAME_LOW = 1
+    RECOVERED = 2
+
+
+@dataclass(frozen=True, slots=True)
+class StockMovement:
+    """One change of an item's stock in the ledger. The deltas of an item add up to its quantity."""
+
+    item_id: int
+    sku: str
+    delta: int
+    quantity_after: int
+    reason: MovementReason
+    low_stock_change: LowStockChange
+    low_stock_threshold: int
+    customer_id: str
+    category: str
+    note: str = ""
+    principal: str = ""
+    request_id: str = ""
+    id: int = 0
+    create_time: datetime | None = None
+
+
+def is_low_on_stock(item: Item | None) -> bool:
+    return item is not None and item.is_active and item.quantity <= item.low_stock_threshold
+
+
+def movement_between(
+    before: Item | None, after: Item | None, reason: MovementReason, *,
+    note: str = "", principal: str = "", request_id: str = "",
+) -> StockMovement | None:
+    """The ledger entry for a change from `before` to `after` (None: not there), or None
+    when neither the quantity nor the low-stock state changed."""
+    quantity_before = before.quantity if before else 0
+    quantity_after = after.quantity if after else 0
+    was_low, is_low = is_low_on_stock(before), is_low_on_stock(after)
+    if quantity_before == quantity_after and was_low == is_low:
+        return None
+    change = LowStockChange.NONE
+    if is_low and not was_low:
+        change = LowStockChange.BECAME_LOW
+    elif was_low and not is_low and after is not None:
+        change = LowStockChange.RECOVERED
+    state = after or before
+    assert state is not None
+    return StockMovement(
+        item_id=state.id, sku=state.sku, delta=quantity_after - quantity_before, quantity_after=quantity_after,
+        reason=reason, low_stock_change=change, low_stock_threshold=state.low_stock_threshold,
+        customer_id=state.customer_id, category=state.category,
+        note=note, principal=principal, request_id=request_id,
+    )

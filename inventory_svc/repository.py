@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Iterable
+import json
+import logging
+import select as select_module
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterable
 
 from sqlalchemy import (
     BigInteger,
@@ -18,6 +23,7 @@ from sqlalchemy import (
     Index,
     Integer,
     Select,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -35,8 +41,28 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from inventory_svc.domain import Item, ItemFields, ItemQuery, Money
+from inventory_svc.domain import (
+    MUTABLE_FIELDS,
+    Item,
+    ItemFields,
+    ItemQuery,
+    LowStockChange,
+    Money,
+    MovementReason,
+    StockMovement,
+)
 from servicekit.errors import AlreadyExists
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRequest:
+    """What a request_id already stands for: its request's fingerprint and first result."""
+
+    method: str
+    fingerprint: str
+    result: Item | None
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -92,7 +118,48 @@ class ItemRow(Base):
     version: Mapped[int] = mapped_column(Integer)
 
 
+class StockMovementRow(Base):
+    __tablename__ = "stock_movements"
+    __table_args__ = (
+        Index("ix_stock_movements_item_id_id", "item_id", "id"),
+        Index("ix_stock_movements_low_stock_change_id", "low_stock_change", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    # No foreign key: the ledger outlives a deleted item.
+    item_id: Mapped[int] = mapped_column(BigInteger)
+    sku: Mapped[str] = mapped_column(String(100))
+    delta: Mapped[int] = mapped_column(Integer)
+    quantity_after: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(20))
+    low_stock_change: Mapped[int] = mapped_column(SmallInteger)
+    low_stock_threshold: Mapped[int] = mapped_column(Integer)
+    customer_id: Mapped[str] = mapped_column(String(100))
+    category: Mapped[str] = mapped_column(String(100))
+    note: Mapped[str] = mapped_column(String(500))
+    principal: Mapped[str] = mapped_column(String(255))
+    request_id: Mapped[str] = mapped_column(String(36))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class RequestIdRow(Base):
+    """Idempotency keys: the first result of each request_id, for replays."""
+
+    __tablename__ = "request_ids"
+    __table_args__ = (Index("ix_request_ids_create_time", "create_time"),)
+
+    request_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    method: Mapped[str] = mapped_column(String(50))
+    fingerprint: Mapped[str] = mapped_column(String(32))
+    response: Mapped[str | None] = mapped_column(Text)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
 items = ItemRow.__table__
+stock_movements = StockMovementRow.__table__
+request_ids = RequestIdRow.__table__
+LOW_STOCK_CHANNEL = "inventory_low_stock"
 # Columns searched by the free-text query; PostgreSQL has a trigram index on lower() of each.
 TEXT_SEARCH_COLUMNS = ("name", "sku", "brand", "category")
 _LIKE_ESCAPE = "/"
@@ -230,6 +297,15 @@ class SqlItemRepository:
         row = self._connection.execute(select(items).where(items.c.id == item_id)).first()
         return _item_from_row(row) if row else None
 
+    def get_for_update(self, item_id: int) -> Item | None:
+        """The item, locked until the transaction ends (SQLite's write transactions lock it all)."""
+        row = self._connection.execute(select(items).where(items.c.id == item_id).with_for_update()).first()
+        return _item_from_row(row) if row else None
+
+    def get_many(self, item_ids: Iterable[int]) -> dict[int, Item]:
+        rows = self._connection.execute(select(items).where(items.c.id.in_(set(item_ids))))
+        return {row.id: _item_from_row(row) for row in rows}
+
     def list_page(self, query: ItemQuery, after_id: int, limit: int) -> list[Item]:
         statement = (
             _filtered(select(items), query)
@@ -260,11 +336,13 @@ class SqlItemRepository:
             raise
         return _item_from_row(row) if row else None
 
-    def delete(self, item_id: int, expected_version: int | None) -> bool:
+    def delete(self, item_id: int, expected_version: int | None) -> Item | None:
+        """Deletes the item (if still at `expected_version`, when given); returns what it was."""
         statement = delete(items).where(items.c.id == item_id)
         if expected_version is not None:
             statement = statement.where(items.c.version == expected_version)
-        return self._connection.execute(statement).rowcount == 1
+        row = self._connection.execute(statement.returning(*items.c)).first()
+        return _item_from_row(row) if row else None
 
     def add_to_quantity(self, item_id: int, delta: int, ceiling: int) -> Item | None:
         """Adds `delta` in one statement; None if the item is missing or the result leaves [0, ceiling]."""
@@ -289,15 +367,131 @@ class SqlItemRepository:
         return _item_from_row(row) if row else None
 
 
+def _movement_from_row(row: Any) -> StockMovement:
+    return StockMovement(
+        id=row.id, item_id=row.item_id, sku=row.sku, delta=row.delta, quantity_after=row.quantity_after,
+        reason=MovementReason(row.reason), low_stock_change=LowStockChange(row.low_stock_change),
+        low_stock_threshold=row.low_stock_threshold, customer_id=row.customer_id, category=row.category,
+        note=row.note, principal=row.principal, request_id=row.request_id, create_time=row.create_time,
+    )
+
+
+class SqlStockMovementRepository:
+    """The stock ledger: written in the same transaction as every change of stock."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self.low_stock_events_added = False
+
+    def add(self, movement: StockMovement) -> None:
+        self._connection.execute(insert(stock_movements).values(
+            item_id=movement.item_id, sku=movement.sku, delta=movement.delta,
+            quantity_after=movement.quantity_after, reason=movement.reason.value,
+            low_stock_change=int(movement.low_stock_change), low_stock_threshold=movement.low_stock_threshold,
+            customer_id=movement.customer_id, category=movement.category, note=movement.note,
+            principal=movement.principal, request_id=movement.request_id, create_time=_utcnow(),
+        ))
+        if movement.low_stock_change != LowStockChange.NONE and not self.low_stock_events_added:
+            self.low_stock_events_added = True
+            if self._connection.dialect.name == "postgresql":
+                # Delivered to every listening replica when (and only if) this transaction commits.
+                self._connection.execute(select(func.pg_notify(LOW_STOCK_CHANNEL, "")))
+
+    def list_page(self, item_id: int, before_id: int | None, limit: int) -> list[StockMovement]:
+        """Newest first; `before_id` continues after a previous page."""
+        statement = select(stock_movements).where(stock_movements.c.item_id == item_id)
+        if before_id is not None:
+            statement = statement.where(stock_movements.c.id < before_id)
+        statement = statement.order_by(stock_movements.c.id.desc()).limit(limit)
+        return [_movement_from_row(row) for row in self._connection.execute(statement)]
+
+    def has_any(self, item_id: int) -> bool:
+        statement = select(stock_movements.c.id).where(stock_movements.c.item_id == item_id).limit(1)
+        return self._connection.execute(statement).first() is not None
+
+    def low_stock_events(self, after_id: int, customer_id: str, category: str, limit: int) -> list[StockMovement]:
+        """Movements that changed an item's low-stock state, oldest first, after `after_id`."""
+        c = stock_movements.c
+        statement = select(stock_movements).where(c.low_stock_change != int(LowStockChange.NONE), c.id > after_id)
+        if customer_id:
+            statement = statement.where(c.customer_id == customer_id)
+        if category:
+            statement = statement.where(c.category == category)
+        statement = statement.order_by(c.id).limit(limit)
+        return [_movement_from_row(row) for row in self._connection.execute(statement)]
+
+    def latest_id(self) -> int:
+        return int(self._connection.execute(select(func.coalesce(func.max(stock_movements.c.id), 0))).scalar_one())
+
+
+def _item_to_json(item: Item) -> str:
+    values = {name: getattr(item, name) for name in MUTABLE_FIELDS}
+    values.update(
+        price=[item.price.currency_code, item.price.nanos],
+        cost=[item.cost.currency_code, item.cost.nanos] if item.cost else None,
+        id=item.id, version=item.version,
+        create_time=item.create_time.isoformat() if item.create_time else None,
+        update_time=item.update_time.isoformat() if item.update_time else None,
+    )
+    return json.dumps(values)
+
+
+def _item_from_json(text: str) -> Item:
+    values = json.loads(text)
+    values["price"] = Money(*values["price"])
+    values["cost"] = Money(*values["cost"]) if values["cost"] else None
+    for name in ("create_time", "update_time"):
+        values[name] = datetime.fromisoformat(values[name]) if values[name] else None
+    return Item(**values)
+
+
+class SqlRequestIdRepository:
+    """Idempotency keys. A key is claimed in the transaction of the change it guards, so a
+    concurrent request with the same key waits for that transaction, then sees its result."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    def claim(self, request_id: str, method: str, fingerprint: str, ttl_s: float) -> StoredRequest | None:
+        """Claims `request_id`; returns what it already stands for, or None when it was free."""
+        now = _utcnow()
+        expired = now - timedelta(seconds=ttl_s)
+        self._connection.execute(
+            delete(request_ids).where(request_ids.c.request_id == request_id, request_ids.c.create_time < expired)
+        )
+        try:
+            with self._connection.begin_nested():
+                self._connection.execute(insert(request_ids).values(
+                    request_id=request_id, method=method, fingerprint=fingerprint, response=None, create_time=now,
+                ))
+            return None
+        except IntegrityError as error:
+            if not _is_unique_violation(error):
+                raise
+        row = self._connection.execute(select(request_ids).where(request_ids.c.request_id == request_id)).one()
+        return StoredRequest(row.method, row.fingerprint, _item_from_json(row.response) if row.response else None)
+
+    def complete(self, request_id: str, result: Item) -> None:
+        self._connection.execute(
+            update(request_ids).where(request_ids.c.request_id == request_id).values(response=_item_to_json(result))
+        )
+
+    def purge_expired(self, ttl_s: float) -> int:
+        cutoff = _utcnow() - timedelta(seconds=ttl_s)
+        return self._connection.execute(delete(request_ids).where(request_ids.c.create_time < cutoff)).rowcount
+
+
 _WRITE_OPTION = "inventory_write_transaction"
 
 
 class SqlUnitOfWork:
     """One transaction. Leaving it always rolls back; only commit() keeps changes."""
 
-    def __init__(self, engine: Engine, *, for_write: bool = False) -> None:
+    def __init__(self, engine: Engine, *, for_write: bool = False,
+                 on_low_stock_events: Callable[[], None] | None = None) -> None:
         self._engine = engine
         self._for_write = for_write
+        self._on_low_stock_events = on_low_stock_events
 
     def __enter__(self) -> "SqlUnitOfWork":
         self._connection = self._engine.connect()
@@ -305,6 +499,8 @@ class SqlUnitOfWork:
             self._connection.execution_options(**{_WRITE_OPTION: True})
         self._transaction = self._connection.begin()
         self.items = SqlItemRepository(self._connection)
+        self.movements = SqlStockMovementRepository(self._connection)
+        self.request_ids = SqlRequestIdRepository(self._connection)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -316,6 +512,52 @@ class SqlUnitOfWork:
 
     def commit(self) -> None:
         self._transaction.commit()
+        if self.movements.low_stock_events_added and self._on_low_stock_events:
+            self._on_low_stock_events()
+
+
+class PostgresLowStockListener:
+    """LISTENs on PostgreSQL for low-stock events committed by any replica and calls
+    `on_event` for each notification; reconnects by itself when the connection drops."""
+
+    def __init__(self, engine: Engine, on_event: Callable[[], None]) -> None:
+        self._engine = engine
+        self._on_event = on_event
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="low-stock-listener", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._listen()
+            except Exception:
+                log.warning("low-stock listener lost its connection: reconnecting", exc_info=True)
+                self._on_event()  # a watcher re-reads the ledger, so nothing missed meanwhile is lost
+                self._stopping.wait(1)
+
+    def _listen(self) -> None:
+        connection = self._engine.raw_connection()
+        try:
+            dbapi_connection = connection.driver_connection
+            dbapi_connection.autocommit = True
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(f"LISTEN {LOW_STOCK_CHANNEL}")
+            while not self._stopping.is_set():
+                if select_module.select([dbapi_connection], [], [], 0.5) == ([], [], []):
+                    continue
+                dbapi_connection.poll()
+                if dbapi_connection.notifies:
+                    dbapi_connection.notifies.clear()
+                    self._on_event()
+        finally:
+            connection.invalidate()  # never hand a LISTENing connection back to the pool
 
 
 def prepare_engine(engine: Engine) -> Engine:

@@ -15,13 +15,13 @@ from sqlalchemy.engine import make_url
 
 from inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from inventory_svc import migrations
-from inventory_svc.repository import SqlUnitOfWork, prepare_engine
-from inventory_svc.service import ItemService
+from inventory_svc.repository import PostgresLowStockListener, SqlUnitOfWork, prepare_engine
+from inventory_svc.service import ItemService, LowStockSignal
 from inventory_svc.servicer import ROLE_FOR_METHOD, ItemServicer
 from inventory_svc.settings import InventorySettings
 from servicekit.auth import JwtAuthInterceptor, TokenVerifier
 from servicekit.logging import configure_logging
-from servicekit.server import RunningServer, finish_server, new_server, serve_until_signalled
+from servicekit.server import Periodic, RunningServer, finish_server, new_server, serve_until_signalled
 from servicekit.status import StatusMappingInterceptor
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,15 @@ def build_engine(settings: InventorySettings) -> Engine:
     return prepare_engine(engine)
 
 
-def build_item_service(engine: Engine) -> ItemService:
-    return ItemService(partial(SqlUnitOfWork, engine))
+def build_item_service(engine: Engine, settings: InventorySettings = InventorySettings()) -> ItemService:
+    signal = LowStockSignal()
+    return ItemService(
+        partial(SqlUnitOfWork, engine, on_low_stock_events=signal.notify),
+        low_stock_signal=signal,
+        request_id_ttl_s=settings.request_id_ttl_s,
+        max_watchers=settings.max_watchers,
+        watch_poll_s=settings.watch_poll_s,
+    )
 
 
 def build_server(settings: InventorySettings, items: ItemService, *, require_auth: bool = True) -> RunningServer:
@@ -59,16 +66,27 @@ def build_server(settings: InventorySettings, items: ItemService, *, require_aut
         interceptors.append(JwtAuthInterceptor(TokenVerifier(settings.auth), ROLE_FOR_METHOD))
     server = new_server(settings.max_workers, interceptors)
     inventory_pb2_grpc.add_ItemServiceServicer_to_server(ItemServicer(items), server)
-    return finish_server(server, settings.listen_address, [ITEM_SERVICE_NAME])
+    running = finish_server(server, settings.listen_address, [ITEM_SERVICE_NAME])
+    running.on_shutdown.append(items.stop_watchers)
+    return running
 
 
 def serve(settings: InventorySettings) -> None:
     engine = build_engine(settings)
+    items = build_item_service(engine, settings)
+    background = [Periodic("purge-request-ids", settings.request_id_purge_interval_s, items.purge_expired_request_ids)]
+    if engine.dialect.name == "postgresql":
+        # Low-stock events committed by any replica wake this replica's watchers.
+        background.append(PostgresLowStockListener(engine, items.wake_watchers))
+    for task in background:
+        task.start()
     try:
-        running = build_server(settings, build_item_service(engine))
+        running = build_server(settings, items)
         serve_until_signalled(running, "inventory", settings.listen_address,
                               settings.shutdown_drain_s, settings.shutdown_grace_s)
     finally:
+        for task in background:
+            task.stop()
         engine.dispose()
 
 

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Protocol
+import threading
+import uuid
+from dataclasses import replace
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 from inventory_svc.domain import (
+    CLIENT_REASONS,
+    MAX_NOTE_LENGTH,
     MAX_QUANTITY_VALUE,
     Item,
     ItemFields,
     ItemQuery,
+    MovementReason,
     Page,
+    StockMovement,
     StockWouldGoNegative,
     StockWouldOverflow,
     apply_changes,
     check_currency_code,
+    movement_between,
     validate_item_fields,
 )
-from servicekit.errors import Conflict, InvalidField, NotFound
+from servicekit.errors import Conflict, InvalidField, NotFound, ResourceExhausted
 from servicekit.page_tokens import decode_page_token, encode_page_token, query_fingerprint
 
 DEFAULT_PAGE_SIZE = 50
@@ -24,21 +32,48 @@ MAX_PAGE_SIZE = 500
 MAX_QUERY_LENGTH = 100
 # Optimistic update attempts when the caller sent no etag and others keep changing the item.
 UPDATE_ATTEMPTS = 3
+MAX_BATCH_SIZE = 100
+DEFAULT_REQUEST_ID_TTL_S = 24 * 3600.0
+WATCH_BATCH = 100
 
 
 class ItemRepository(Protocol):
     def add(self, fields: ItemFields) -> Item: ...
     def get(self, item_id: int) -> Item | None: ...
+    def get_for_update(self, item_id: int) -> Item | None: ...
+    def get_many(self, item_ids: Sequence[int]) -> dict[int, Item]: ...
     def list_page(self, query: ItemQuery, after_id: int, limit: int) -> list[Item]: ...
     def count(self, query: ItemQuery) -> int: ...
     def replace_fields(self, item_id: int, expected_version: int, fields: ItemFields) -> Item | None: ...
-    def delete(self, item_id: int, expected_version: int | None) -> bool: ...
+    def delete(self, item_id: int, expected_version: int | None) -> Item | None: ...
     def add_to_quantity(self, item_id: int, delta: int, ceiling: int) -> Item | None: ...
     def set_quantity(self, item_id: int, quantity: int) -> Item | None: ...
 
 
+class StockMovementRepository(Protocol):
+    def add(self, movement: StockMovement) -> None: ...
+    def list_page(self, item_id: int, before_id: int | None, limit: int) -> list[StockMovement]: ...
+    def has_any(self, item_id: int) -> bool: ...
+    def low_stock_events(self, after_id: int, customer_id: str, category: str, limit: int) -> list[StockMovement]: ...
+    def latest_id(self) -> int: ...
+
+
+class StoredRequest(Protocol):
+    method: str
+    fingerprint: str
+    result: Item | None
+
+
+class RequestIdRepository(Protocol):
+    def claim(self, request_id: str, method: str, fingerprint: str, ttl_s: float) -> StoredRequest | None: ...
+    def complete(self, request_id: str, result: Item) -> None: ...
+    def purge_expired(self, ttl_s: float) -> int: ...
+
+
 class UnitOfWork(Protocol):
     items: ItemRepository
+    movements: StockMovementRepository
+    request_ids: RequestIdRepository
 
     def __enter__(self) -> "UnitOfWork": ...
     def __exit__(self, *exc_info: object) -> None: ...
@@ -75,16 +110,147 @@ def _check_query(query: ItemQuery) -> None:
             check_currency_code(f"{field}.currency_code", bound.currency_code)
 
 
-class ItemService:
-    def __init__(self, unit_of_work: UnitOfWorkFactory) -> None:
-        self._unit_of_work = unit_of_work
+def _check_request_id(request_id: str) -> None:
+    try:
+        uuid.UUID(request_id)
+    except ValueError:
+        raise InvalidField("request_id", "must be a UUID such as 3f2b6c1e-8d4a-4e0b-9c57-2a1d5e7f9b10") from None
 
-    def create_item(self, fields: ItemFields) -> Item:
+
+class LowStockSignal:
+    """Wakes the low-stock watchers of this process when the ledger may hold new events:
+    called after a local commit and, on PostgreSQL, for every replica's commit."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self.generation = 0
+        self.closed = False
+
+    def notify(self) -> None:
+        with self._condition:
+            self.generation += 1
+            self._condition.notify_all()
+
+    def close(self) -> None:
+        self.closed = True
+        self.notify()
+
+    def wait(self, seen_generation: int, timeout_s: float) -> None:
+        with self._condition:
+            self._condition.wait_for(lambda: self.generation != seen_generation, timeout_s)
+
+
+class ItemService:
+    def __init__(
+        self, unit_of_work: UnitOfWorkFactory, *, low_stock_signal: LowStockSignal | None = None,
+        request_id_ttl_s: float = DEFAULT_REQUEST_ID_TTL_S, max_watchers: int = 8, watch_poll_s: float = 1.0,
+    ) -> None:
+        """`watch_poll_s`: a watcher re-reads the ledger at least this often, signalled or not."""
+        self._unit_of_work = unit_of_work
+        self._signal = low_stock_signal or LowStockSignal()
+        self._request_id_ttl_s = request_id_ttl_s
+        self._watcher_slots = threading.BoundedSemaphore(max_watchers)
+        self._watch_poll_s = watch_poll_s
+
+    def _replay(self, uow: UnitOfWork, request_id: str, method: str, *request: object) -> Item | None:
+        """Claims `request_id` for this request; returns the first result if it was used already."""
+        if not request_id:
+            return None
+        _check_request_id(request_id)
+        stored = uow.request_ids.claim(request_id, method, query_fingerprint(method, *request).hex(),
+                                       self._request_id_ttl_s)
+        if stored is None:
+            return None
+        if (stored.method, stored.fingerprint) != (method, query_fingerprint(method, *request).hex()):
+            raise InvalidField("request_id", "was already used for a different request")
+        if stored.result is None:
+            raise Conflict("a request with this request_id is still in progress: try again")
+        return stored.result
+
+    @staticmethod
+    def _record(uow: UnitOfWork, before: Item | None, after: Item | None, reason: MovementReason,
+                **details: str) -> None:
+        movement = movement_between(before, after, reason, **details)
+        if movement is not None:
+            uow.movements.add(movement)
+
+    def create_item(self, fields: ItemFields, *, principal: str = "", request_id: str = "") -> Item:
         validate_item_fields(fields)
         with self._unit_of_work(for_write=True) as uow:
+            replayed = self._replay(uow, request_id, "CreateItem", fields)
+            if replayed is not None:
+                return replayed
             item = uow.items.add(fields)
+            self._record(uow, None, item, MovementReason.ITEM_CREATED, principal=principal, request_id=request_id)
+            if request_id:
+                uow.request_ids.complete(request_id, item)
             uow.commit()
         return item
+
+    def batch_get_items(self, item_ids: Sequence[int]) -> list[Item]:
+        if not 1 <= len(item_ids) <= MAX_BATCH_SIZE:
+            raise InvalidField("ids", f"must name 1 to {MAX_BATCH_SIZE} items")
+        if any(item_id <= 0 for item_id in item_ids):
+            raise InvalidField("ids", "must all be greater than zero")
+        with self._unit_of_work() as uow:
+            found = uow.items.get_many(item_ids)
+        missing = sorted(set(item_ids) - set(found))
+        if missing:
+            raise NotFound(f"items not found: {', '.join(map(str, missing))}")
+        return [found[item_id] for item_id in item_ids]
+
+    def list_stock_movements(self, item_id: int, page_size: int, page_token: str) -> Page[StockMovement]:
+        _check_id(item_id, "item_id")
+        limit = _page_limit(page_size)
+        fingerprint = query_fingerprint("stock-movements", item_id)
+        before_id = decode_page_token(page_token, fingerprint) if page_token else None
+        with self._unit_of_work() as uow:
+            found = uow.movements.list_page(item_id, before_id, limit + 1)
+            if not found and before_id is None and not uow.items.get(item_id):
+                raise NotFound(f"item {item_id} not found")
+        page = found[:limit]
+        next_token = encode_page_token(page[-1].id, fingerprint) if len(found) > limit else ""
+        return Page(page, next_token)
+
+    def watch_low_stock(
+        self, customer_id: str, category: str, after_cursor: int | None, is_active: Callable[[], bool]
+    ) -> Iterator[StockMovement]:
+        """Low-stock events from the ledger as they are committed, until `is_active` turns
+        false or the server shuts down."""
+        if after_cursor is not None and after_cursor < 0:
+            raise InvalidField("after_cursor", "must be zero or more")
+        if not self._watcher_slots.acquire(blocking=False):
+            raise ResourceExhausted("too many low-stock watchers on this replica: try another or later")
+        try:
+            if after_cursor is None:
+                with self._unit_of_work() as uow:
+                    after_cursor = uow.movements.latest_id()
+            cursor = after_cursor
+            while is_active() and not self._signal.closed:
+                seen = self._signal.generation
+                with self._unit_of_work() as uow:
+                    events = uow.movements.low_stock_events(cursor, customer_id, category, WATCH_BATCH)
+                for event in events:
+                    yield event
+                    cursor = event.id
+                if len(events) < WATCH_BATCH:
+                    self._signal.wait(seen, self._watch_poll_s)
+        finally:
+            self._watcher_slots.release()
+
+    def stop_watchers(self) -> None:
+        """Server shutdown: every watch stream ends cleanly."""
+        self._signal.close()
+
+    def wake_watchers(self) -> None:
+        """The ledger may hold new events (or a watcher's caller went away): look now."""
+        self._signal.notify()
+
+    def purge_expired_request_ids(self) -> int:
+        with self._unit_of_work(for_write=True) as uow:
+            purged = uow.request_ids.purge_expired(self._request_id_ttl_s)
+            uow.commit()
+        return purged
 
     def get_item(self, item_id: int) -> Item:
         _check_id(item_id, "id")
@@ -114,7 +280,7 @@ class ItemService:
         )
         return self._page("low-stock", query, page_size, page_token)
 
-    def update_item(self, item_id: int, changes: Mapping[str, Any], etag: str) -> Item:
+    def update_item(self, item_id: int, changes: Mapping[str, Any], etag: str, *, principal: str = "") -> Item:
         _check_id(item_id, "item.id")
         expected_version = _version_from_etag(etag, "item.etag") if etag else None
         for _ in range(UPDATE_ATTEMPTS):
@@ -128,23 +294,29 @@ class ItemService:
                 validate_item_fields(fields)
                 updated = uow.items.replace_fields(item_id, current.version, fields)
                 if updated is not None:
+                    self._record(uow, current, updated, MovementReason.ITEM_UPDATED, principal=principal)
                     uow.commit()
                     return updated
             if expected_version is not None:
                 raise Conflict(f"item {item_id} changed since etag {etag}: read it again")
         raise Conflict(f"item {item_id} kept changing while being updated: try again")
 
-    def delete_item(self, item_id: int, etag: str) -> None:
+    def delete_item(self, item_id: int, etag: str, *, principal: str = "") -> None:
         _check_id(item_id, "id")
         expected_version = _version_from_etag(etag, "etag") if etag else None
         with self._unit_of_work(for_write=True) as uow:
-            if not uow.items.delete(item_id, expected_version):
+            deleted = uow.items.delete(item_id, expected_version)
+            if deleted is None:
                 if expected_version is not None and uow.items.get(item_id) is not None:
                     raise Conflict(f"item {item_id} changed since etag {etag}: read it again")
                 raise NotFound(f"item {item_id} not found")
+            self._record(uow, deleted, None, MovementReason.ITEM_DELETED, principal=principal)
             uow.commit()
 
-    def adjust_quantity(self, item_id: int, *, delta: int | None = None, set_to: int | None = None) -> Item:
+    def adjust_quantity(
+        self, item_id: int, *, delta: int | None = None, set_to: int | None = None,
+        reason: MovementReason | None = None, note: str = "", principal: str = "", request_id: str = "",
+    ) -> Item:
         _check_id(item_id, "id")
         if (delta is None) == (set_to is None):
             raise InvalidField("change", "set exactly one of delta or set_quantity")
@@ -152,17 +324,32 @@ class ItemService:
             raise InvalidField("delta", "must not be zero")
         if set_to is not None and set_to < 0:
             raise InvalidField("set_quantity", "must be zero or more")
+        reason = reason or (MovementReason.OTHER if delta is not None else MovementReason.CORRECTION)
+        if reason not in CLIENT_REASONS:
+            raise InvalidField("reason", "is recorded by the server itself: use RESTOCK, SALE, RETURN, CORRECTION, "
+                                         "DAMAGE or OTHER")
+        if len(note) > MAX_NOTE_LENGTH:
+            raise InvalidField("note", f"must be at most {MAX_NOTE_LENGTH} characters")
+        details = {"note": note, "principal": principal, "request_id": request_id}
         with self._unit_of_work(for_write=True) as uow:
+            replayed = self._replay(uow, request_id, "AdjustQuantity", item_id, delta, set_to, reason, note)
+            if replayed is not None:
+                return replayed
             if delta is not None:
-                item = uow.items.add_to_quantity(item_id, delta, MAX_QUANTITY_VALUE)
+                after = uow.items.add_to_quantity(item_id, delta, MAX_QUANTITY_VALUE)
+                before = replace(after, quantity=after.quantity - delta) if after else None
             else:
-                item = uow.items.set_quantity(item_id, set_to or 0)
-            if item is None:
+                before = uow.items.get_for_update(item_id)
+                after = uow.items.set_quantity(item_id, set_to or 0) if before else None
+            if after is None:
                 if uow.items.get(item_id) is None:
                     raise NotFound(f"item {item_id} not found")
                 raise StockWouldGoNegative(item_id) if (delta or 0) < 0 else StockWouldOverflow(item_id)
+            self._record(uow, before, after, reason, **details)
+            if request_id:
+                uow.request_ids.complete(request_id, after)
             uow.commit()
-        return item
+        return after
 
     def _page(self, kind: str, query: ItemQuery, page_size: int, page_token: str) -> Page:
         limit = _page_limit(page_size)

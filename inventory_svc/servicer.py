@@ -5,6 +5,8 @@ Errors are raised, never caught here: servicekit.status maps them to statuses.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import grpc
 
 from inventory.v1 import inventory_pb2 as pb
@@ -13,21 +15,30 @@ from inventory_svc.convert import (
     changes_from_update,
     item_fields_from_proto,
     item_to_proto,
+    low_stock_event_to_proto,
+    movement_to_proto,
     query_from_request,
+    reason_from_proto,
 )
 from inventory_svc.domain import Page
 from inventory_svc.service import ItemService
+from servicekit.auth import current_principal
 
 
 READ_ROLE = "inventory.read"
 WRITE_ROLE = "inventory.write"
 _ITEM_SERVICE = pb.DESCRIPTOR.services_by_name["ItemService"]
-_WRITES = frozenset({"CreateItem", "UpdateItem", "DeleteItem", "AdjustQuantity"})
+_WRITES = frozenset({"CreateItem", "UpdateItem", "DeleteItem", "AdjustQuantity"})  # all else reads
 # The role each RPC needs; the auth interceptor denies any method missing here.
 ROLE_FOR_METHOD = {
     f"/{_ITEM_SERVICE.full_name}/{method.name}": WRITE_ROLE if method.name in _WRITES else READ_ROLE
     for method in _ITEM_SERVICE.methods
 }
+
+
+def _principal() -> str:
+    principal = current_principal.get(None)
+    return principal.subject if principal else ""
 
 
 def _page_reply(page: Page) -> dict[str, object]:
@@ -43,7 +54,9 @@ class ItemServicer(inventory_pb2_grpc.ItemServiceServicer):
         self._items = items
 
     def CreateItem(self, request: pb.CreateItemRequest, context: grpc.ServicerContext) -> pb.CreateItemResponse:
-        item = self._items.create_item(item_fields_from_proto(request.item))
+        item = self._items.create_item(
+            item_fields_from_proto(request.item), principal=_principal(), request_id=request.request_id
+        )
         return pb.CreateItemResponse(item=item_to_proto(item))
 
     def GetItem(self, request: pb.GetItemRequest, context: grpc.ServicerContext) -> pb.GetItemResponse:
@@ -55,11 +68,11 @@ class ItemServicer(inventory_pb2_grpc.ItemServiceServicer):
 
     def UpdateItem(self, request: pb.UpdateItemRequest, context: grpc.ServicerContext) -> pb.UpdateItemResponse:
         changes = changes_from_update(request.item, request.update_mask)
-        item = self._items.update_item(request.item.id, changes, request.item.etag)
+        item = self._items.update_item(request.item.id, changes, request.item.etag, principal=_principal())
         return pb.UpdateItemResponse(item=item_to_proto(item))
 
     def DeleteItem(self, request: pb.DeleteItemRequest, context: grpc.ServicerContext) -> pb.DeleteItemResponse:
-        self._items.delete_item(request.id, request.etag)
+        self._items.delete_item(request.id, request.etag, principal=_principal())
         return pb.DeleteItemResponse()
 
     def ListCustomerItems(
@@ -78,6 +91,10 @@ class ItemServicer(inventory_pb2_grpc.ItemServiceServicer):
             request.id,
             delta=request.delta if change == "delta" else None,
             set_to=request.set_quantity if change == "set_quantity" else None,
+            reason=reason_from_proto(request.reason),
+            note=request.note,
+            principal=_principal(),
+            request_id=request.request_id,
         )
         return pb.AdjustQuantityResponse(item=item_to_proto(item))
 
@@ -90,3 +107,26 @@ class ItemServicer(inventory_pb2_grpc.ItemServiceServicer):
             request.page_token,
         )
         return pb.ListLowStockItemsResponse(**_page_reply(page))
+
+    def BatchGetItems(self, request: pb.BatchGetItemsRequest, context: grpc.ServicerContext) -> pb.BatchGetItemsResponse:
+        return pb.BatchGetItemsResponse(items=[item_to_proto(item) for item in self._items.batch_get_items(request.ids)])
+
+    def ListStockMovements(
+        self, request: pb.ListStockMovementsRequest, context: grpc.ServicerContext
+    ) -> pb.ListStockMovementsResponse:
+        page = self._items.list_stock_movements(request.item_id, request.page_size, request.page_token)
+        return pb.ListStockMovementsResponse(
+            movements=[movement_to_proto(movement) for movement in page.items], next_page_token=page.next_page_token
+        )
+
+    def WatchLowStock(
+        self, request: pb.WatchLowStockRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.WatchLowStockResponse]:
+        context.add_callback(self._items.wake_watchers)
+        events = self._items.watch_low_stock(
+            request.customer_id, request.category,
+            request.after_cursor if request.HasField("after_cursor") else None,
+            context.is_active,
+        )
+        for event in events:
+            yield low_stock_event_to_proto(event)

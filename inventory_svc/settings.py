@@ -22,6 +22,13 @@ class InventorySettings:
     shutdown_drain_s: float = 0.0
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
+    # Idempotency keys (request_id) are kept this long, and purged this often.
+    request_id_ttl_s: float = 24 * 3600.0
+    request_id_purge_interval_s: float = 600.0
+    # Low-stock watch streams each hold a worker thread: at most this many per replica.
+    max_watchers: int = 8
+    # A watcher re-reads the ledger at least this often even when no notification came.
+    watch_poll_s: float = 1.0
     auth: AuthSettings = field(default_factory=AuthSettings)
 
     @classmethod
@@ -35,5 +42,9 @@ class InventorySettings:
             shutdown_drain_s=read.float("SHUTDOWN_DRAIN_S", cls.shutdown_drain_s),
             shutdown_grace_s=read.float("SHUTDOWN_GRACE_S", cls.shutdown_grace_s),
             log_level=read.str("LOG_LEVEL", cls.log_level),
+            request_id_ttl_s=read.float("REQUEST_ID_TTL_S", cls.request_id_ttl_s),
+            request_id_purge_interval_s=read.float("REQUEST_ID_PURGE_INTERVAL_S", cls.request_id_purge_interval_s),
+            max_watchers=read.int("MAX_WATCHERS", cls.max_watchers, minimum=1),
+            watch_poll_s=read.float("WATCH_POLL_S", cls.watch_poll_s),
             auth=AuthSettings.from_env(env, "INVENTORY"),
         )

@@ -20,6 +20,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from grpc_interceptor.server import ServerInterceptor
 
+from servicekit.call_context import call_with
 from servicekit.errors import PermissionDenied, Unauthenticated
 from servicekit.settings import EnvReader, SettingsError
 
@@ -241,9 +242,5 @@ class JwtAuthInterceptor(ServerInterceptor):
         required = self._permission_for_method.get(method_name)
         if required is None or required not in principal.roles:
             raise PermissionDenied(f"this call needs the {required or 'unknown'} role")
-        reset = current_principal.set(principal)
-        try:
-            return method(request_or_iterator, context)
-        finally:
-            current_principal.reset(reset)
+        return call_with(current_principal, principal, method, request_or_iterator, context)
 

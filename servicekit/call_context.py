@@ -4,11 +4,12 @@ read by the clients, so that no layer in between passes them along by hand."""
 
 from __future__ import annotations
 
+import inspect
 import time
 import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, TypeVar
 
 import grpc
 from grpc_interceptor.server import ServerInterceptor
@@ -27,6 +28,28 @@ class CallContext:
 
 
 current_call: ContextVar[CallContext] = ContextVar("current_call")
+Value = TypeVar("Value")
+
+
+def call_with(variable: ContextVar[Value], value: Value, method: Callable[..., Any], *args: Any) -> Any:
+    """Calls `method` with `variable` set to `value`. A server-streaming method returns a
+    generator that runs later, while grpc sends the stream: it gets the value then too."""
+    reset = variable.set(value)
+    try:
+        result = method(*args)
+    finally:
+        variable.reset(reset)
+    if inspect.isgenerator(result):
+        return _stream_with(variable, value, result)
+    return result
+
+
+def _stream_with(variable: ContextVar[Value], value: Value, stream: Iterator[Any]) -> Iterator[Any]:
+    reset = variable.set(value)
+    try:
+        yield from stream
+    finally:
+        variable.reset(reset)
 
 
 class CallContextInterceptor(ServerInterceptor):
@@ -39,11 +62,8 @@ class CallContextInterceptor(ServerInterceptor):
             (str(value) for key, value in context.invocation_metadata() or () if key == REQUEST_ID_METADATA),
             "",
         ) or uuid.uuid4().hex
-        reset = current_call.set(CallContext(
+        call = CallContext(
             deadline=None if remaining is None else time.monotonic() + remaining,
             request_id=request_id[:128],
-        ))
-        try:
-            return method(request_or_iterator, context)
-        finally:
-            current_call.reset(reset)
+        )
+        return call_with(current_call, call, method, request_or_iterator, context)

@@ -9,7 +9,7 @@ import os
 import threading
 import time
 from collections import namedtuple
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2
@@ -146,19 +146,31 @@ class RpcCaller:
         self._timeout_s = timeout_s
 
     def __call__(self, method: Callable[..., Reply], request: Any) -> Reply:
-        timeout, metadata = self._timeout_s, ()
-        call = current_call.get(None)
-        if call is not None:
-            remaining = call.time_remaining()
-            if remaining is not None:
-                if remaining <= 0:
-                    raise errors.DeadlineExceeded("the caller's deadline has passed")
-                timeout = min(timeout, remaining)
-            metadata = ((REQUEST_ID_METADATA, call.request_id),)
+        timeout, metadata = self._bounds(self._timeout_s)
         try:
             return method(request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as error:
             raise error_from_rpc(error) from error
+
+    def stream(self, method: Callable[..., Iterable[Reply]], request: Any, timeout_s: float | None) -> Iterator[Reply]:
+        """A server stream, open until `timeout_s` (or the serving call's deadline) if any."""
+        timeout, metadata = self._bounds(timeout_s)
+        try:
+            yield from method(request, timeout=timeout, metadata=metadata)
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
+
+    @staticmethod
+    def _bounds(timeout: float | None) -> tuple[float | None, tuple[tuple[str, str], ...]]:
+        call = current_call.get(None)
+        if call is None:
+            return timeout, ()
+        remaining = call.time_remaining()
+        if remaining is not None:
+            if remaining <= 0:
+                raise errors.DeadlineExceeded("the caller's deadline has passed")
+            timeout = remaining if timeout is None else min(timeout, remaining)
+        return timeout, ((REQUEST_ID_METADATA, call.request_id),)
 
 
 Client = TypeVar("Client", bound="ServiceClient")
@@ -177,6 +189,7 @@ class ServiceClient:
         self._channel = channel
         self._stub = self.stub_class(channel)
         self._call = RpcCaller(timeout_s)
+        self._stream = self._call.stream
 
     @classmethod
     def connect(cls: type[Client], target: str, token: Callable[[], str], *, timeout_s: float = 5.0) -> Client:

@@ -43,6 +43,10 @@ class PermissionDenied(DomainError):
     pass
 
 
+class ResourceExhausted(DomainError):
+    pass
+
+
 class Unavailable(DomainError):
     pass
 

@@ -7,9 +7,9 @@ import signal
 import threading
 import time
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
-from typing import Iterable
+from typing import Callable, Iterable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,11 +23,15 @@ class RunningServer:
     server: grpc.Server
     port: int
     health: health.HealthServicer
+    # Called when shutdown begins, e.g. to end long-lived streams cleanly.
+    on_shutdown: list[Callable[[], None]] = field(default_factory=list)
 
     def shutdown(self, drain_s: float, grace_s: float) -> None:
         """Probes see NOT_SERVING first; after drain_s new calls are refused and
         in-flight ones get grace_s to finish."""
         self.health.enter_graceful_shutdown()
+        for callback in self.on_shutdown:
+            callback()
         time.sleep(drain_s)
         self.server.stop(grace_s).wait()
 
@@ -70,3 +74,27 @@ def serve_until_signalled(running: RunningServer, name: str, listen_address: str
     signal.signal(signal.SIGINT, stop_gracefully)
     running.server.wait_for_termination()
     log.info("%s stopped", name)
+
+
+class Periodic:
+    """Runs `task` every `interval_s` seconds in a daemon thread until stopped."""
+
+    def __init__(self, name: str, interval_s: float, task: Callable[[], object]) -> None:
+        self._interval_s = interval_s
+        self._task = task
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._interval_s):
+            try:
+                self._task()
+            except Exception:
+                log.exception("periodic task %s failed; it runs again in %.0f s", self._thread.name, self._interval_s)

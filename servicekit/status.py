@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, NoReturn
 
 import grpc
 from google.protobuf import any_pb2
@@ -23,6 +24,7 @@ STATUS_FOR_ERROR: dict[type[errors.DomainError], grpc.StatusCode] = {
     errors.Conflict: grpc.StatusCode.ABORTED,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
@@ -67,14 +69,27 @@ class StatusMappingInterceptor(ServerInterceptor):
         context: grpc.ServicerContext, method_name: str,
     ) -> Any:
         try:
-            return method(request_or_iterator, context)
-        except errors.DomainError as error:
-            context.abort_with_status(to_rpc_status(error))
+            result = method(request_or_iterator, context)
         except Exception as error:
-            if _is_abort(error, context):
-                raise  # context.abort() inside the handler: the status is already set
-            log.error("unexpected error in %s", method_name, exc_info=error)
-            context.abort_with_status(internal_status())
+            self._abort(error, context, method_name)
+        if inspect.isgenerator(result):
+            return self._mapped_stream(result, context, method_name)  # a server-streaming method
+        return result
+
+    def _mapped_stream(self, stream: Iterator[Any], context: grpc.ServicerContext, method_name: str) -> Iterator[Any]:
+        try:
+            yield from stream
+        except Exception as error:
+            self._abort(error, context, method_name)
+
+    @staticmethod
+    def _abort(error: Exception, context: grpc.ServicerContext, method_name: str) -> NoReturn:
+        if isinstance(error, errors.DomainError):
+            context.abort_with_status(to_rpc_status(error))
+        if _is_abort(error, context):
+            raise error  # context.abort() inside the handler: the status is already set
+        log.error("unexpected error in %s", method_name, exc_info=error)
+        context.abort_with_status(internal_status())
 
 
 def _is_abort(error: Exception, context: grpc.ServicerContext) -> bool:

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, delete
 from sqlalchemy.engine import make_url
 
 from inventory.v1 import inventory_pb2_grpc
-from inventory_svc.repository import items
+from inventory_svc.repository import items, request_ids, stock_movements
 from inventory_svc.server import build_item_service
 from inventory_svc.service import ItemService
 from inventory_svc.settings import InventorySettings
@@ -82,19 +82,31 @@ def engine(inventory_settings: InventorySettings) -> Iterator[Engine]:
 def empty_database(engine: Engine) -> Engine:
     """The session's database with no items: each test starts from nothing."""
     with engine.begin() as connection:
-        connection.execute(delete(items))
+        for table in (items, stock_movements, request_ids):
+            connection.execute(delete(table))
     return engine
 
 
 @pytest.fixture
-def item_service(empty_database: Engine) -> ItemService:
-    return build_item_service(empty_database)
+def item_service(empty_database: Engine, inventory_settings: InventorySettings) -> ItemService:
+    return build_item_service(empty_database, inventory_settings)
 
 
 @pytest.fixture(scope="session")
 def inventory_server(inventory_settings: InventorySettings, engine: Engine) -> Iterator[RunningServer]:
     with serving(inventory_settings, engine) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL database of its own, for tests that only make sense there."""
+    if not POSTGRES_URL:
+        if REQUIRE_POSTGRES:
+            pytest.fail("TEST_REQUIRE_POSTGRES=1 but TEST_POSTGRES_URL is not set")
+        pytest.skip("needs TEST_POSTGRES_URL")
+    with throwaway_postgres_database(POSTGRES_URL) as url:
+        yield url
 
 
 @pytest.fixture

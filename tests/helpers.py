@@ -98,7 +98,7 @@ def migrated_engine(settings: InventorySettings) -> Iterator[Engine]:
 
 @contextmanager
 def serving(settings: InventorySettings, engine: Engine) -> Iterator[RunningServer]:
-    running = build_server(settings, build_item_service(engine))
+    running = build_server(settings, build_item_service(engine, settings))
     running.server.start()
     try:
         yield running

@@ -9,6 +9,7 @@ from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.type import money_pb2 as _money_pb2
 import builtins as _builtins
 import sys
@@ -20,6 +21,82 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _StockMovementReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StockMovementReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StockMovementReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STOCK_MOVEMENT_REASON_UNSPECIFIED: _StockMovementReason.ValueType  # 0
+    """Not given: AdjustQuantity records OTHER."""
+    STOCK_MOVEMENT_REASON_RESTOCK: _StockMovementReason.ValueType  # 1
+    """Goods received."""
+    STOCK_MOVEMENT_REASON_SALE: _StockMovementReason.ValueType  # 2
+    """Goods sold."""
+    STOCK_MOVEMENT_REASON_RETURN: _StockMovementReason.ValueType  # 3
+    """Goods returned by a customer."""
+    STOCK_MOVEMENT_REASON_CORRECTION: _StockMovementReason.ValueType  # 4
+    """A count corrected (the default of set_quantity)."""
+    STOCK_MOVEMENT_REASON_DAMAGE: _StockMovementReason.ValueType  # 5
+    """Goods damaged or lost."""
+    STOCK_MOVEMENT_REASON_OTHER: _StockMovementReason.ValueType  # 6
+    """Anything else: say what in the note."""
+    STOCK_MOVEMENT_REASON_ITEM_CREATED: _StockMovementReason.ValueType  # 7
+    """Recorded by the server: the item was created with this quantity."""
+    STOCK_MOVEMENT_REASON_ITEM_DELETED: _StockMovementReason.ValueType  # 8
+    """Recorded by the server: the item was deleted, taking its stock with it."""
+    STOCK_MOVEMENT_REASON_ITEM_UPDATED: _StockMovementReason.ValueType  # 9
+    """Recorded by the server: UpdateItem changed the quantity or the low-stock state."""
+
+class StockMovementReason(_StockMovementReason, metaclass=_StockMovementReasonEnumTypeWrapper):
+    """Why a stock movement happened."""
+
+STOCK_MOVEMENT_REASON_UNSPECIFIED: StockMovementReason.ValueType  # 0
+"""Not given: AdjustQuantity records OTHER."""
+STOCK_MOVEMENT_REASON_RESTOCK: StockMovementReason.ValueType  # 1
+"""Goods received."""
+STOCK_MOVEMENT_REASON_SALE: StockMovementReason.ValueType  # 2
+"""Goods sold."""
+STOCK_MOVEMENT_REASON_RETURN: StockMovementReason.ValueType  # 3
+"""Goods returned by a customer."""
+STOCK_MOVEMENT_REASON_CORRECTION: StockMovementReason.ValueType  # 4
+"""A count corrected (the default of set_quantity)."""
+STOCK_MOVEMENT_REASON_DAMAGE: StockMovementReason.ValueType  # 5
+"""Goods damaged or lost."""
+STOCK_MOVEMENT_REASON_OTHER: StockMovementReason.ValueType  # 6
+"""Anything else: say what in the note."""
+STOCK_MOVEMENT_REASON_ITEM_CREATED: StockMovementReason.ValueType  # 7
+"""Recorded by the server: the item was created with this quantity."""
+STOCK_MOVEMENT_REASON_ITEM_DELETED: StockMovementReason.ValueType  # 8
+"""Recorded by the server: the item was deleted, taking its stock with it."""
+STOCK_MOVEMENT_REASON_ITEM_UPDATED: StockMovementReason.ValueType  # 9
+"""Recorded by the server: UpdateItem changed the quantity or the low-stock state."""
+Global___StockMovementReason: _TypeAlias = StockMovementReason  # noqa: Y015
+
+class _LowStockEventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LowStockEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LowStockEventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LOW_STOCK_EVENT_KIND_UNSPECIFIED: _LowStockEventKind.ValueType  # 0
+    """Never sent."""
+    LOW_STOCK_EVENT_KIND_BECAME_LOW: _LowStockEventKind.ValueType  # 1
+    """The quantity fell to or below the item's low_stock_threshold."""
+    LOW_STOCK_EVENT_KIND_RECOVERED: _LowStockEventKind.ValueType  # 2
+    """The quantity rose above the threshold again (or the item stopped counting as low)."""
+
+class LowStockEventKind(_LowStockEventKind, metaclass=_LowStockEventKindEnumTypeWrapper):
+    """What happened to an item's stock level."""
+
+LOW_STOCK_EVENT_KIND_UNSPECIFIED: LowStockEventKind.ValueType  # 0
+"""Never sent."""
+LOW_STOCK_EVENT_KIND_BECAME_LOW: LowStockEventKind.ValueType  # 1
+"""The quantity fell to or below the item's low_stock_threshold."""
+LOW_STOCK_EVENT_KIND_RECOVERED: LowStockEventKind.ValueType  # 2
+"""The quantity rose above the threshold again (or the item stopped counting as low)."""
+Global___LowStockEventKind: _TypeAlias = LowStockEventKind  # noqa: Y015
 
 @_typing.final
 class Item(_message.Message):
@@ -141,6 +218,12 @@ class CreateItemRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ITEM_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Optional idempotency key, a UUID chosen by the client: a retry with the same
+    request_id returns the first result and creates nothing. Reusing it for a different
+    request is INVALID_ARGUMENT. Kept for 24 hours (configurable).
+    """
     @_builtins.property
     def item(self) -> Global___Item:
         """The item to create: id, create_time, update_time and etag are ignored."""
@@ -149,10 +232,11 @@ class CreateItemRequest(_message.Message):
         self,
         *,
         item: Global___Item | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -528,22 +612,39 @@ class AdjustQuantityRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     DELTA_FIELD_NUMBER: _builtins.int
     SET_QUANTITY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """The item's id: greater than zero."""
     delta: _builtins.int
     """Units to add (positive) or remove (negative); not zero."""
     set_quantity: _builtins.int
     """The new quantity: zero or more."""
+    reason: Global___StockMovementReason.ValueType
+    """Why: RESTOCK, SALE, RETURN, CORRECTION, DAMAGE or OTHER; unspecified records OTHER
+    for a delta and CORRECTION for set_quantity.
+    """
+    note: _builtins.str
+    """Free note kept in the movement: at most 500 characters."""
+    request_id: _builtins.str
+    """Optional idempotency key, a UUID chosen by the client: a retry with the same
+    request_id returns the first result and changes stock once. Reusing it for a
+    different request is INVALID_ARGUMENT. Kept for 24 hours (configurable).
+    """
     def __init__(
         self,
         *,
         id: _builtins.int = ...,
         delta: _builtins.int = ...,
         set_quantity: _builtins.int = ...,
+        reason: Global___StockMovementReason.ValueType = ...,
+        note: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "delta", b"delta", "set_quantity", b"set_quantity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "delta", b"delta", "id", b"id", "set_quantity", b"set_quantity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "delta", b"delta", "id", b"id", "note", b"note", "reason", b"reason", "request_id", b"request_id", "set_quantity", b"set_quantity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_change: _TypeAlias = _typing.Literal["delta", "set_quantity"]  # noqa: Y015
     _WhichOneofArgType_change: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
@@ -640,3 +741,255 @@ class ListLowStockItemsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListLowStockItemsResponse: _TypeAlias = ListLowStockItemsResponse  # noqa: Y015
+
+@_typing.final
+class BatchGetItemsRequest(_message.Message):
+    """Request of BatchGetItems."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """1 to 100 item ids; the reply keeps their order (and repeats)."""
+
+    def __init__(
+        self,
+        *,
+        ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetItemsRequest: _TypeAlias = BatchGetItemsRequest  # noqa: Y015
+
+@_typing.final
+class BatchGetItemsResponse(_message.Message):
+    """Response of BatchGetItems."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___Item]:
+        """The items, in the order of the request's ids."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___Item] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetItemsResponse: _TypeAlias = BatchGetItemsResponse  # noqa: Y015
+
+@_typing.final
+class StockMovement(_message.Message):
+    """One change of an item's stock, kept in the ledger."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ITEM_ID_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    QUANTITY_AFTER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Identifier, increasing with time."""
+    item_id: _builtins.int
+    """The item whose stock changed."""
+    delta: _builtins.int
+    """Units added (positive) or removed (negative); 0 when only the low-stock state changed."""
+    quantity_after: _builtins.int
+    """The item's quantity right after the change."""
+    reason: Global___StockMovementReason.ValueType
+    """Why."""
+    note: _builtins.str
+    """Free note given with the change."""
+    principal: _builtins.str
+    """The token subject that made the change."""
+    request_id: _builtins.str
+    """The request_id of the change, when it had one."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the change was made."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        item_id: _builtins.int = ...,
+        delta: _builtins.int = ...,
+        quantity_after: _builtins.int = ...,
+        reason: Global___StockMovementReason.ValueType = ...,
+        note: _builtins.str = ...,
+        principal: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delta", b"delta", "id", b"id", "item_id", b"item_id", "note", b"note", "principal", b"principal", "quantity_after", b"quantity_after", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StockMovement: _TypeAlias = StockMovement  # noqa: Y015
+
+@_typing.final
+class ListStockMovementsRequest(_message.Message):
+    """Request of ListStockMovements."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    item_id: _builtins.int
+    """The item's id: greater than zero. The movements of a deleted item stay listed."""
+    page_size: _builtins.int
+    """Movements per page: 0 means 50; at most 500 (larger values are clamped); negative is invalid."""
+    page_token: _builtins.str
+    """next_page_token of the previous page, with every other field unchanged."""
+    def __init__(
+        self,
+        *,
+        item_id: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_id", b"item_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStockMovementsRequest: _TypeAlias = ListStockMovementsRequest  # noqa: Y015
+
+@_typing.final
+class ListStockMovementsResponse(_message.Message):
+    """Response of ListStockMovements."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MOVEMENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token to get the next page; empty on the last page."""
+    @_builtins.property
+    def movements(self) -> _containers.RepeatedCompositeFieldContainer[Global___StockMovement]:
+        """One page of movements, newest first."""
+
+    def __init__(
+        self,
+        *,
+        movements: _abc.Iterable[Global___StockMovement] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["movements", b"movements", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStockMovementsResponse: _TypeAlias = ListStockMovementsResponse  # noqa: Y015
+
+@_typing.final
+class WatchLowStockRequest(_message.Message):
+    """Request of WatchLowStock. Every filter set narrows the events."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    AFTER_CURSOR_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    """Only items of this customer."""
+    category: _builtins.str
+    """Only items in this category."""
+    after_cursor: _builtins.int
+    """Resume after this cursor (the last event's), replaying what happened since; 0
+    replays the whole ledger. Unset: only events from now on.
+    """
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        category: _builtins.str = ...,
+        after_cursor: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_after_cursor", b"_after_cursor", "after_cursor", b"after_cursor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_cursor", b"_after_cursor", "after_cursor", b"after_cursor", "category", b"category", "customer_id", b"customer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__after_cursor: _TypeAlias = _typing.Literal["after_cursor"]  # noqa: Y015
+    _WhichOneofArgType__after_cursor: _TypeAlias = _typing.Literal["_after_cursor", b"_after_cursor"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__after_cursor) -> _WhichOneofReturnType__after_cursor | None: ...
+
+Global___WatchLowStockRequest: _TypeAlias = WatchLowStockRequest  # noqa: Y015
+
+@_typing.final
+class WatchLowStockResponse(_message.Message):
+    """Response of WatchLowStock: one event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURSOR_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    ITEM_ID_FIELD_NUMBER: _builtins.int
+    SKU_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    LOW_STOCK_THRESHOLD_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    EVENT_TIME_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.int
+    """Pass as after_cursor when reconnecting."""
+    kind: Global___LowStockEventKind.ValueType
+    """Became low, or recovered."""
+    item_id: _builtins.int
+    """The item."""
+    sku: _builtins.str
+    """Its sku when the event happened."""
+    quantity: _builtins.int
+    """Its quantity right after the change."""
+    low_stock_threshold: _builtins.int
+    """Its threshold when the event happened."""
+    customer_id: _builtins.str
+    """Its customer when the event happened."""
+    category: _builtins.str
+    """Its category when the event happened."""
+    @_builtins.property
+    def event_time(self) -> _timestamp_pb2.Timestamp:
+        """When it happened."""
+
+    def __init__(
+        self,
+        *,
+        cursor: _builtins.int = ...,
+        kind: Global___LowStockEventKind.ValueType = ...,
+        item_id: _builtins.int = ...,
+        sku: _builtins.str = ...,
+        quantity: _builtins.int = ...,
+        low_stock_threshold: _builtins.int = ...,
+        customer_id: _builtins.str = ...,
+        category: _builtins.str = ...,
+        event_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "cursor", b"cursor", "customer_id", b"customer_id", "event_time", b"event_time", "item_id", b"item_id", "kind", b"kind", "low_stock_threshold", b"low_stock_threshold", "quantity", b"quantity", "sku", b"sku"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchLowStockResponse: _TypeAlias = WatchLowStockResponse  # noqa: Y015

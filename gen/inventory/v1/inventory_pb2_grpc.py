@@ -78,6 +78,21 @@ class ItemServiceStub:
                 request_serializer=inventory_dot_v1_dot_inventory__pb2.ListLowStockItemsRequest.SerializeToString,
                 response_deserializer=inventory_dot_v1_dot_inventory__pb2.ListLowStockItemsResponse.FromString,
                 _registered_method=True)
+        self.BatchGetItems = channel.unary_unary(
+                '/inventory.v1.ItemService/BatchGetItems',
+                request_serializer=inventory_dot_v1_dot_inventory__pb2.BatchGetItemsRequest.SerializeToString,
+                response_deserializer=inventory_dot_v1_dot_inventory__pb2.BatchGetItemsResponse.FromString,
+                _registered_method=True)
+        self.ListStockMovements = channel.unary_unary(
+                '/inventory.v1.ItemService/ListStockMovements',
+                request_serializer=inventory_dot_v1_dot_inventory__pb2.ListStockMovementsRequest.SerializeToString,
+                response_deserializer=inventory_dot_v1_dot_inventory__pb2.ListStockMovementsResponse.FromString,
+                _registered_method=True)
+        self.WatchLowStock = channel.unary_stream(
+                '/inventory.v1.ItemService/WatchLowStock',
+                request_serializer=inventory_dot_v1_dot_inventory__pb2.WatchLowStockRequest.SerializeToString,
+                response_deserializer=inventory_dot_v1_dot_inventory__pb2.WatchLowStockResponse.FromString,
+                _registered_method=True)
 
 
 class ItemServiceServicer:
@@ -144,6 +159,30 @@ class ItemServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchGetItems(self, request, context):
+        """Returns up to 100 items in the order asked. Any unknown id answers NOT_FOUND naming it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListStockMovements(self, request, context):
+        """Lists the stock movements of one item, newest first, one page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchLowStock(self, request, context):
+        """Streams an event each time an active item's quantity falls to or below its
+        low_stock_threshold, and each time it recovers above it. Every event carries a
+        cursor: reconnect with the last one seen to miss nothing. The stream ends with OK
+        when the server shuts down; reconnect (to another replica) with the cursor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ItemServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -186,6 +225,21 @@ def add_ItemServiceServicer_to_server(servicer, server):
                     servicer.ListLowStockItems,
                     request_deserializer=inventory_dot_v1_dot_inventory__pb2.ListLowStockItemsRequest.FromString,
                     response_serializer=inventory_dot_v1_dot_inventory__pb2.ListLowStockItemsResponse.SerializeToString,
+            ),
+            'BatchGetItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGetItems,
+                    request_deserializer=inventory_dot_v1_dot_inventory__pb2.BatchGetItemsRequest.FromString,
+                    response_serializer=inventory_dot_v1_dot_inventory__pb2.BatchGetItemsResponse.SerializeToString,
+            ),
+            'ListStockMovements': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStockMovements,
+                    request_deserializer=inventory_dot_v1_dot_inventory__pb2.ListStockMovementsRequest.FromString,
+                    response_serializer=inventory_dot_v1_dot_inventory__pb2.ListStockMovementsResponse.SerializeToString,
+            ),
+            'WatchLowStock': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchLowStock,
+                    request_deserializer=inventory_dot_v1_dot_inventory__pb2.WatchLowStockRequest.FromString,
+                    response_serializer=inventory_dot_v1_dot_inventory__pb2.WatchLowStockResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -408,6 +462,87 @@ class ItemService:
             '/inventory.v1.ItemService/ListLowStockItems',
             inventory_dot_v1_dot_inventory__pb2.ListLowStockItemsRequest.SerializeToString,
             inventory_dot_v1_dot_inventory__pb2.ListLowStockItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchGetItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inventory.v1.ItemService/BatchGetItems',
+            inventory_dot_v1_dot_inventory__pb2.BatchGetItemsRequest.SerializeToString,
+            inventory_dot_v1_dot_inventory__pb2.BatchGetItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStockMovements(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inventory.v1.ItemService/ListStockMovements',
+            inventory_dot_v1_dot_inventory__pb2.ListStockMovementsRequest.SerializeToString,
+            inventory_dot_v1_dot_inventory__pb2.ListStockMovementsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchLowStock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/inventory.v1.ItemService/WatchLowStock',
+            inventory_dot_v1_dot_inventory__pb2.WatchLowStockRequest.SerializeToString,
+            inventory_dot_v1_dot_inventory__pb2.WatchLowStockResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,16 @@ class ItemServiceStub:
     """
     ListLowStockItems: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.ListLowStockItemsRequest, _inventory_pb2.ListLowStockItemsResponse]
     """Lists active items whose quantity is at or below a threshold, ordered by id."""
+    BatchGetItems: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.BatchGetItemsRequest, _inventory_pb2.BatchGetItemsResponse]
+    """Returns up to 100 items in the order asked. Any unknown id answers NOT_FOUND naming it."""
+    ListStockMovements: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.ListStockMovementsRequest, _inventory_pb2.ListStockMovementsResponse]
+    """Lists the stock movements of one item, newest first, one page at a time."""
+    WatchLowStock: _grpc.UnaryStreamMultiCallable[_inventory_pb2.WatchLowStockRequest, _inventory_pb2.WatchLowStockResponse]
+    """Streams an event each time an active item's quantity falls to or below its
+    low_stock_threshold, and each time it recovers above it. Every event carries a
+    cursor: reconnect with the last one seen to miss nothing. The stream ends with OK
+    when the server shuts down; reconnect (to another replica) with the cursor.
+    """
 
 @_typing.type_check_only
 class ItemServiceAsyncStub(ItemServiceStub):
@@ -83,6 +93,16 @@ class ItemServiceAsyncStub(ItemServiceStub):
     """
     ListLowStockItems: _aio.UnaryUnaryMultiCallable[_inventory_pb2.ListLowStockItemsRequest, _inventory_pb2.ListLowStockItemsResponse]  # type: ignore[assignment]
     """Lists active items whose quantity is at or below a threshold, ordered by id."""
+    BatchGetItems: _aio.UnaryUnaryMultiCallable[_inventory_pb2.BatchGetItemsRequest, _inventory_pb2.BatchGetItemsResponse]  # type: ignore[assignment]
+    """Returns up to 100 items in the order asked. Any unknown id answers NOT_FOUND naming it."""
+    ListStockMovements: _aio.UnaryUnaryMultiCallable[_inventory_pb2.ListStockMovementsRequest, _inventory_pb2.ListStockMovementsResponse]  # type: ignore[assignment]
+    """Lists the stock movements of one item, newest first, one page at a time."""
+    WatchLowStock: _aio.UnaryStreamMultiCallable[_inventory_pb2.WatchLowStockRequest, _inventory_pb2.WatchLowStockResponse]  # type: ignore[assignment]
+    """Streams an event each time an active item's quantity falls to or below its
+    low_stock_threshold, and each time it recovers above it. Every event carries a
+    cursor: reconnect with the last one seen to miss nothing. The stream ends with OK
+    when the server shuts down; reconnect (to another replica) with the cursor.
+    """
 
 class ItemServiceServicer(metaclass=_abc_1.ABCMeta):
     """ItemService manages items: products held in stock.
@@ -156,5 +176,33 @@ class ItemServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inventory_pb2.ListLowStockItemsResponse, _abc.Awaitable[_inventory_pb2.ListLowStockItemsResponse]]:
         """Lists active items whose quantity is at or below a threshold, ordered by id."""
+
+    @_abc_1.abstractmethod
+    def BatchGetItems(
+        self,
+        request: _inventory_pb2.BatchGetItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inventory_pb2.BatchGetItemsResponse, _abc.Awaitable[_inventory_pb2.BatchGetItemsResponse]]:
+        """Returns up to 100 items in the order asked. Any unknown id answers NOT_FOUND naming it."""
+
+    @_abc_1.abstractmethod
+    def ListStockMovements(
+        self,
+        request: _inventory_pb2.ListStockMovementsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inventory_pb2.ListStockMovementsResponse, _abc.Awaitable[_inventory_pb2.ListStockMovementsResponse]]:
+        """Lists the stock movements of one item, newest first, one page at a time."""
+
+    @_abc_1.abstractmethod
+    def WatchLowStock(
+        self,
+        request: _inventory_pb2.WatchLowStockRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_inventory_pb2.WatchLowStockResponse], _abc.AsyncIterator[_inventory_pb2.WatchLowStockResponse]]:
+        """Streams an event each time an active item's quantity falls to or below its
+        low_stock_threshold, and each time it recovers above it. Every event carries a
+        cursor: reconnect with the last one seen to miss nothing. The stream ends with OK
+        when the server shuts down; reconnect (to another replica) with the cursor.
+        """
 
 def add_ItemServiceServicer_to_server(servicer: ItemServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,240 @@
+"""WatchLowStock: events as stock falls and recovers, filters, resume by cursor, clean
+ends, freed resources, and delivery across replicas on PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+
+from inventory.v1 import inventory_pb2 as pb
+from inventory.v1 import inventory_pb2_grpc
+from inventory_svc.settings import InventorySettings
+from tests.helpers import TEST_AUTH, authorized_channel, create, migrated_engine, mint, rpc_error, serving
+
+ROOT = Path(__file__).resolve().parents[2]
+BECAME_LOW = pb.LOW_STOCK_EVENT_KIND_BECAME_LOW
+RECOVERED = pb.LOW_STOCK_EVENT_KIND_RECOVERED
+
+
+class Watcher:
+    """Reads a WatchLowStock stream in a thread, so that a test can wait for events."""
+
+    def __init__(self, stub, request: pb.WatchLowStockRequest, timeout: float = 30) -> None:
+        self.events: queue.Queue = queue.Queue()
+        self.stream = stub.WatchLowStock(request, timeout=timeout)
+        self.ended: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for event in self.stream:
+                self.events.put(event)
+            self.ended.put(grpc.StatusCode.OK)
+        except grpc.RpcError as error:
+            self.ended.put(error.code())
+
+    def next(self, timeout: float = 5) -> pb.WatchLowStockResponse:
+        return self.events.get(timeout=timeout)
+
+    def nothing_within(self, seconds: float) -> bool:
+        try:
+            self.events.get(timeout=seconds)
+            return False
+        except queue.Empty:
+            return True
+
+    def end_status(self, timeout: float = 5) -> grpc.StatusCode:
+        return self.ended.get(timeout=timeout)
+
+
+def adjust(stub, item_id: int, delta: int) -> None:
+    stub.AdjustQuantity(pb.AdjustQuantityRequest(id=item_id, delta=delta))
+
+
+def wait_until_watching() -> None:
+    """A watch without a cursor starts from the end of the ledger when the server reads it:
+    give it that moment before changing stock."""
+    time.sleep(0.3)
+
+
+def test_a_watcher_sees_stock_fall_to_the_threshold_and_recover(items_stub):
+    item = create(items_stub, quantity=5, low_stock_threshold=2, customer_id="alice", category="tools")
+    watcher = Watcher(items_stub, pb.WatchLowStockRequest())
+    wait_until_watching()
+
+    adjust(items_stub, item.id, -2)  # 3: not low yet
+    adjust(items_stub, item.id, -1)  # 2: low
+    adjust(items_stub, item.id, -1)  # 1: still low, no new event
+    adjust(items_stub, item.id, +5)  # 6: recovered
+
+    low, recovered = watcher.next(), watcher.next()
+    assert (low.kind, low.item_id, low.quantity, low.low_stock_threshold) == (BECAME_LOW, item.id, 2, 2)
+    assert (low.sku, low.customer_id, low.category) == (item.sku, "alice", "tools")
+    assert (recovered.kind, recovered.quantity) == (RECOVERED, 6)
+    assert recovered.cursor > low.cursor
+    assert watcher.nothing_within(0.5)
+    watcher.stream.cancel()
+
+
+def test_a_watcher_for_one_customer_sees_only_that_customers_items(items_stub):
+    alices = create(items_stub, quantity=3, low_stock_threshold=2, customer_id="alice")
+    bobs = create(items_stub, quantity=3, low_stock_threshold=2, customer_id="bob")
+    watcher = Watcher(items_stub, pb.WatchLowStockRequest(customer_id="bob"))
+    wait_until_watching()
+
+    adjust(items_stub, alices.id, -1)
+    adjust(items_stub, bobs.id, -1)
+
+    assert watcher.next().item_id == bobs.id
+    assert watcher.nothing_within(0.5)
+    watcher.stream.cancel()
+
+
+def test_an_inactive_item_never_counts_as_low(items_stub):
+    item = create(items_stub, quantity=3, low_stock_threshold=2, is_active=False)
+    watcher = Watcher(items_stub, pb.WatchLowStockRequest())
+    wait_until_watching()
+
+    adjust(items_stub, item.id, -3)
+
+    assert watcher.nothing_within(1.2)
+    watcher.stream.cancel()
+
+
+def test_reconnecting_with_the_last_cursor_misses_nothing(items_stub):
+    first = create(items_stub, quantity=3, low_stock_threshold=2)
+    second = create(items_stub, quantity=3, low_stock_threshold=2)
+    watcher = Watcher(items_stub, pb.WatchLowStockRequest())
+    wait_until_watching()
+    adjust(items_stub, first.id, -1)
+    last_seen = watcher.next()
+    watcher.stream.cancel()
+
+    adjust(items_stub, second.id, -1)  # while nobody watches
+    adjust(items_stub, first.id, +5)
+    resumed = Watcher(items_stub, pb.WatchLowStockRequest(after_cursor=last_seen.cursor))
+
+    assert [(e.item_id, e.kind) for e in (resumed.next(), resumed.next())] == [
+        (second.id, BECAME_LOW), (first.id, RECOVERED),
+    ]
+    resumed.stream.cancel()
+
+
+def test_a_watch_respects_the_callers_deadline(items_stub):
+    started = time.monotonic()
+    watcher = Watcher(items_stub, pb.WatchLowStockRequest(), timeout=1)
+
+    assert watcher.end_status(timeout=5) == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 3
+
+
+@contextmanager
+def one_watcher_server(engine):
+    settings = InventorySettings(listen_address="127.0.0.1:0", auth=TEST_AUTH, max_watchers=1)
+    with serving(settings, engine) as running, authorized_channel(f"127.0.0.1:{running.port}", mint()) as channel:
+        yield running, inventory_pb2_grpc.ItemServiceStub(channel)
+
+
+def test_a_cancelled_watch_frees_its_place(engine, empty_database):
+    with one_watcher_server(engine) as (_, stub):
+        first = Watcher(stub, pb.WatchLowStockRequest())
+        wait_until_watching()
+        refused = Watcher(stub, pb.WatchLowStockRequest())
+        assert refused.end_status() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+        first.stream.cancel()
+
+        deadline = time.monotonic() + 5
+        while True:  # the place is freed as soon as the server sees the cancellation
+            retry = Watcher(stub, pb.WatchLowStockRequest())
+            time.sleep(0.2)
+            if retry.ended.empty():
+                break
+            assert retry.end_status() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert time.monotonic() < deadline, "the cancelled watch kept its place"
+        item = create(stub, quantity=3, low_stock_threshold=2)
+        adjust(stub, item.id, -1)
+        assert retry.next().item_id == item.id
+        retry.stream.cancel()
+
+
+def test_server_shutdown_ends_watch_streams_cleanly(engine, empty_database):
+    with one_watcher_server(engine) as (running, stub):
+        watcher = Watcher(stub, pb.WatchLowStockRequest())
+        wait_until_watching()
+
+        threading.Thread(target=running.shutdown, args=(0, 5), daemon=True).start()
+
+        assert watcher.end_status() == grpc.StatusCode.OK
+
+
+# --- across replicas on PostgreSQL -----------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def replica(database_url: str):
+    """A real inventory server process, as a deployment runs it."""
+    address = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "INVENTORY_DATABASE_URL": database_url, "INVENTORY_LISTEN_ADDRESS": address,
+           "JWT_SECRET": TEST_AUTH.secret, "JWT_ISSUER": TEST_AUTH.issuer, "JWT_AUDIENCE": TEST_AUTH.audience,
+           # Watchers re-read the ledger only every 30 s on their own: a quick event came by NOTIFY.
+           "INVENTORY_WATCH_POLL_S": "30"}
+    process = subprocess.Popen([sys.executable, "-m", "inventory_svc.server"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with authorized_channel(address, mint()) as channel:
+            grpc.channel_ready_future(channel).result(timeout=20)
+            yield inventory_pb2_grpc.ItemServiceStub(channel)
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def test_a_change_on_one_replica_reaches_a_watcher_on_another_within_a_second(postgres_url):
+    with migrated_engine(InventorySettings(database_url=postgres_url)):
+        pass
+    with replica(postgres_url) as replica_a, replica(postgres_url) as replica_b:
+        item = create(replica_b, quantity=3, low_stock_threshold=2)
+        watcher = Watcher(replica_a, pb.WatchLowStockRequest())
+        wait_until_watching()
+
+        for delta, kind in ((-1, BECAME_LOW), (+5, RECOVERED), (-5, BECAME_LOW)):
+            changed_at = time.monotonic()
+            adjust(replica_b, item.id, delta)
+            event = watcher.next(timeout=5)
+            delay = time.monotonic() - changed_at
+
+            assert (event.item_id, event.kind) == (item.id, kind)
+            assert delay < 1.0, f"the event took {delay:.2f} s to cross replicas"
+        watcher.stream.cancel()
+
+
+def test_a_watch_needs_a_token(inventory_address):
+    with grpc.insecure_channel(inventory_address) as channel:
+        stream = inventory_pb2_grpc.ItemServiceStub(channel).WatchLowStock(pb.WatchLowStockRequest(), timeout=5)
+        error = rpc_error(next, stream)
+
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_negative_cursor_is_invalid_argument(items_stub):
+    stream = items_stub.WatchLowStock(pb.WatchLowStockRequest(after_cursor=-1), timeout=5)
+
+    assert rpc_error(next, stream).code() == grpc.StatusCode.INVALID_ARGUMENT
+
