@@ -32,7 +32,8 @@ def service_token(settings: CrmSettings) -> Callable[[], str]:
     if settings.inventory_token_file:
         return TokenFile(settings.inventory_token_file)
     return MintedServiceToken(
-        TokenIssuer(settings.auth), settings.service_token_subject, [READ_ROLE], settings.service_token_lifetime_s
+        TokenIssuer(settings.inventory_auth), settings.service_token_subject, [READ_ROLE],
+        settings.service_token_lifetime_s,
     )
 
 

@@ -9,10 +9,10 @@ from typing import Protocol
 
 from crm_svc.domain import CustomerItem, CustomerPage, customer_view, visible_to
 from inventory_svc.domain import Item, ItemQuery, Page
-from servicekit.errors import InvalidField, NotFound, PermissionDenied, Unauthenticated, Unavailable
+from servicekit.client import CredentialsMissing
+from servicekit.errors import NotFound, PermissionDenied, Unauthenticated, Unavailable
 
 log = logging.getLogger(__name__)
-MAX_QUERY_LENGTH = 100
 
 
 class Inventory(Protocol):
@@ -38,6 +38,8 @@ def _inventory_errors() -> Iterator[None]:
     except (Unauthenticated, PermissionDenied) as error:
         log.error("inventory refused the CRM's service token: %s", error)
         raise Unavailable("the inventory service refused this service's credentials") from None
+    except CredentialsMissing:
+        raise
     except Unavailable:
         raise Unavailable("the inventory service is unavailable: try again shortly") from None
 
@@ -61,8 +63,6 @@ class CustomerItemsService:
     def search_my_items(
         self, customer_id: str, text: str, category: str, brand: str, page_size: int, page_token: str
     ) -> CustomerPage:
-        if len(text) > MAX_QUERY_LENGTH:
-            raise InvalidField("query", f"must be at most {MAX_QUERY_LENGTH} characters")
         query = ItemQuery(customer_id=customer_id, is_active=True, text=text, category=category, brand=brand)
         with _inventory_errors():
             page = self._inventory.list_items(query, page_size=page_size, page_token=page_token)

@@ -6,13 +6,12 @@ The customer is the verified token subject, handed over by the auth interceptor.
 from __future__ import annotations
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from crm.v1 import crm_pb2 as pb
 from crm.v1 import crm_pb2_grpc
 from crm_svc.domain import CustomerItem, CustomerPage
 from crm_svc.service import CustomerItemsService
-from inventory_svc.convert import money_to_proto
+from inventory_svc.convert import money_to_proto, timestamp_to_proto
 from servicekit.auth import current_principal
 
 CUSTOMER_ROLE = "customer"
@@ -29,9 +28,7 @@ def customer_item_to_proto(item: CustomerItem) -> pb.CustomerItem:
     if item.weight_kg is not None:
         message.weight_kg = item.weight_kg
     if item.update_time is not None:
-        timestamp = timestamp_pb2.Timestamp()
-        timestamp.FromDatetime(item.update_time)
-        message.update_time.CopyFrom(timestamp)
+        message.update_time.CopyFrom(timestamp_to_proto(item.update_time))
     return message
 
 

@@ -24,7 +24,11 @@ class CrmSettings:
     shutdown_drain_s: float = 0.0
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
+    # Verifies the customers' tokens (CRM_JWT_*, else JWT_*).
     auth: AuthSettings = field(default_factory=AuthSettings)
+    # Mints the CRM's own token towards inventory (CRM_INVENTORY_JWT_*, else JWT_*): inventory's
+    # issuer, audience and a key it trusts. Unused when inventory_token_file is set.
+    inventory_auth: AuthSettings = field(default_factory=AuthSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "CrmSettings":
@@ -41,4 +45,5 @@ class CrmSettings:
             shutdown_grace_s=read.float("SHUTDOWN_GRACE_S", cls.shutdown_grace_s),
             log_level=read.str("LOG_LEVEL", cls.log_level),
             auth=AuthSettings.from_env(env, "CRM"),
+            inventory_auth=AuthSettings.from_env(env, "CRM_INVENTORY", check=False),
         )

@@ -46,8 +46,9 @@ class InventoryClient(ServiceClient):
     def get_item(self, item_id: int) -> Item:
         return item_from_proto(self._call(self._stub.GetItem, pb.GetItemRequest(id=item_id)).item)
 
-    def list_items(self, query: ItemQuery = ItemQuery(), page_size: int = 0, page_token: str = "") -> Page:
-        return _page(self._call(self._stub.ListItems, query_to_request(query, page_size, page_token)))
+    def list_items(self, query: ItemQuery | None = None, page_size: int = 0, page_token: str = "") -> Page:
+        request = query_to_request(query or ItemQuery(), page_size, page_token)
+        return _page(self._call(self._stub.ListItems, request))
 
     def update_item(self, item_id: int, changes: Mapping[str, Any], etag: str = "") -> Item:
         reply = self._call(self._stub.UpdateItem, update_to_proto(item_id, changes, etag))

@@ -56,7 +56,7 @@ def _set_present(message: Any, values: Mapping[str, Any]) -> None:
             setattr(message, name, value)
 
 
-def _timestamp(value: Any) -> timestamp_pb2.Timestamp:
+def timestamp_to_proto(value: Any) -> timestamp_pb2.Timestamp:
     timestamp = timestamp_pb2.Timestamp()
     timestamp.FromDatetime(value)
     return timestamp
@@ -76,8 +76,8 @@ def item_to_proto(item: Item) -> pb.Item:
         is_active=item.is_active,
         dimensions=item.dimensions,
         customer_id=item.customer_id,
-        create_time=_timestamp(item.create_time),
-        update_time=_timestamp(item.update_time),
+        create_time=timestamp_to_proto(item.create_time),
+        update_time=timestamp_to_proto(item.update_time),
         etag=item.etag,
     )
     _set_present(message, {"cost": item.cost, "max_quantity": item.max_quantity, "weight_kg": item.weight_kg})
@@ -201,7 +201,7 @@ def movement_to_proto(movement: StockMovement) -> pb.StockMovement:
     return pb.StockMovement(
         id=movement.id, item_id=movement.item_id, delta=movement.delta, quantity_after=movement.quantity_after,
         reason=reason_to_proto(movement.reason), note=movement.note, principal=movement.principal,
-        request_id=movement.request_id, create_time=_timestamp(movement.create_time),
+        request_id=movement.request_id, create_time=timestamp_to_proto(movement.create_time),
     )
 
 
@@ -220,7 +220,7 @@ def low_stock_event_to_proto(event: StockMovement) -> pb.WatchLowStockResponse:
     return pb.WatchLowStockResponse(
         cursor=event.id, kind=event.low_stock_change.value, item_id=event.item_id, sku=event.sku,
         quantity=event.quantity_after, low_stock_threshold=event.low_stock_threshold,
-        customer_id=event.customer_id, category=event.category, event_time=_timestamp(event.create_time),
+        customer_id=event.customer_id, category=event.category, event_time=timestamp_to_proto(event.create_time),
     )
 
 

@@ -77,7 +77,9 @@ class StockWouldOverflow(FailedPrecondition):
         )
 
 
-def _check_text(field: str, value: str, max_length: int, required: bool = False) -> None:
+def check_text(field: str, value: str, max_length: int, required: bool = False) -> None:
+    if "\x00" in value:
+        raise InvalidField(field, "must not contain NUL characters")
     if required and not value.strip():
         raise InvalidField(field, "is required")
     if len(value) > max_length:
@@ -96,15 +98,15 @@ def check_currency_code(field: str, code: str) -> None:
 
 def validate_item_fields(item: ItemFields, prefix: str = "item.") -> None:
     """Raises InvalidField, naming the request field, for the first rule `item` breaks."""
-    _check_text(prefix + "sku", item.sku, 100, required=True)
+    check_text(prefix + "sku", item.sku, 100, required=True)
     if item.sku != item.sku.strip():
         raise InvalidField(prefix + "sku", "must not start or end with white space")
-    _check_text(prefix + "name", item.name, 255, required=True)
-    _check_text(prefix + "description", item.description, 4000)
-    _check_text(prefix + "category", item.category, 100)
-    _check_text(prefix + "brand", item.brand, 100)
-    _check_text(prefix + "dimensions", item.dimensions, 100)
-    _check_text(prefix + "customer_id", item.customer_id, 100)
+    check_text(prefix + "name", item.name, 255, required=True)
+    check_text(prefix + "description", item.description, 4000)
+    check_text(prefix + "category", item.category, 100)
+    check_text(prefix + "brand", item.brand, 100)
+    check_text(prefix + "dimensions", item.dimensions, 100)
+    check_text(prefix + "customer_id", item.customer_id, 100)
     check_currency_code(prefix + "price.currency_code", item.price.currency_code)
     if item.price.nanos <= 0:
         raise InvalidField(prefix + "price", "must be greater than zero")
@@ -147,6 +149,17 @@ class ItemQuery:
     low_stock_only: bool = False
     # Low stock means quantity <= this value instead of the item's own threshold.
     low_stock_at_most: int | None = None
+
+    def check(self) -> None:
+        """Raises InvalidField, naming the request field, for a filter no item could match."""
+        for field, value, max_length in (
+            ("category", self.category, 100), ("brand", self.brand, 100), ("customer_id", self.customer_id, 100),
+            ("name_contains", self.name_contains, 255), ("query", self.text, 100),
+        ):
+            check_text(field, value, max_length)
+        for field, bound in (("min_price", self.min_price), ("max_price", self.max_price)):
+            if bound is not None and bound.currency_code:
+                check_currency_code(f"{field}.currency_code", bound.currency_code)
 
 
 Entry = TypeVar("Entry")

@@ -160,6 +160,17 @@ items = ItemRow.__table__
 stock_movements = StockMovementRow.__table__
 request_ids = RequestIdRow.__table__
 LOW_STOCK_CHANNEL = "inventory_low_stock"
+# PostgreSQL hands out sequence values before commit, so ids need not arrive in commit
+# order, and a reader paging (or watching) by id could pass an id whose row commits later.
+# Taking these transaction-scoped locks right before the INSERT makes the ids of items, and
+# of low-stock events, increase in commit order. SQLite serialises its writers anyway.
+ITEM_IDS_LOCK = 7_123_001
+LOW_STOCK_EVENT_IDS_LOCK = 7_123_002
+
+
+def _lock_id_order(connection: Connection, lock: int) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(select(func.pg_advisory_xact_lock(lock)))
 # Columns searched by the free-text query; PostgreSQL has a trigram index on lower() of each.
 TEXT_SEARCH_COLUMNS = ("name", "sku", "brand", "category")
 _LIKE_ESCAPE = "/"
@@ -253,7 +264,8 @@ def _conditions(query: ItemQuery) -> Iterable[ColumnElement[bool]]:
         yield c.quantity <= query.max_quantity
     if query.in_stock_only:
         yield c.quantity > 0
-    if query.low_stock_only:
+    if query.low_stock_only:  # an inactive item never counts as low on stock
+        yield c.is_active == true()
         yield c.quantity <= c.low_stock_threshold
     if query.low_stock_at_most is not None:
         yield c.quantity <= query.low_stock_at_most
@@ -283,6 +295,7 @@ class SqlItemRepository:
             .values(**_row_values(fields), create_time=now, update_time=now, version=1)
             .returning(*items.c)
         )
+        _lock_id_order(self._connection, ITEM_IDS_LOCK)
         try:
             # A savepoint keeps the transaction usable after a clash (PostgreSQL aborts it otherwise).
             with self._connection.begin_nested():
@@ -384,6 +397,9 @@ class SqlStockMovementRepository:
         self.low_stock_events_added = False
 
     def add(self, movement: StockMovement) -> None:
+        is_event = movement.low_stock_change != LowStockChange.NONE
+        if is_event:
+            _lock_id_order(self._connection, LOW_STOCK_EVENT_IDS_LOCK)
         self._connection.execute(insert(stock_movements).values(
             item_id=movement.item_id, sku=movement.sku, delta=movement.delta,
             quantity_after=movement.quantity_after, reason=movement.reason.value,
@@ -391,7 +407,7 @@ class SqlStockMovementRepository:
             customer_id=movement.customer_id, category=movement.category, note=movement.note,
             principal=movement.principal, request_id=movement.request_id, create_time=_utcnow(),
         ))
-        if movement.low_stock_change != LowStockChange.NONE and not self.low_stock_events_added:
+        if is_event and not self.low_stock_events_added:
             self.low_stock_events_added = True
             if self._connection.dialect.name == "postgresql":
                 # Delivered to every listening replica when (and only if) this transaction commits.
@@ -560,6 +576,10 @@ class PostgresLowStockListener:
             connection.invalidate()  # never hand a LISTENing connection back to the pool
 
 
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
 def prepare_engine(engine: Engine) -> Engine:
     """Database-specific settings every connection needs; call once on a new engine."""
     if engine.dialect.name == "sqlite":
@@ -567,6 +587,8 @@ def prepare_engine(engine: Engine) -> Engine:
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
             dbapi_connection.isolation_level = None  # the "begin" hook below issues BEGIN itself
+            # SQLite's own lower() folds A-Z only; searches fold the text with Python's.
+            dbapi_connection.create_function("lower", 1, _lower, deterministic=True)
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA busy_timeout=10000")

@@ -20,6 +20,7 @@ from inventory_svc.service import ItemService, LowStockSignal
 from inventory_svc.servicer import ROLE_FOR_METHOD, ItemServicer
 from inventory_svc.settings import InventorySettings
 from servicekit.auth import JwtAuthInterceptor, TokenVerifier
+from servicekit.call_context import CallContextInterceptor
 from servicekit.logging import configure_logging
 from servicekit.server import Periodic, RunningServer, finish_server, new_server, serve_until_signalled
 from servicekit.status import StatusMappingInterceptor
@@ -61,7 +62,7 @@ def build_item_service(engine: Engine, settings: InventorySettings = InventorySe
 def build_server(settings: InventorySettings, items: ItemService, *, require_auth: bool = True) -> RunningServer:
     """`require_auth=False` exists only so that scripts/bench can measure what auth costs."""
     # Status mapping comes first, so that it also maps what authentication raises.
-    interceptors: list[grpc.ServerInterceptor] = [StatusMappingInterceptor()]
+    interceptors: list[grpc.ServerInterceptor] = [StatusMappingInterceptor(), CallContextInterceptor()]
     if require_auth:
         interceptors.append(JwtAuthInterceptor(TokenVerifier(settings.auth), ROLE_FOR_METHOD))
     server = new_server(settings.max_workers, interceptors)

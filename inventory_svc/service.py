@@ -20,7 +20,7 @@ from inventory_svc.domain import (
     StockWouldGoNegative,
     StockWouldOverflow,
     apply_changes,
-    check_currency_code,
+    check_text,
     movement_between,
     validate_item_fields,
 )
@@ -29,7 +29,6 @@ from servicekit.page_tokens import decode_page_token, encode_page_token, query_f
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
-MAX_QUERY_LENGTH = 100
 # Optimistic update attempts when the caller sent no etag and others keep changing the item.
 UPDATE_ATTEMPTS = 3
 MAX_BATCH_SIZE = 100
@@ -98,16 +97,6 @@ def _page_limit(page_size: int) -> int:
     if page_size < 0:
         raise InvalidField("page_size", "must be zero or more")
     return min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-
-
-def _check_query(query: ItemQuery) -> None:
-    if len(query.text) > MAX_QUERY_LENGTH:
-        raise InvalidField("query", f"must be at most {MAX_QUERY_LENGTH} characters")
-    if len(query.name_contains) > 255:
-        raise InvalidField("name_contains", "must be at most 255 characters")
-    for field, bound in (("min_price", query.min_price), ("max_price", query.max_price)):
-        if bound is not None and bound.currency_code:
-            check_currency_code(f"{field}.currency_code", bound.currency_code)
 
 
 def _check_request_id(request_id: str) -> None:
@@ -219,6 +208,7 @@ class ItemService:
         false or the server shuts down."""
         if after_cursor is not None and after_cursor < 0:
             raise InvalidField("after_cursor", "must be zero or more")
+        ItemQuery(customer_id=customer_id, category=category).check()
         if not self._watcher_slots.acquire(blocking=False):
             raise ResourceExhausted("too many low-stock watchers on this replica: try another or later")
         try:
@@ -261,14 +251,13 @@ class ItemService:
         return item
 
     def list_items(self, query: ItemQuery, page_size: int, page_token: str) -> Page:
-        _check_query(query)
+        query.check()
         return self._page("items", query, page_size, page_token)
 
     def list_customer_items(
         self, customer_id: str, include_inactive: bool, page_size: int, page_token: str
     ) -> Page:
-        if not customer_id.strip() or len(customer_id) > 100:
-            raise InvalidField("customer_id", "is required, at most 100 characters")
+        check_text("customer_id", customer_id, 100, required=True)
         query = ItemQuery(customer_id=customer_id, is_active=None if include_inactive else True)
         return self._page("customer-items", query, page_size, page_token)
 
@@ -328,8 +317,7 @@ class ItemService:
         if reason not in CLIENT_REASONS:
             raise InvalidField("reason", "is recorded by the server itself: use RESTOCK, SALE, RETURN, CORRECTION, "
                                          "DAMAGE or OTHER")
-        if len(note) > MAX_NOTE_LENGTH:
-            raise InvalidField("note", f"must be at most {MAX_NOTE_LENGTH} characters")
+        check_text("note", note, MAX_NOTE_LENGTH)
         details = {"note": note, "principal": principal, "request_id": request_id}
         with self._unit_of_work(for_write=True) as uow:
             replayed = self._replay(uow, request_id, "AdjustQuantity", item_id, delta, set_to, reason, note)

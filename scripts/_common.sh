@@ -29,7 +29,7 @@ ensure_venv() {
 # local secret in var/dev-jwt-secret, so that the services and mint_token agree.
 use_dev_jwt_secret_unless_configured() {
   local name
-  for name in JWT_SECRET JWT_SECRET_FILE JWT_PUBLIC_KEY_FILE JWT_PRIVATE_KEY_FILE; do
+  for name in $(compgen -v | grep -E '^((INVENTORY|CRM|CRM_INVENTORY)_)?JWT_(SECRET|PUBLIC_KEY|PRIVATE_KEY)(_FILE)?$'); do
     [ -n "${!name:-}" ] && return 0
   done
   if [ ! -s var/dev-jwt-secret ]; then

@@ -12,7 +12,6 @@ import threading
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import grpc
@@ -58,29 +57,21 @@ class AuthSettings:
     leeway_s: float = 30.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], prefix: str) -> "AuthSettings":
+    def from_env(cls, env: Mapping[str, str], prefix: str, *, check: bool = True) -> "AuthSettings":
+        """`check=False` leaves the keys unchecked until a verifier or issuer is built from them."""
         read = EnvReader(env, prefix)
-
-        def value_or_file(name: str) -> str:
-            path = read.str(f"{name}_FILE", "")
-            if not path:
-                return read.str(name, "")
-            try:
-                return Path(path).read_text().strip()
-            except OSError as error:
-                raise SettingsError(f"{name}_FILE {path!r} cannot be read: {error.strerror}") from None
-
         settings = cls(
             algorithm=read.str("JWT_ALGORITHM", cls.algorithm).upper(),
-            secret=value_or_file("JWT_SECRET"),
-            public_key=value_or_file("JWT_PUBLIC_KEY"),
-            private_key=value_or_file("JWT_PRIVATE_KEY"),
+            secret=read.secret("JWT_SECRET"),
+            public_key=read.secret("JWT_PUBLIC_KEY"),
+            private_key=read.secret("JWT_PRIVATE_KEY"),
             key_id=read.str("JWT_KEY_ID", ""),
             issuer=read.str("JWT_ISSUER", cls.issuer),
             audience=read.str("JWT_AUDIENCE", cls.audience),
             leeway_s=read.float("JWT_LEEWAY_S", cls.leeway_s),
         )
-        settings.check()
+        if check:
+            settings.check()
         return settings
 
     def check(self) -> None:
@@ -178,11 +169,13 @@ class TokenVerifier:
 
 
 def _roles(claims: Mapping[str, Any]) -> frozenset[str]:
-    roles = claims.get("roles", [])
+    """`roles` as a list of strings (or one space-separated string), plus `scope` (OAuth style)."""
+    roles, scope = claims.get("roles", []), claims.get("scope", "")
     if isinstance(roles, str):
         roles = roles.split()
-    scope = claims.get("scope", "")
-    return frozenset(str(role) for role in roles) | frozenset(str(scope).split())
+    if not (isinstance(roles, list) and all(isinstance(role, str) for role in roles) and isinstance(scope, str)):
+        raise Unauthenticated("token roles claim is malformed")
+    return frozenset(roles) | frozenset(scope.split())
 
 
 class TokenIssuer:

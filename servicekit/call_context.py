@@ -19,12 +19,12 @@ REQUEST_ID_METADATA = "x-request-id"
 
 @dataclass(frozen=True, slots=True)
 class CallContext:
-    # time.monotonic() by which the caller wants the answer; None when it set no deadline.
-    deadline: float | None
+    # time.monotonic() by which the caller wants the answer (far ahead when it set no deadline).
+    deadline: float
     request_id: str
 
-    def time_remaining(self) -> float | None:
-        return None if self.deadline is None else self.deadline - time.monotonic()
+    def time_remaining(self) -> float:
+        return self.deadline - time.monotonic()
 
 
 current_call: ContextVar[CallContext] = ContextVar("current_call")
@@ -57,13 +57,13 @@ class CallContextInterceptor(ServerInterceptor):
         self, method: Callable[..., Any], request_or_iterator: Any,
         context: grpc.ServicerContext, method_name: str,
     ) -> Any:
-        remaining = context.time_remaining()
+        remaining = context.time_remaining()  # grpc gives a huge value when the caller set no deadline
         request_id = next(
             (str(value) for key, value in context.invocation_metadata() or () if key == REQUEST_ID_METADATA),
             "",
         ) or uuid.uuid4().hex
         call = CallContext(
-            deadline=None if remaining is None else time.monotonic() + remaining,
+            deadline=time.monotonic() + remaining,
             request_id=request_id[:128],
         )
         return call_with(current_call, call, method, request_or_iterator, context)

@@ -5,6 +5,7 @@ the errors of servicekit.errors at the boundary."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -20,15 +21,18 @@ from servicekit.auth import TokenIssuer
 from servicekit.call_context import REQUEST_ID_METADATA, current_call
 from servicekit.status import STATUS_FOR_ERROR
 
+log = logging.getLogger(__name__)
 Reply = TypeVar("Reply")
 
 _ERROR_FOR_STATUS = {code: error for error, code in STATUS_FOR_ERROR.items()}
 
-# Fast recovery: a channel whose server went away tries again within two seconds, not minutes.
-RECONNECT_OPTIONS = (
+CHANNEL_OPTIONS = (
+    # Fast recovery: a channel whose server went away tries again within two seconds, not minutes.
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
+    # A full page (500 items of 4,000-character descriptions) can pass gRPC's default 4 MiB.
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 )
 
 
@@ -102,6 +106,10 @@ class MintedServiceToken:
         return self._token
 
 
+class CredentialsMissing(errors.Unavailable):
+    """This service cannot present its own credentials (e.g. its token file is gone)."""
+
+
 class TokenFile:
     """A token kept in a file by the platform (a mounted secret), read again when it changes."""
 
@@ -110,21 +118,26 @@ class TokenFile:
         self._seen: tuple[tuple[int, int], str] = ((-1, -1), "")
 
     def __call__(self) -> str:
-        stat = os.stat(self._path)
-        version = (stat.st_mtime_ns, stat.st_size)
-        if version != self._seen[0]:
-            with open(self._path) as token_file:
-                self._seen = (version, token_file.read().strip())
+        try:
+            stat = os.stat(self._path)
+            version = (stat.st_mtime_ns, stat.st_size)
+            if version != self._seen[0]:
+                with open(self._path) as token_file:
+                    self._seen = (version, token_file.read().strip())
+        except OSError as error:
+            log.error("service token file %s cannot be read: %s", self._path, error.strerror)
+            raise CredentialsMissing("this service's credentials are missing") from None
         return self._seen[1]
 
 
-def error_from_rpc(error: grpc.RpcError) -> Exception:
-    """The servicekit error for a status, with the field of a BadRequest detail; a status
-    outside the table comes back as it was."""
+def error_from_rpc(error: grpc.RpcError) -> errors.DomainError:
+    """The servicekit error for a status, with the field of a BadRequest detail. A status
+    outside the table (INTERNAL, UNKNOWN, ...) is the other service failing: Unavailable."""
     code = error.code()
     kind = _ERROR_FOR_STATUS.get(code)
     if kind is None:
-        return error
+        log.warning("call failed with %s: %s", code.name, error.details())
+        return errors.Unavailable(f"a service this call needs failed ({code.name})")
     message = error.details() or code.name
     if kind is errors.InvalidField:
         status = rpc_status.from_call(error)
@@ -166,10 +179,9 @@ class RpcCaller:
         if call is None:
             return timeout, ()
         remaining = call.time_remaining()
-        if remaining is not None:
-            if remaining <= 0:
-                raise errors.DeadlineExceeded("the caller's deadline has passed")
-            timeout = remaining if timeout is None else min(timeout, remaining)
+        if remaining <= 0:
+            raise errors.DeadlineExceeded("the caller's deadline has passed")
+        timeout = remaining if timeout is None else min(timeout, remaining)
         return timeout, ((REQUEST_ID_METADATA, call.request_id),)
 
 
@@ -196,7 +208,7 @@ class ServiceClient:
         """A channel to `target` (host:port, or dns:///name:port to spread calls over every
         address of a headless service), with the token on every call."""
         channel = grpc.insecure_channel(target, options=[
-            *RECONNECT_OPTIONS, ("grpc.service_config", service_config(cls.service_name, cls.idempotent_methods)),
+            *CHANNEL_OPTIONS, ("grpc.service_config", service_config(cls.service_name, cls.idempotent_methods)),
         ])
         return cls(grpc.intercept_channel(channel, BearerTokenInterceptor(token)), timeout_s=timeout_s)
 

@@ -53,3 +53,7 @@ class Unavailable(DomainError):
 
 class DeadlineExceeded(DomainError):
     pass
+
+
+class Cancelled(DomainError):
+    """The caller gave up; nobody reads the answer."""

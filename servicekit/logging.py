@@ -7,6 +7,8 @@ import logging
 import sys
 from datetime import datetime, timezone
 
+from servicekit.call_context import current_call
+
 # Attributes every LogRecord has; anything else came in through `extra=` and is logged as a field.
 _STANDARD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -27,9 +29,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class RequestIdFilter(logging.Filter):
+    """Adds the request id of the call being served, so that one call's lines can be found
+    across services."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        call = current_call.get(None)
+        if call is not None:
+            record.request_id = call.request_id
+        return True
+
+
 def configure_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

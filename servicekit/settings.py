@@ -5,8 +5,8 @@ Tests pass a plain dict instead of patching os.environ.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping
-
 
 
 class SettingsError(ValueError):
@@ -26,6 +26,20 @@ class EnvReader:
             if value:
                 return key, value
         return None
+
+    def secret(self, name: str) -> str:
+        """A value given inline (NAME) or in a file (NAME_FILE); the prefixed names win."""
+        for key in (f"{self._prefix}_{name}", name):
+            inline = self._env.get(key, "").strip()
+            if inline:
+                return inline
+            path = self._env.get(f"{key}_FILE", "").strip()
+            if path:
+                try:
+                    return Path(path).read_text().strip()
+                except OSError as error:
+                    raise SettingsError(f"{key}_FILE {path!r} cannot be read: {error.strerror}") from None
+        return ""
 
     def str(self, name: str, default: str) -> str:
         found = self._lookup(name)

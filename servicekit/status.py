@@ -27,6 +27,7 @@ STATUS_FOR_ERROR: dict[type[errors.DomainError], grpc.StatusCode] = {
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.Cancelled: grpc.StatusCode.CANCELLED,
 }
 
 INTERNAL_MESSAGE = "internal error"

@@ -130,7 +130,7 @@ def pytest_report_header() -> str:
 @pytest.fixture(scope="session")
 def crm_server(inventory_server: RunningServer) -> Iterator[RunningServer]:
     settings = CrmSettings(listen_address="127.0.0.1:0", inventory_target=f"127.0.0.1:{inventory_server.port}",
-                           auth=TEST_AUTH)
+                           auth=TEST_AUTH, inventory_auth=TEST_AUTH)
     with serving_crm(settings) as running:
         yield running
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from dataclasses import replace
 import threading
 import time
 from concurrent import futures
@@ -31,7 +32,7 @@ def free_port() -> int:
 
 def crm_settings(inventory_port: int, **overrides) -> CrmSettings:
     return CrmSettings(listen_address="127.0.0.1:0", inventory_target=f"127.0.0.1:{inventory_port}",
-                       auth=TEST_AUTH, **overrides)
+                       auth=TEST_AUTH, inventory_auth=TEST_AUTH, **overrides)
 
 
 def customer_stub(address: str, customer_id: str = "alice"):
@@ -159,3 +160,32 @@ def test_the_crm_picks_up_a_renewed_token_file(inventory_server, empty_database,
 
     assert refused.code() == grpc.StatusCode.UNAVAILABLE
     assert accepted.total_size == 0
+
+
+def test_a_missing_token_file_is_unavailable_to_the_customer(inventory_server, empty_database, tmp_path):
+    settings = crm_settings(inventory_server.port, inventory_token_file=str(tmp_path / "not-there"))
+    with serving_crm(settings) as crm_running:
+        channel, alice = customer_stub(f"127.0.0.1:{crm_running.port}")
+        with channel:
+            error = rpc_error(alice.ListMyItems, crm.ListMyItemsRequest(), timeout=5)
+
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert error.details() == "this service's credentials are missing"
+
+
+def test_crm_and_inventory_can_use_audiences_of_their_own(engine, empty_database):
+    inventory_auth = replace(TEST_AUTH, audience="inventory")
+    customer_auth = replace(TEST_AUTH, audience="crm")
+    inventory_settings = InventorySettings(listen_address="127.0.0.1:0", auth=inventory_auth)
+    with serving(inventory_settings, engine) as inventory:
+        settings = CrmSettings(listen_address="127.0.0.1:0", inventory_target=f"127.0.0.1:{inventory.port}",
+                               auth=customer_auth, inventory_auth=inventory_auth)
+        customer_token = mint(subject="alice", roles=("customer", "inventory.read"), auth=customer_auth)
+        with serving_crm(settings) as crm_running:
+            with authorized_channel(f"127.0.0.1:{crm_running.port}", customer_token) as channel:
+                reply = crm_pb2_grpc.CustomerItemsServiceStub(channel).ListMyItems(crm.ListMyItemsRequest(), timeout=5)
+        with authorized_channel(f"127.0.0.1:{inventory.port}", customer_token) as channel:
+            refused = rpc_error(inventory_pb2_grpc.ItemServiceStub(channel).ListItems, pb.ListItemsRequest())
+
+    assert reply.total_size == 0
+    assert refused.code() == grpc.StatusCode.UNAUTHENTICATED  # a CRM token is not an inventory token

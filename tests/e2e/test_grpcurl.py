@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -111,7 +113,7 @@ def test_readme_grpcurl_examples_work_as_printed(tmp_path):
         database_url=f"sqlite:///{tmp_path / 'inventory.db'}", listen_address="127.0.0.1:0", auth=TEST_AUTH
     )
     with migrated_engine(settings) as engine, serving(settings, engine) as running, serving_crm(CrmSettings(
-        listen_address="127.0.0.1:0", inventory_target=f"127.0.0.1:{running.port}", auth=TEST_AUTH,
+        listen_address="127.0.0.1:0", inventory_target=f"127.0.0.1:{running.port}", auth=TEST_AUTH, inventory_auth=TEST_AUTH,
     )) as crm_running:
         seed_demo_items(build_item_service(engine))
         block = (readme_grpcurl_block().replace("127.0.0.1:50051", f"127.0.0.1:{running.port}")
@@ -141,3 +143,38 @@ def json_documents(text: str) -> list[dict]:
             continue
         documents.append(document)
     return documents
+
+
+def readme_watch_blocks() -> tuple[str, str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Watching low stock"):]
+    blocks = section.split("```sh\n")[1:3]
+    return blocks[0].split("```")[0], blocks[1].split("```")[0]
+
+
+def test_readme_watch_example_shows_the_event_and_the_ledger(tmp_path):
+    settings = InventorySettings(
+        database_url=f"sqlite:///{tmp_path / 'inventory.db'}", listen_address="127.0.0.1:0", auth=TEST_AUTH
+    )
+    env = {**os.environ, "JWT_SECRET": TEST_AUTH.secret, "JWT_ISSUER": TEST_AUTH.issuer,
+           "JWT_AUDIENCE": TEST_AUTH.audience}
+    watch_block, adjust_block = readme_watch_blocks()
+    with migrated_engine(settings) as engine, serving(settings, engine) as running:
+        seed_demo_items(build_item_service(engine))
+        port = f"127.0.0.1:{running.port}"
+        watcher = subprocess.Popen(["bash", "-c", watch_block.replace("127.0.0.1:50051", port)], cwd=ROOT, env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            time.sleep(2)  # mint_token and grpcurl start up
+            runs = [subprocess.run(["bash", "-euo", "pipefail", "-c", adjust_block.replace("127.0.0.1:50051", port)],
+                                   cwd=ROOT, env=env, capture_output=True, text=True, timeout=60) for _ in range(2)]
+            time.sleep(1)
+        finally:
+            os.killpg(watcher.pid, signal.SIGTERM)
+            watched, _ = watcher.communicate(timeout=10)
+
+    assert all(run.returncode == 0 for run in runs), runs[-1].stderr
+    events = json_documents(watched)
+    assert [(e["item_id"], e["kind"], e["quantity"]) for e in events] == [("3", "LOW_STOCK_EVENT_KIND_BECAME_LOW", 2)]
+    ledger = json_documents(runs[-1].stdout)[-1]["movements"]
+    assert [m["reason"] for m in ledger] == ["STOCK_MOVEMENT_REASON_SALE", "STOCK_MOVEMENT_REASON_ITEM_CREATED"]

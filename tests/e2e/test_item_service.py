@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -10,6 +12,7 @@ from google.protobuf import field_mask_pb2
 
 from inventory.v1 import inventory_pb2 as pb
 from inventory_svc.domain import ItemFields, Money
+from inventory_svc.repository import SqlUnitOfWork
 from tests.helpers import bad_request_fields, create, money, new_item, rpc_error, usd
 
 
@@ -168,7 +171,7 @@ def listed_skus(stub, **filters) -> list[str]:
         ({"min_price": money("EUR", 1)}, []),
         ({"min_quantity": 8, "max_quantity": 50}, ["B-1", "B_2"]),
         ({"in_stock_only": True}, ["A-2", "B-1", "B_2", "C-1"]),
-        ({"low_stock_only": True}, ["A-1", "A-2", "B_2"]),
+        ({"low_stock_only": True}, ["A-1", "A-2"]),  # B_2 is low but inactive
         ({"category": "gadgets", "is_active": True, "in_stock_only": True}, ["B-1"]),
     ],
 )
@@ -550,3 +553,65 @@ def test_list_low_stock_items_with_negative_threshold_is_invalid_argument(items_
 
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_request_fields(error) == ["threshold"]
+
+
+def test_paging_never_skips_an_item_whose_transaction_commits_late(engine, items_stub):
+    """A create whose transaction commits after a later create must not land behind a reader."""
+    held_open, release = threading.Event(), threading.Event()
+
+    def slow_create() -> None:
+        with SqlUnitOfWork(engine, for_write=True) as uow:
+            uow.items.add(_fields("SLOW"))
+            held_open.set()
+            release.wait(10)
+            uow.commit()
+
+    slow = threading.Thread(target=slow_create)
+    slow.start()
+    assert held_open.wait(10)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        fast = pool.submit(create, items_stub, sku="FAST")
+        time.sleep(0.5)  # the fast create runs meanwhile, as far as the database lets it
+        seen, token = [], ""
+        while True:
+            page = items_stub.ListItems(pb.ListItemsRequest(page_size=1, page_token=token))
+            seen += [item.sku for item in page.items]
+            token = page.next_page_token or token
+            if not page.next_page_token:
+                break
+        release.set()
+        slow.join()
+        fast.result(timeout=10)
+
+    while True:
+        page = items_stub.ListItems(pb.ListItemsRequest(page_size=1, page_token=token))
+        seen += [item.sku for item in page.items]
+        if not page.next_page_token:
+            break
+        token = page.next_page_token
+    assert sorted(seen) == ["FAST", "SLOW"]
+
+
+@pytest.mark.parametrize(
+    ("field", "request_message"),
+    [
+        ("item.name", pb.CreateItemRequest(item=new_item(name="bad\x00name"))),
+        ("query", pb.ListItemsRequest(query="a\x00")),
+        ("category", pb.ListItemsRequest(category="\x00")),
+    ],
+)
+def test_nul_characters_are_invalid_argument_on_every_database(items_stub, field, request_message):
+    call = items_stub.CreateItem if isinstance(request_message, pb.CreateItemRequest) else items_stub.ListItems
+
+    error = rpc_error(call, request_message)
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(error) == [field]
+
+
+def test_text_search_folds_case_beyond_ascii(items_stub):
+    create(items_stub, sku="FR-1", name="Chaise École")
+    create(items_stub, sku="DE-1", name="GRÜNER Tee")
+
+    assert listed_skus(items_stub, query="école") == ["FR-1"]
+    assert listed_skus(items_stub, name_contains="grüner") == ["DE-1"]

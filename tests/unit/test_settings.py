@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from crm_svc.settings import CrmSettings
 from inventory_svc.settings import InventorySettings
 from servicekit.auth import AuthSettings
 from servicekit.settings import SettingsError
@@ -54,3 +55,22 @@ def test_the_secret_can_come_from_a_file(tmp_path):
     secret_file.write_text(SECRET + "\n")
 
     assert AuthSettings.from_env({"JWT_SECRET_FILE": str(secret_file)}, "INVENTORY").secret == SECRET
+
+
+def test_a_prefixed_secret_wins_over_a_plain_secret_file(tmp_path):
+    plain_file = tmp_path / "plain"
+    plain_file.write_text("p" * 32)
+
+    settings = AuthSettings.from_env({"JWT_SECRET_FILE": str(plain_file), "INVENTORY_JWT_SECRET": SECRET}, "INVENTORY")
+
+    assert settings.secret == SECRET
+
+
+def test_the_crm_mints_towards_inventory_with_settings_of_their_own():
+    settings = CrmSettings.from_env({
+        "CRM_JWT_SECRET": SECRET, "CRM_JWT_AUDIENCE": "crm",
+        "CRM_INVENTORY_JWT_SECRET": "i" * 32, "CRM_INVENTORY_JWT_AUDIENCE": "inventory",
+    })
+
+    assert (settings.auth.audience, settings.auth.secret) == ("crm", SECRET)
+    assert (settings.inventory_auth.audience, settings.inventory_auth.secret) == ("inventory", "i" * 32)
