@@ -15,12 +15,14 @@ from crm_svc.servicer import ROLE_FOR_METHOD, CustomerItemsServicer
 from crm_svc.settings import CrmSettings
 from inventory_svc.client import InventoryClient
 from inventory_svc.servicer import READ_ROLE
+import grpc
+
 from servicekit.auth import JwtAuthInterceptor, TokenIssuer, TokenVerifier
-from servicekit.call_context import CallContextInterceptor
 from servicekit.client import MintedServiceToken, TokenFile
 from servicekit.logging import configure_logging
+from servicekit.observability import ClientMetricsInterceptor, ServerMetrics, metrics_served
 from servicekit.server import RunningServer, finish_server, new_server, serve_until_signalled
-from servicekit.status import StatusMappingInterceptor
+from servicekit.tracing import Tracing, tracing_started
 
 log = logging.getLogger(__name__)
 
@@ -37,25 +39,36 @@ def service_token(settings: CrmSettings) -> Callable[[], str]:
     )
 
 
-def connect_inventory(settings: CrmSettings) -> InventoryClient:
+def connect_inventory(
+    settings: CrmSettings, metrics: ServerMetrics | None = None, tracing: Tracing | None = None,
+) -> InventoryClient:
+    def instrument(channel: grpc.Channel) -> grpc.Channel:
+        if metrics is not None:
+            channel = grpc.intercept_channel(channel, ClientMetricsInterceptor(metrics))
+        return tracing.instrument_channel(channel) if tracing is not None else channel
+
     return InventoryClient.connect(
-        settings.inventory_target, service_token(settings), timeout_s=settings.inventory_timeout_s
+        settings.inventory_target, service_token(settings), timeout_s=settings.inventory_timeout_s,
+        instrument=instrument,
     )
 
 
-def build_server(settings: CrmSettings, items: CustomerItemsService) -> RunningServer:
-    server = new_server(settings.max_workers, [
-        StatusMappingInterceptor(),  # first: it also maps what the others raise
-        CallContextInterceptor(),
-        JwtAuthInterceptor(TokenVerifier(settings.auth), ROLE_FOR_METHOD),
-    ])
+def build_server(
+    settings: CrmSettings, items: CustomerItemsService, *, metrics: ServerMetrics | None = None,
+    tracing: Tracing | None = None,
+) -> RunningServer:
+    auth = JwtAuthInterceptor(TokenVerifier(settings.auth), ROLE_FOR_METHOD)
+    server = new_server(settings.max_workers, metrics or ServerMetrics(), auth, tracing)
     crm_pb2_grpc.add_CustomerItemsServiceServicer_to_server(CustomerItemsServicer(items), server)
     return finish_server(server, settings.listen_address, [CRM_SERVICE_NAME])
 
 
 def serve(settings: CrmSettings) -> None:
-    with connect_inventory(settings) as inventory:
-        running = build_server(settings, CustomerItemsService(inventory))
+    metrics = ServerMetrics()
+    with metrics_served(settings.metrics_address, metrics.registry), \
+            tracing_started(settings.traces_exporter, "crm") as tracing, \
+            connect_inventory(settings, metrics, tracing) as inventory:
+        running = build_server(settings, CustomerItemsService(inventory), metrics=metrics, tracing=tracing)
         log.info("crm calls inventory at %s", settings.inventory_target)
         serve_until_signalled(running, "crm", settings.listen_address,
                               settings.shutdown_drain_s, settings.shutdown_grace_s)

@@ -24,6 +24,10 @@ class CrmSettings:
     shutdown_drain_s: float = 0.0
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
+    # Prometheus /metrics over HTTP ("off" turns it off; port 0 picks a free one).
+    metrics_address: str = "127.0.0.1:9052"
+    # OpenTelemetry spans: none, console or otlp (OTEL_EXPORTER_OTLP_ENDPOINT says where).
+    traces_exporter: str = "none"
     # Verifies the customers' tokens (CRM_JWT_*, else JWT_*).
     auth: AuthSettings = field(default_factory=AuthSettings)
     # Mints the CRM's own token towards inventory (CRM_INVENTORY_JWT_*, else JWT_*): inventory's
@@ -44,6 +48,8 @@ class CrmSettings:
             shutdown_drain_s=read.float("SHUTDOWN_DRAIN_S", cls.shutdown_drain_s),
             shutdown_grace_s=read.float("SHUTDOWN_GRACE_S", cls.shutdown_grace_s),
             log_level=read.str("LOG_LEVEL", cls.log_level),
+            metrics_address=read.str("METRICS_ADDRESS", cls.metrics_address),
+            traces_exporter=read.str("OTEL_TRACES_EXPORTER", cls.traces_exporter),
             auth=AuthSettings.from_env(env, "CRM"),
             inventory_auth=AuthSettings.from_env(env, "CRM_INVENTORY", check=False),
         )

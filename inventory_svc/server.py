@@ -9,7 +9,6 @@ import logging
 import os
 from functools import partial
 
-import grpc
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 
@@ -20,10 +19,10 @@ from inventory_svc.service import ItemService, LowStockSignal
 from inventory_svc.servicer import ROLE_FOR_METHOD, ItemServicer
 from inventory_svc.settings import InventorySettings
 from servicekit.auth import JwtAuthInterceptor, TokenVerifier
-from servicekit.call_context import CallContextInterceptor
 from servicekit.logging import configure_logging
+from servicekit.observability import ServerMetrics, metrics_served
 from servicekit.server import Periodic, RunningServer, finish_server, new_server, serve_until_signalled
-from servicekit.status import StatusMappingInterceptor
+from servicekit.tracing import Tracing, tracing_started
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +58,13 @@ def build_item_service(engine: Engine, settings: InventorySettings = InventorySe
     )
 
 
-def build_server(settings: InventorySettings, items: ItemService, *, require_auth: bool = True) -> RunningServer:
+def build_server(
+    settings: InventorySettings, items: ItemService, *, metrics: ServerMetrics | None = None,
+    tracing: Tracing | None = None, require_auth: bool = True,
+) -> RunningServer:
     """`require_auth=False` exists only so that scripts/bench can measure what auth costs."""
-    # Status mapping comes first, so that it also maps what authentication raises.
-    interceptors: list[grpc.ServerInterceptor] = [StatusMappingInterceptor(), CallContextInterceptor()]
-    if require_auth:
-        interceptors.append(JwtAuthInterceptor(TokenVerifier(settings.auth), ROLE_FOR_METHOD))
-    server = new_server(settings.max_workers, interceptors)
+    auth = JwtAuthInterceptor(TokenVerifier(settings.auth), ROLE_FOR_METHOD) if require_auth else None
+    server = new_server(settings.max_workers, metrics or ServerMetrics(), auth, tracing)
     inventory_pb2_grpc.add_ItemServiceServicer_to_server(ItemServicer(items), server)
     running = finish_server(server, settings.listen_address, [ITEM_SERVICE_NAME])
     running.on_shutdown.append(items.stop_watchers)
@@ -79,12 +78,16 @@ def serve(settings: InventorySettings) -> None:
     if engine.dialect.name == "postgresql":
         # Low-stock events committed by any replica wake this replica's watchers.
         background.append(PostgresLowStockListener(engine, items.wake_watchers))
+    metrics = ServerMetrics()
+    metrics.watch_pool(engine.pool)
     for task in background:
         task.start()
     try:
-        running = build_server(settings, items)
-        serve_until_signalled(running, "inventory", settings.listen_address,
-                              settings.shutdown_drain_s, settings.shutdown_grace_s)
+        with metrics_served(settings.metrics_address, metrics.registry), \
+                tracing_started(settings.traces_exporter, "inventory") as tracing:
+            running = build_server(settings, items, metrics=metrics, tracing=tracing)
+            serve_until_signalled(running, "inventory", settings.listen_address,
+                                  settings.shutdown_drain_s, settings.shutdown_grace_s)
     finally:
         for task in background:
             task.stop()

@@ -19,7 +19,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from grpc_interceptor.server import ServerInterceptor
 
-from servicekit.call_context import call_with
+from servicekit.call_context import call_with, current_call
 from servicekit.errors import PermissionDenied, Unauthenticated
 from servicekit.settings import EnvReader, SettingsError
 
@@ -232,6 +232,9 @@ class JwtAuthInterceptor(ServerInterceptor):
         if method_name.startswith(PUBLIC_METHOD_PREFIXES):
             return method(request_or_iterator, context)
         principal = self._verifier.verify(bearer_token(context.invocation_metadata()))
+        call = current_call.get(None)
+        if call is not None:
+            call.subject = principal.subject
         required = self._permission_for_method.get(method_name)
         if required is None or required not in principal.roles:
             raise PermissionDenied(f"this call needs the {required or 'unknown'} role")

@@ -17,11 +17,13 @@ from grpc_interceptor.server import ServerInterceptor
 REQUEST_ID_METADATA = "x-request-id"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CallContext:
     # time.monotonic() by which the caller wants the answer (far ahead when it set no deadline).
     deadline: float
     request_id: str
+    # The verified token subject, filled in by the auth interceptor, for the access log.
+    subject: str = ""
 
     def time_remaining(self) -> float:
         return self.deadline - time.monotonic()

@@ -204,12 +204,18 @@ class ServiceClient:
         self._stream = self._call.stream
 
     @classmethod
-    def connect(cls: type[Client], target: str, token: Callable[[], str], *, timeout_s: float = 5.0) -> Client:
+    def connect(
+        cls: type[Client], target: str, token: Callable[[], str], *, timeout_s: float = 5.0,
+        instrument: Callable[[grpc.Channel], grpc.Channel] | None = None,
+    ) -> Client:
         """A channel to `target` (host:port, or dns:///name:port to spread calls over every
-        address of a headless service), with the token on every call."""
+        address of a headless service), with the token on every call; `instrument` wraps the
+        channel with metrics or tracing."""
         channel = grpc.insecure_channel(target, options=[
             *CHANNEL_OPTIONS, ("grpc.service_config", service_config(cls.service_name, cls.idempotent_methods)),
         ])
+        if instrument is not None:
+            channel = instrument(channel)
         return cls(grpc.intercept_channel(channel, BearerTokenInterceptor(token)), timeout_s=timeout_s)
 
     def close(self) -> None:

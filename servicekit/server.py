@@ -15,6 +15,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from servicekit.call_context import CallContextInterceptor
+from servicekit.observability import ObservabilityInterceptor, ServerMetrics
+from servicekit.status import StatusMappingInterceptor
+from servicekit.tracing import Tracing
+
 log = logging.getLogger(__name__)
 
 
@@ -36,10 +41,19 @@ class RunningServer:
         self.server.stop(grace_s).wait()
 
 
-def new_server(max_workers: int, interceptors: Iterable[grpc.ServerInterceptor]) -> grpc.Server:
+def new_server(
+    max_workers: int, metrics: ServerMetrics, auth: grpc.ServerInterceptor | None, tracing: Tracing | None = None,
+) -> grpc.Server:
+    """A server whose calls pass, outermost first: the trace span, the request id and
+    deadline, metrics and the access log (which see the final status), the mapping of
+    errors to statuses (which also maps what auth raises), then auth."""
+    interceptors: list[grpc.ServerInterceptor] = [tracing.server_interceptor] if tracing else []
+    interceptors += [CallContextInterceptor(), ObservabilityInterceptor(metrics), StatusMappingInterceptor()]
+    if auth is not None:
+        interceptors.append(auth)
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-        interceptors=list(interceptors),
+        interceptors=interceptors,
     )
 
 

@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import grpc
 import psycopg2
 import pytest
 from sqlalchemy import Engine, delete

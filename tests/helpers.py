@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable
 
 import grpc
 from google.rpc import error_details_pb2
 from google.type import money_pb2
 from grpc_status import rpc_status
-
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
 from inventory.v1 import inventory_pb2 as pb
@@ -25,6 +33,7 @@ from servicekit.auth import AuthSettings, TokenIssuer
 from servicekit.client import BearerTokenInterceptor
 from servicekit.server import RunningServer
 
+ROOT = Path(__file__).resolve().parents[1]
 TEST_AUTH = AuthSettings(secret="test-secret-" + "x" * 40, issuer="test-issuer", audience="test-audience")
 INVENTORY_ROLES = ("inventory.read", "inventory.write")
 
@@ -116,3 +125,86 @@ def serving_crm(settings: CrmSettings) -> Iterator[RunningServer]:
             yield running
         finally:
             running.server.stop(grace=1).wait()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def service_env(**settings: str) -> dict[str, str]:
+    """The environment of a service process: the test keys, metrics on a free port, and `settings`."""
+    return {
+        **os.environ,
+        "JWT_SECRET": TEST_AUTH.secret, "JWT_ISSUER": TEST_AUTH.issuer, "JWT_AUDIENCE": TEST_AUTH.audience,
+        "INVENTORY_METRICS_ADDRESS": "127.0.0.1:0", "CRM_METRICS_ADDRESS": "127.0.0.1:0",
+        **settings,
+    }
+
+
+class ServiceProcess:
+    """A service run as its own process, as a deployment runs it, its JSON log kept in a file."""
+
+    def __init__(self, module: str, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log_file = log_path.open("w")
+        self.process = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env,
+                                        stdout=subprocess.PIPE, stderr=self._log_file, text=True)
+
+    def wait_until_serving(self, address: str, timeout_s: float = 20) -> None:
+        deadline = time.monotonic() + timeout_s
+        with grpc.insecure_channel(address) as channel:
+            while not _ready(channel):
+                assert self.process.poll() is None, f"the service exited: {self.log_path.read_text()}"
+                assert time.monotonic() < deadline, f"the service did not start: {self.log_path.read_text()}"
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.startswith("{")]
+
+    def metrics_port(self, timeout_s: float = 20) -> int:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            port = next((line["metrics_port"] for line in self.log_lines() if "metrics_port" in line), None)
+            if port is not None:
+                return int(port)
+            assert self.process.poll() is None, f"the service exited: {self.log_path.read_text()}"
+            time.sleep(0.05)
+        raise AssertionError(f"the service announced no metrics port: {self.log_path.read_text()}")
+
+    def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """Every sample of its /metrics, by name and labels."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port()}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        return {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples
+        }
+
+    def stop(self) -> str:
+        """SIGTERM, as a deployment stops it; returns what it printed on stdout."""
+        self.process.terminate()
+        try:
+            stdout, _ = self.process.communicate(timeout=20)
+        finally:
+            self.process.kill()
+            self._log_file.close()
+        return stdout
+
+
+def _ready(channel: grpc.Channel) -> bool:
+    try:
+        grpc.channel_ready_future(channel).result(timeout=0.2)
+    except grpc.FutureTimeoutError:
+        return False
+    return True
+
+
+@contextmanager
+def service_process(module: str, env: dict[str, str], log_path: Path) -> Iterator[ServiceProcess]:
+    service = ServiceProcess(module, env, log_path)
+    try:
+        yield service
+    finally:
+        if service.process.poll() is None:
+            service.stop()

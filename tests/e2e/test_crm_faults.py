@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from dataclasses import replace
 import threading
 import time
@@ -17,17 +16,11 @@ from crm_svc.settings import CrmSettings
 from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
 from inventory_svc.settings import InventorySettings
-from tests.helpers import TEST_AUTH, authorized_channel, create, mint, rpc_error, serving, serving_crm
+from tests.helpers import TEST_AUTH, authorized_channel, create, free_port, mint, rpc_error, serving, serving_crm
 
 
 # gRPC sends a deadline as a timeout header rounded up, so the receiver may see a hair more.
 TIMEOUT_ROUNDING_S = 0.01
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def crm_settings(inventory_port: int, **overrides) -> CrmSettings:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
 from inventory_svc.server import ITEM_SERVICE_NAME, build_engine, build_item_service, build_server
 from inventory_svc.settings import InventorySettings
-from tests.helpers import TEST_AUTH, authorized_channel, mint, rpc_error
+from tests.helpers import TEST_AUTH, authorized_channel, free_port, mint, rpc_error
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,12 +59,6 @@ def test_unexpected_error_is_internal_without_internals(tmp_path):
     assert "items" not in str(error.trailing_metadata())
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _wait_for(predicate, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -84,7 +77,7 @@ def _health_status(address: str) -> int | None:
 
 
 def test_sigterm_reports_not_serving_then_exits_cleanly(tmp_path):
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     env = {
         **os.environ,
@@ -93,6 +86,7 @@ def test_sigterm_reports_not_serving_then_exits_cleanly(tmp_path):
         "INVENTORY_SHUTDOWN_DRAIN_S": "3",
         "INVENTORY_SHUTDOWN_GRACE_S": "2",
         "JWT_SECRET": TEST_AUTH.secret,
+        "INVENTORY_METRICS_ADDRESS": "off",
     }
     server = subprocess.Popen(
         [sys.executable, "-m", "inventory_svc.server"], cwd=ROOT, env=env,

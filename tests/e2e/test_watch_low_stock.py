@@ -3,9 +3,7 @@ ends, freed resources, and delivery across replicas on PostgreSQL."""
 
 from __future__ import annotations
 
-import os
 import queue
-import socket
 import subprocess
 import sys
 import threading
@@ -14,12 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
-import pytest
 
 from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
 from inventory_svc.settings import InventorySettings
-from tests.helpers import TEST_AUTH, authorized_channel, create, migrated_engine, mint, rpc_error, serving
+from tests.helpers import TEST_AUTH, authorized_channel, create, free_port, migrated_engine, mint, rpc_error, service_env, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 BECAME_LOW = pb.LOW_STOCK_EVENT_KIND_BECAME_LOW
@@ -181,20 +178,13 @@ def test_server_shutdown_ends_watch_streams_cleanly(engine, empty_database):
 # --- across replicas on PostgreSQL -----------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextmanager
 def replica(database_url: str):
     """A real inventory server process, as a deployment runs it."""
     address = f"127.0.0.1:{free_port()}"
-    env = {**os.environ, "INVENTORY_DATABASE_URL": database_url, "INVENTORY_LISTEN_ADDRESS": address,
-           "JWT_SECRET": TEST_AUTH.secret, "JWT_ISSUER": TEST_AUTH.issuer, "JWT_AUDIENCE": TEST_AUTH.audience,
-           # Watchers re-read the ledger only every 30 s on their own: a quick event came by NOTIFY.
-           "INVENTORY_WATCH_POLL_S": "30"}
+    # Watchers re-read the ledger only every 30 s on their own: a quick event came by NOTIFY.
+    env = service_env(INVENTORY_DATABASE_URL=database_url, INVENTORY_LISTEN_ADDRESS=address,
+                      INVENTORY_WATCH_POLL_S="30")
     process = subprocess.Popen([sys.executable, "-m", "inventory_svc.server"], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

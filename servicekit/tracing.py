@@ -1,0 +1,58 @@
+"""OpenTelemetry tracing, off by default. OpenTelemetry is imported only when it is turned
+on, so the services run without the `tracing` extra installed."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import grpc
+
+from servicekit.settings import SettingsError
+
+EXPORTERS = ("none", "console", "otlp")
+
+
+@dataclass(frozen=True)
+class Tracing:
+    """The interceptors that open a span per call and carry the trace to the next service."""
+
+    server_interceptor: grpc.ServerInterceptor
+    # Wraps a client channel so that its calls carry the trace (OpenTelemetry's own interceptor kind).
+    instrument_channel: Callable[[grpc.Channel], grpc.Channel]
+
+
+@contextmanager
+def tracing_started(exporter: str, service_name: str) -> Iterator[Tracing | None]:
+    """`exporter` is OTEL_TRACES_EXPORTER's value: none, console (stdout), or otlp (to
+    OTEL_EXPORTER_OTLP_ENDPOINT, read by the exporter itself). Spans still buffered are
+    sent when the block ends."""
+    if exporter == "none":
+        yield None
+        return
+    if exporter not in EXPORTERS:
+        raise SettingsError(f"OTEL_TRACES_EXPORTER must be one of {', '.join(EXPORTERS)}, not {exporter!r}")
+    try:
+        from opentelemetry.instrumentation.grpc import client_interceptor, server_interceptor
+        from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+    except ImportError as missing:
+        raise SettingsError(
+            f"OTEL_TRACES_EXPORTER={exporter} needs the tracing extra: pip install 'inventory-crm[tracing]'"
+        ) from missing
+    span_exporter: SpanExporter
+    if exporter == "console":
+        span_exporter = ConsoleSpanExporter()
+    else:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        span_exporter = OTLPSpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider.add_span_processor(BatchSpanProcessor(span_exporter))
+    try:
+        outgoing = client_interceptor(tracer_provider=provider)
+        yield Tracing(server_interceptor(tracer_provider=provider), lambda channel: intercept_channel(channel, outgoing))
+    finally:
+        provider.shutdown()

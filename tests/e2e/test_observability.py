@@ -1,0 +1,151 @@
+"""What a platform team sees of the running services: Prometheus metrics of the calls just
+made, one JSON access-log line per call carrying the request id from CRM to inventory,
+and OpenTelemetry traces that cross from one service to the other when turned on."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from crm.v1 import crm_pb2, crm_pb2_grpc
+from inventory.v1 import inventory_pb2 as pb
+from inventory.v1 import inventory_pb2_grpc
+from inventory_svc.settings import InventorySettings
+from tests.helpers import (
+    ServiceProcess, authorized_channel, create, free_port, migrated_engine, mint, rpc_error, service_env,
+    service_process,
+)
+
+ITEMS = "inventory.v1.ItemService"
+CRM = "crm.v1.CustomerItemsService"
+
+
+@dataclass
+class Deployment:
+    inventory: ServiceProcess
+    crm: ServiceProcess
+    inventory_address: str
+    crm_address: str
+
+
+@contextmanager
+def deployment(tmp_path: Path, **settings: str) -> Iterator[Deployment]:
+    """Inventory and the CRM as two processes wired together, on a migrated SQLite file."""
+    database_url = f"sqlite:///{tmp_path / 'inventory.db'}"
+    with migrated_engine(InventorySettings(database_url=database_url)):
+        pass
+    inventory_address, crm_address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    env = service_env(INVENTORY_DATABASE_URL=database_url, INVENTORY_LISTEN_ADDRESS=inventory_address,
+                      CRM_LISTEN_ADDRESS=crm_address, CRM_INVENTORY_TARGET=inventory_address, **settings)
+    with ExitStack() as stack:
+        inventory = stack.enter_context(service_process("inventory_svc.server", env, tmp_path / "inventory.log"))
+        crm = stack.enter_context(service_process("crm_svc.server", env, tmp_path / "crm.log"))
+        for service, address in ((inventory, inventory_address), (crm, crm_address)):
+            service.wait_until_serving(address)
+        yield Deployment(inventory, crm, inventory_address, crm_address)
+
+
+def sample(metrics: dict, name: str, **labels: str) -> float:
+    return metrics.get((name, frozenset(labels.items())), 0.0)
+
+
+@pytest.fixture
+def services(tmp_path) -> Iterator[Deployment]:
+    with deployment(tmp_path) as running:
+        yield running
+
+
+def items_stub(address: str, token: str | None = None) -> Any:
+    channel = authorized_channel(address, token or mint()) if token != "" else grpc.insecure_channel(address)
+    return inventory_pb2_grpc.ItemServiceStub(channel)
+
+
+def crm_stub(address: str, customer: str) -> Any:
+    return crm_pb2_grpc.CustomerItemsServiceStub(authorized_channel(address, mint(customer, ("customer",))))
+
+
+def test_a_scrape_counts_the_calls_just_made_by_method_and_status(services):
+    items = items_stub(services.inventory_address)
+    create(items)
+    rpc_error(items.GetItem, pb.GetItemRequest(id=999))
+    rpc_error(items_stub(services.inventory_address, token="").ListItems, pb.ListItemsRequest())
+
+    metrics = services.inventory.metrics()
+
+    assert sample(metrics, "grpc_server_handled_total", grpc_service=ITEMS, grpc_method="CreateItem", grpc_code="OK") == 1
+    assert sample(metrics, "grpc_server_handled_total", grpc_service=ITEMS, grpc_method="GetItem",
+                  grpc_code="NOT_FOUND") == 1
+    assert sample(metrics, "grpc_server_handled_total", grpc_service=ITEMS, grpc_method="ListItems",
+                  grpc_code="UNAUTHENTICATED") == 1
+    assert sample(metrics, "grpc_server_handling_seconds_count", grpc_service=ITEMS, grpc_method="GetItem") == 1
+    assert sample(metrics, "grpc_server_in_flight", grpc_service=ITEMS, grpc_method="GetItem") == 0
+    assert sample(metrics, "db_pool_size") >= 1
+    assert ("db_pool_connections_in_use", frozenset()) in metrics
+
+
+def test_the_crm_counts_its_inventory_calls_by_status(services):
+    item = create(items_stub(services.inventory_address), customer_id="alice")
+    alice = crm_stub(services.crm_address, "alice")
+    alice.GetMyItem(crm_pb2.GetMyItemRequest(id=item.id))
+    rpc_error(alice.GetMyItem, crm_pb2.GetMyItemRequest(id=item.id + 1000))
+
+    metrics = services.crm.metrics()
+
+    assert sample(metrics, "grpc_client_handled_total", grpc_service=ITEMS, grpc_method="GetItem", grpc_code="OK") == 1
+    assert sample(metrics, "grpc_client_handled_total", grpc_service=ITEMS, grpc_method="GetItem",
+                  grpc_code="NOT_FOUND") == 1
+    assert sample(metrics, "grpc_server_handled_total", grpc_service=CRM, grpc_method="GetMyItem",
+                  grpc_code="NOT_FOUND") == 1
+
+
+def access_lines(service: ServiceProcess, method: str) -> list[dict[str, Any]]:
+    return [line for line in service.log_lines() if line.get("logger") == "access" and line["grpc_method"] == method]
+
+
+def test_each_call_logs_one_json_line_with_the_request_id_it_carried_from_crm_to_inventory(services):
+    item = create(items_stub(services.inventory_address), customer_id="alice")
+    token = mint("alice", ("customer",))
+    crm = crm_pb2_grpc.CustomerItemsServiceStub(authorized_channel(services.crm_address, token))
+    crm.GetMyItem(crm_pb2.GetMyItemRequest(id=item.id), metadata=[("x-request-id", "order-4711")])
+    services.crm.stop()
+    services.inventory.stop()
+
+    [crm_line] = access_lines(services.crm, f"/{CRM}/GetMyItem")
+    [inventory_line] = access_lines(services.inventory, f"/{ITEMS}/GetItem")
+    assert crm_line["request_id"] == inventory_line["request_id"] == "order-4711"
+    assert (crm_line["subject"], crm_line["grpc_code"]) == ("alice", "OK")
+    assert (inventory_line["subject"], inventory_line["grpc_code"]) == ("crm", "OK")
+    assert crm_line["duration_ms"] > inventory_line["duration_ms"] > 0
+    logs = services.crm.log_path.read_text() + services.inventory.log_path.read_text()
+    assert token not in logs and "Bearer" not in logs
+
+
+def spans(stdout: str) -> list[dict[str, Any]]:
+    """The spans the console exporter printed: JSON objects one after another."""
+    decoder, found, position = json.JSONDecoder(), [], 0
+    while (start := stdout.find("{", position)) != -1:
+        span, position = decoder.raw_decode(stdout, start)
+        found.append(span)
+    return found
+
+
+def test_traces_are_off_by_default_and_cross_from_crm_to_inventory_when_on(tmp_path, services):
+    item = create(items_stub(services.inventory_address), customer_id="alice")
+    crm_stub(services.crm_address, "alice").GetMyItem(crm_pb2.GetMyItemRequest(id=item.id))
+    assert spans(services.crm.stop()) == []
+
+    with deployment(tmp_path / "traced", OTEL_TRACES_EXPORTER="console") as traced:
+        item = create(items_stub(traced.inventory_address), customer_id="alice")
+        crm_stub(traced.crm_address, "alice").GetMyItem(crm_pb2.GetMyItemRequest(id=item.id))
+        crm_spans, inventory_spans = spans(traced.crm.stop()), spans(traced.inventory.stop())
+
+    [crm_call] = [span for span in crm_spans if span["name"] == f"/{CRM}/GetMyItem"]
+    [inventory_call] = [span for span in inventory_spans if span["name"] == f"/{ITEMS}/GetItem"]
+    assert inventory_call["context"]["trace_id"] == crm_call["context"]["trace_id"]
