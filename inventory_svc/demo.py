@@ -49,7 +49,7 @@ def seed_demo_items(items: ItemService) -> int:
 
 
 def main() -> None:
-    settings = InventorySettings.from_env(os.environ)
+    settings = InventorySettings.from_env(os.environ, serving=False)
     configure_logging(settings.log_level)
     engine = build_engine(settings)
     try:

@@ -102,7 +102,7 @@ def main() -> None:
 
 def migrate_main() -> None:
     """Bring the configured database to the newest schema, then exit."""
-    settings = InventorySettings.from_env(os.environ)
+    settings = InventorySettings.from_env(os.environ, serving=False)
     configure_logging(settings.log_level)
     engine = build_engine(settings)
     try:

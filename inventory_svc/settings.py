@@ -36,7 +36,9 @@ class InventorySettings:
     auth: AuthSettings = field(default_factory=AuthSettings)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "InventorySettings":
+    def from_env(cls, env: Mapping[str, str], *, serving: bool = True) -> "InventorySettings":
+        """`serving=False` (migrations, seeding) leaves the JWT keys unchecked: those never
+        see a token, and a migration Job needs no key mounted."""
         read = EnvReader(env, "INVENTORY")
         return cls(
             database_url=read.str("DATABASE_URL", cls.database_url),
@@ -52,5 +54,5 @@ class InventorySettings:
             watch_poll_s=read.float("WATCH_POLL_S", cls.watch_poll_s),
             metrics_address=read.str("METRICS_ADDRESS", cls.metrics_address),
             traces_exporter=read.str("OTEL_TRACES_EXPORTER", cls.traces_exporter),
-            auth=AuthSettings.from_env(env, "INVENTORY"),
+            auth=AuthSettings.from_env(env, "INVENTORY", check=serving),
         )

@@ -54,6 +54,9 @@ def new_server(
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
         interceptors=interceptors,
+        # Clients resolve DNS again only when a connection ends: ending each after five minutes
+        # (streams on it may run on) lets round-robin clients find replicas added since.
+        options=[("grpc.max_connection_age_ms", 300_000)],
     )
 
 
