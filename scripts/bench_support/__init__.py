@@ -1,0 +1,1 @@
+"""Pieces of scripts/bench: data, servers, load (h2load), profiles."""

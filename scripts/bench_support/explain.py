@@ -1,0 +1,45 @@
+"""EXPLAIN (ANALYZE, BUFFERS) of the SQL that ListItems runs, on PostgreSQL.
+
+The SQL is not written by hand: the repository's own list_page and count are called once
+with the query the servicer builds from the benchmark's request, and each statement they
+send is caught on its way to the driver, then explained with the same parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+
+from bench_support.data import Database, connect
+from inventory.v1 import inventory_pb2 as pb
+from inventory_svc.convert import query_from_request
+from inventory_svc.repository import SqlItemRepository
+from servicekit.page_tokens import decode_page_token, query_fingerprint
+
+
+def explain_list_items(database: Database, request: pb.ListItemsRequest, limit: int) -> list[tuple[str, str]]:
+    """(statement, plan) for each statement one ListItems call with `request` sends."""
+    query = query_from_request(request)
+    after_id = decode_page_token(request.page_token, query_fingerprint("items", query)) if request.page_token else 0
+    engine = connect(database)
+    caught: list[tuple[str, Any]] = []
+
+    def catch(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        caught.append((statement, parameters))
+
+    try:
+        with engine.connect() as connection:
+            event.listen(engine, "before_cursor_execute", catch)
+            repository = SqlItemRepository(connection)
+            repository.list_page(query, after_id, limit + 1)  # the service asks for one more than a page
+            repository.count(query)
+            event.remove(engine, "before_cursor_execute", catch)
+            plans = []
+            for statement, parameters in caught:
+                rows = connection.exec_driver_sql(f"EXPLAIN (ANALYZE, BUFFERS) {statement}", parameters)
+                shown = statement % {k: repr(v) for k, v in parameters.items()} if parameters else statement
+                plans.append((" ".join(shown.split()), "\n".join(row[0] for row in rows)))
+            return plans
+    finally:
+        engine.dispose()
