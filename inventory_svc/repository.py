@@ -37,7 +37,7 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -51,7 +51,7 @@ from inventory_svc.domain import (
     MovementReason,
     StockMovement,
 )
-from servicekit.errors import AlreadyExists
+from servicekit.errors import AlreadyExists, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -501,7 +501,12 @@ _WRITE_OPTION = "inventory_write_transaction"
 
 
 class SqlUnitOfWork:
-    """One transaction. Leaving it always rolls back; only commit() keeps changes."""
+    """One transaction. Leaving it always rolls back; only commit() keeps changes.
+
+    A read on PostgreSQL runs each statement in autocommit instead: one round trip per
+    statement, no BEGIN and ROLLBACK around it (the statements of one read, such as a page
+    and its total, may then see different commits). A lost database connection becomes
+    Unavailable, which clients may retry."""
 
     def __init__(self, engine: Engine, *, for_write: bool = False,
                  on_low_stock_events: Callable[[], None] | None = None) -> None:
@@ -510,21 +515,30 @@ class SqlUnitOfWork:
         self._on_low_stock_events = on_low_stock_events
 
     def __enter__(self) -> "SqlUnitOfWork":
-        self._connection = self._engine.connect()
+        try:
+            self._connection = self._engine.connect()
+        except OperationalError as error:
+            raise Unavailable("the database cannot be reached; try again") from error
         if self._for_write:
             self._connection.execution_options(**{_WRITE_OPTION: True})
+        elif self._engine.dialect.name == "postgresql":
+            self._connection.execution_options(isolation_level="AUTOCOMMIT")
         self._transaction = self._connection.begin()
         self.items = SqlItemRepository(self._connection)
         self.movements = SqlStockMovementRepository(self._connection)
         self.request_ids = SqlRequestIdRepository(self._connection)
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, _type: object, error: BaseException | None, _traceback: object) -> None:
         try:
             if self._transaction.is_active:
                 self._transaction.rollback()
         finally:
             self._connection.close()
+        if isinstance(error, DBAPIError) and error.connection_invalidated:
+            # The pool drops the broken connection; the next call gets a fresh one. Nothing
+            # was committed, so a retry is safe.
+            raise Unavailable("the database connection was lost; try again") from error
 
     def commit(self) -> None:
         self._transaction.commit()

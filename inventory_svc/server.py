@@ -38,12 +38,9 @@ def build_engine(settings: InventorySettings) -> Engine:
     if url.drivername == "postgresql":
         # SQLAlchemy 2.1 picks psycopg 3 for a bare postgresql:// URL; we ship psycopg2.
         url = url.set(drivername="postgresql+psycopg2")
-    engine = create_engine(
-        url,
-        pool_pre_ping=True,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_pool_size,
-    )
+    # No pre-ping (a round trip per call): a connection found broken fails its call with
+    # UNAVAILABLE, which clients retry, and the pool replaces it.
+    engine = create_engine(url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size)
     return prepare_engine(engine)
 
 

@@ -16,7 +16,8 @@ class InventorySettings:
     database_url: str = field(default=DEFAULT_DATABASE_URL, repr=False)  # may hold a password
     listen_address: str = "127.0.0.1:50051"
     max_workers: int = 16
-    db_pool_size: int = 10
+    # As many as worker threads, so that no call waits for, or opens, a connection.
+    db_pool_size: int = 16
     # SIGTERM: report NOT_SERVING for drain_s while still serving, so balancers move away,
     # then refuse new calls and give in-flight ones grace_s to finish.
     shutdown_drain_s: float = 0.0

@@ -1,0 +1,59 @@
+"""Database connections cut from outside (a PostgreSQL restart or failover does this): the
+call that meets a dead connection answers UNAVAILABLE, never INTERNAL, nothing is half
+done, and the next call works on a fresh connection."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import psycopg2
+import pytest
+from sqlalchemy.engine import make_url
+
+from inventory.v1 import inventory_pb2 as pb
+from inventory.v1 import inventory_pb2_grpc
+from inventory_svc.client import InventoryClient
+from inventory_svc.settings import InventorySettings
+from tests.helpers import TEST_AUTH, authorized_channel, create, migrated_engine, mint, rpc_error, serving
+
+
+def cut_every_connection(database_url: str) -> None:
+    url = make_url(database_url)
+    with psycopg2.connect(host=url.host, port=url.port, user=url.username, dbname="postgres") as admin, \
+            admin.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE datname = %s AND pid <> pg_backend_pid()", (url.database,))
+
+
+@pytest.fixture
+def address(postgres_url: str) -> Iterator[str]:
+    settings = InventorySettings(database_url=postgres_url, listen_address="127.0.0.1:0", auth=TEST_AUTH,
+                                 max_workers=1, db_pool_size=1)  # one connection: the test knows which one dies
+    with migrated_engine(settings) as engine, serving(settings, engine) as running:
+        yield f"127.0.0.1:{running.port}"
+
+
+def test_a_cut_connection_is_unavailable_once_then_the_service_recovers(address, postgres_url):
+    with authorized_channel(address, mint()) as channel:
+        items = inventory_pb2_grpc.ItemServiceStub(channel)
+        item = create(items, quantity=5)
+        cut_every_connection(postgres_url)
+
+        error = rpc_error(items.AdjustQuantity, pb.AdjustQuantityRequest(id=item.id, delta=3))
+
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert "psycopg2" not in error.details() and "SELECT" not in error.details()
+        assert items.GetItem(pb.GetItemRequest(id=item.id)).item.quantity == 5
+        cut_every_connection(postgres_url)
+        assert rpc_error(items.GetItem, pb.GetItemRequest(id=item.id)).code() == grpc.StatusCode.UNAVAILABLE
+        assert items.GetItem(pb.GetItemRequest(id=item.id)).item.quantity == 5
+
+
+def test_the_typed_client_retries_a_read_that_met_a_cut_connection(address, postgres_url):
+    with authorized_channel(address, mint()) as channel:
+        item = create(inventory_pb2_grpc.ItemServiceStub(channel), quantity=5)
+    with InventoryClient.connect(address, mint) as client:
+        cut_every_connection(postgres_url)
+
+        assert client.get_item(item.id).quantity == 5  # the channel's retry policy hid the UNAVAILABLE
