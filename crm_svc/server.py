@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Callable
 
 from crm.v1 import crm_pb2, crm_pb2_grpc
@@ -21,7 +22,7 @@ from servicekit.auth import JwtAuthInterceptor, TokenIssuer, TokenVerifier
 from servicekit.client import MintedServiceToken, TokenFile
 from servicekit.logging import configure_logging
 from servicekit.observability import ClientMetricsInterceptor, ServerMetrics, metrics_served
-from servicekit.server import RunningServer, finish_server, new_server, serve_until_signalled
+from servicekit.server import RunningServer, finish_server, new_server, serve_until_signalled, supervise_workers
 from servicekit.tracing import Tracing, tracing_started
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,9 @@ def serve(settings: CrmSettings) -> None:
 def main() -> None:
     settings = CrmSettings.from_env(os.environ)
     configure_logging(settings.log_level)
+    if settings.processes > 1:
+        sys.exit(supervise_workers("crm_svc.server", "CRM", settings.processes,
+                                   settings.listen_address, settings.metrics_address))
     serve(settings)
 
 

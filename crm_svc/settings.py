@@ -20,6 +20,8 @@ class CrmSettings:
     inventory_token_file: str = ""
     service_token_subject: str = "crm"
     service_token_lifetime_s: float = 900.0
+    # Server processes sharing the port (about one core each); workers are threads of each.
+    processes: int = 1
     max_workers: int = 16
     shutdown_drain_s: float = 0.0
     shutdown_grace_s: float = 10.0
@@ -44,6 +46,7 @@ class CrmSettings:
             inventory_token_file=read.str("INVENTORY_TOKEN_FILE", ""),
             service_token_subject=read.str("SERVICE_TOKEN_SUBJECT", cls.service_token_subject),
             service_token_lifetime_s=read.float("SERVICE_TOKEN_LIFETIME_S", cls.service_token_lifetime_s),
+            processes=read.int("PROCESSES", cls.processes, minimum=1),
             max_workers=read.int("MAX_WORKERS", cls.max_workers, minimum=1),
             shutdown_drain_s=read.float("SHUTDOWN_DRAIN_S", cls.shutdown_drain_s),
             shutdown_grace_s=read.float("SHUTDOWN_GRACE_S", cls.shutdown_grace_s),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from functools import partial
 
 from sqlalchemy import Engine, create_engine
@@ -21,7 +22,9 @@ from inventory_svc.settings import InventorySettings
 from servicekit.auth import JwtAuthInterceptor, TokenVerifier
 from servicekit.logging import configure_logging
 from servicekit.observability import ServerMetrics, metrics_served
-from servicekit.server import Periodic, RunningServer, finish_server, new_server, serve_until_signalled
+from servicekit.server import (
+    Periodic, RunningServer, finish_server, new_server, serve_until_signalled, supervise_workers,
+)
 from servicekit.tracing import Tracing, tracing_started
 
 log = logging.getLogger(__name__)
@@ -76,7 +79,7 @@ def serve(settings: InventorySettings) -> None:
         # Low-stock events committed by any replica wake this replica's watchers.
         background.append(PostgresLowStockListener(engine, items.wake_watchers))
     metrics = ServerMetrics()
-    metrics.watch_pool(engine.pool)
+    metrics.watch_pool(engine.pool, settings.db_pool_size)
     for task in background:
         task.start()
     try:
@@ -94,6 +97,9 @@ def serve(settings: InventorySettings) -> None:
 def main() -> None:
     settings = InventorySettings.from_env(os.environ)
     configure_logging(settings.log_level)
+    if settings.processes > 1:
+        sys.exit(supervise_workers("inventory_svc.server", "INVENTORY", settings.processes,
+                                   settings.listen_address, settings.metrics_address))
     serve(settings)
 
 

@@ -15,6 +15,8 @@ DEFAULT_DATABASE_URL = "sqlite:///var/inventory.db"
 class InventorySettings:
     database_url: str = field(default=DEFAULT_DATABASE_URL, repr=False)  # may hold a password
     listen_address: str = "127.0.0.1:50051"
+    # Server processes sharing the port (about one core each); workers are threads of each.
+    processes: int = 1
     max_workers: int = 16
     # As many as worker threads, so that no call waits for, or opens, a connection.
     db_pool_size: int = 16
@@ -44,6 +46,7 @@ class InventorySettings:
         return cls(
             database_url=read.str("DATABASE_URL", cls.database_url),
             listen_address=read.str("LISTEN_ADDRESS", cls.listen_address),
+            processes=read.int("PROCESSES", cls.processes, minimum=1),
             max_workers=read.int("MAX_WORKERS", cls.max_workers, minimum=1),
             db_pool_size=read.int("DB_POOL_SIZE", cls.db_pool_size, minimum=1),
             shutdown_drain_s=read.float("SHUTDOWN_DRAIN_S", cls.shutdown_drain_s),

@@ -12,8 +12,7 @@ from typing import Any, Callable, Iterator
 import grpc
 from grpc_interceptor.server import ServerInterceptor
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+from sqlalchemy import event
 from sqlalchemy.pool import Pool
 
 from servicekit.call_context import current_call
@@ -45,34 +44,30 @@ class ServerMetrics:
             "grpc_server_handling_seconds", "Time from receiving a call to its status.",
             labels, buckets=LATENCY_BUCKETS_S, registry=self.registry,
         )
+        # livesum: with several worker processes (PROMETHEUS_MULTIPROC_DIR) the live ones add up.
         self.in_flight = Gauge(
             "grpc_server_in_flight", "Calls being served now (streams included).",
-            labels, registry=self.registry,
+            labels, registry=self.registry, multiprocess_mode="livesum",
         )
         self.client_handled = Counter(
             "grpc_client_handled", "Calls this server made to other services, by status code.",
             (*labels, "grpc_code"), registry=self.registry,
         )
 
-    def watch_pool(self, pool: Pool) -> None:
-        """Adds the database connection pool's use to the metrics."""
-        self.registry.register(PoolCollector(pool))
-
-
-class PoolCollector(Collector):
-    def __init__(self, pool: Pool) -> None:
-        self._pool = pool
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        # QueuePool has these; SQLite's in-memory StaticPool does not, and then there is nothing to report.
-        for name, help_text, read in (
-            ("db_pool_connections_in_use", "Database connections lent out to calls now.", "checkedout"),
-            ("db_pool_size", "Database connections the pool keeps open.", "size"),
-            ("db_pool_overflow", "Connections opened beyond the pool size (negative: unused room).", "overflow"),
-        ):
-            reader = getattr(self._pool, read, None)
-            if callable(reader):
-                yield GaugeMetricFamily(name, help_text, value=reader())
+    def watch_pool(self, pool: Pool, size: int) -> None:
+        """Follows the database connection pool through its events (which, unlike reading
+        the pool, also works when worker processes share the metrics)."""
+        Gauge("db_pool_size", "Database connections the pool keeps open when idle.",
+              registry=self.registry, multiprocess_mode="livesum").set(size)
+        in_use = Gauge("db_pool_connections_in_use", "Database connections lent out to calls now.",
+                       registry=self.registry, multiprocess_mode="livesum")
+        opened = Gauge("db_pool_connections_open", "Database connections open now, in use or idle.",
+                       registry=self.registry, multiprocess_mode="livesum")
+        event.listen(pool, "checkout", lambda *_: in_use.inc())
+        event.listen(pool, "checkin", lambda *_: in_use.dec())
+        event.listen(pool, "connect", lambda *_: opened.inc())
+        event.listen(pool, "close", lambda *_: opened.dec())
+        event.listen(pool, "close_detached", lambda *_: opened.dec())
 
 
 @contextmanager

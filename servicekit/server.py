@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from concurrent import futures
@@ -14,9 +18,12 @@ from typing import Callable, Iterable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from servicekit.call_context import CallContextInterceptor
-from servicekit.observability import ObservabilityInterceptor, ServerMetrics
+from servicekit.observability import ObservabilityInterceptor, ServerMetrics, metrics_served
+from servicekit.settings import SettingsError
 from servicekit.status import StatusMappingInterceptor
 from servicekit.tracing import Tracing
 
@@ -115,3 +122,47 @@ class Periodic:
                 self._task()
             except Exception:
                 log.exception("periodic task %s failed; it runs again in %.0f s", self._thread.name, self._interval_s)
+
+
+def supervise_workers(module: str, prefix: str, processes: int, listen_address: str, metrics_address: str) -> int:
+    """Runs `processes` copies of the server `module` on one port (SO_REUSEPORT, which
+    gRPC sets by default on Linux): a Python process uses about one core, and this uses
+    them all. Each worker is a whole server (its own pool, listener and threads); their
+    metrics are summed here. SIGTERM or SIGINT is passed on to every worker, which drain as
+    one server does; a worker that dies stops them all, for the platform to restart.
+    Returns the exit status."""
+    if listen_address.endswith(":0"):
+        raise SettingsError(f"{prefix}_PROCESSES > 1 needs a fixed port in {prefix}_LISTEN_ADDRESS, not 0")
+    with tempfile.TemporaryDirectory(prefix=f"{prefix.lower()}-metrics-") as metrics_dir:
+        worker_env = {**os.environ, f"{prefix}_PROCESSES": "1", f"{prefix}_METRICS_ADDRESS": "off",
+                      "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+        workers = [subprocess.Popen([sys.executable, "-m", module], env=worker_env) for _ in range(processes)]
+        stopping = threading.Event()
+
+        def stop_workers(signum: int, _frame: FrameType | None) -> None:
+            stopping.set()
+            for worker in workers:
+                if worker.poll() is None:
+                    worker.send_signal(signum)
+
+        signal.signal(signal.SIGTERM, stop_workers)
+        signal.signal(signal.SIGINT, stop_workers)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=metrics_dir)
+        with metrics_served(metrics_address, registry):
+            log.info("%d worker processes of %s started", processes, module,
+                     extra={"worker_pids": [worker.pid for worker in workers]})
+            status = 0
+            while any(worker.poll() is None for worker in workers):
+                for worker in workers:
+                    code = worker.poll()
+                    if code is not None and not stopping.is_set():
+                        log.error("worker %d exited with %d: stopping the others", worker.pid, code)
+                        status = code or 1
+                        stop_workers(signal.SIGTERM, None)
+                time.sleep(0.2)
+            if status == 0:
+                status = next((worker.returncode for worker in workers if worker.returncode), 0)
+            for worker in workers:
+                mark_process_dead(worker.pid, metrics_dir)
+        return status

@@ -1,0 +1,38 @@
+"""INVENTORY_PROCESSES: several server processes share one port, their metrics add up at
+one endpoint, and SIGTERM stops them all gracefully."""
+
+from __future__ import annotations
+
+import grpc
+
+from inventory.v1 import inventory_pb2 as pb
+from inventory.v1 import inventory_pb2_grpc
+from inventory_svc.settings import InventorySettings
+from tests.helpers import authorized_channel, free_port, migrated_engine, mint, rpc_error, service_env, service_process
+
+CONNECTIONS = 20
+
+
+def test_two_processes_share_the_port_and_report_their_calls_together(tmp_path):
+    database_url = f"sqlite:///{tmp_path / 'inventory.db'}"
+    with migrated_engine(InventorySettings(database_url=database_url)):
+        pass
+    address = f"127.0.0.1:{free_port()}"
+    env = service_env(INVENTORY_DATABASE_URL=database_url, INVENTORY_LISTEN_ADDRESS=address, INVENTORY_PROCESSES="2")
+    with service_process("inventory_svc.server", env, tmp_path / "inventory.log") as inventory:
+        inventory.wait_until_serving(address)
+        for _ in range(CONNECTIONS):  # the kernel spreads new connections over the processes
+            with authorized_channel(address, mint()) as channel:
+                error = rpc_error(inventory_pb2_grpc.ItemServiceStub(channel).GetItem, pb.GetItemRequest(id=1))
+                assert error.code() == grpc.StatusCode.NOT_FOUND
+        metrics = inventory.metrics()
+        inventory.stop()
+
+    assert inventory.process.returncode == 0
+    assert metrics[("grpc_server_handled_total", frozenset({
+        ("grpc_service", "inventory.v1.ItemService"), ("grpc_method", "GetItem"), ("grpc_code", "NOT_FOUND"),
+    }))] == CONNECTIONS
+    lines = inventory.log_lines()
+    serving_pids = {line["pid"] for line in lines if line.get("logger") == "access"}
+    assert len(serving_pids) == 2
+    assert {line["pid"] for line in lines if line["message"] == "inventory stopped"} == serving_pids
