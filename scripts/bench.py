@@ -114,6 +114,8 @@ def parse_args() -> argparse.Namespace:
                         help="keep the database when it already holds --items items (loading 1M takes minutes)")
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per cell (default 5)")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each cell (default 1)")
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                        help="INVENTORY_PROCESSES and CRM_PROCESSES, as the README advises: the cores (default here: %(default)s)")
     parser.add_argument("--in-flight", default="1,8,32", help="calls in flight, comma-separated (default 1,8,32)")
     parser.add_argument("--only", help="run only the workloads whose name matches this regular expression")
     parser.add_argument("--search", default=data.DEFAULT_SEARCH, help=f"the text search (default {data.DEFAULT_SEARCH!r})")
@@ -513,6 +515,8 @@ def main() -> None:
         secret_file.write_text(secrets.token_urlsafe(48))
         secret_file.chmod(0o600)
     env = service_env(secret_file)
+    env.setdefault("INVENTORY_PROCESSES", str(args.processes))
+    env.setdefault("CRM_PROCESSES", str(args.processes))
     issuer = TokenIssuer(AuthSettings(secret=secret_file.read_text().strip()))
     tokens = {"inventory": issuer.mint("bench", INVENTORY_ROLES, 6 * 3600),
               "customer": issuer.mint(BENCH_CUSTOMER, ["customer"], 6 * 3600)}
@@ -566,6 +570,7 @@ def main() -> None:
         "date": started_at.isoformat(timespec="seconds"), "machine": machine(), "database": database.description,
         "items": args.items, "customers": data.CUSTOMERS, "duration_s": args.duration, "warmup_s": args.warmup,
         "max_h2load": args.max_h2load, "search": args.search,
+        "processes": {"inventory": env["INVENTORY_PROCESSES"], "crm": env["CRM_PROCESSES"]},
         "background_busy_percent": {"before": background[0], "after": background[1]},
     }
     lines = [
@@ -575,6 +580,8 @@ def main() -> None:
          f"grpcio {meta['machine']['grpcio']}, {meta['machine']['h2load']}"),
         (f"database: {database.description}; items: {args.items:,} over {data.CUSTOMERS} customers; "
          f"{args.duration:g} s per cell after {args.warmup:g} s of warm-up"),
+        (f"servers: INVENTORY_PROCESSES={env['INVENTORY_PROCESSES']}, CRM_PROCESSES={env['CRM_PROCESSES']}, "
+         "other settings at their defaults"),
         f"other load on the machine (1 s idle sample): {background[0]:.0f}% before, {background[1]:.0f}% after"
         + ("  <- WARNING: something else was running; the numbers are low" if max(background) > 10 else ""),
         "",

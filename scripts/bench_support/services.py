@@ -47,19 +47,43 @@ class Process:
     def pid(self) -> int:
         return self.popen.pid
 
+    def pids(self) -> list[int]:
+        """The server and its worker processes (*_PROCESSES > 1 runs them as its children)."""
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == self.pid:
+                    children.append(int(stat.parent.name))
+            except (OSError, ValueError, IndexError):
+                continue
+        return [self.pid, *children]
+
     def cpu_seconds(self) -> float:
-        """User plus system CPU time of the process (all its threads) so far."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User plus system CPU time of the server and its workers (all their threads) so far."""
+        total = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def memory_mb(self) -> dict[str, float]:
-        """VmRSS (resident now) and VmHWM (the peak) in MB, from /proc/PID/status."""
-        values = {}
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(rest.split()[0]) / 1024
-        return values
+        """VmRSS (resident now) and VmHWM (the peak) in MB of its largest process, from /proc/PID/status."""
+        largest: dict[str, float] = {}
+        for pid in self.pids():
+            values = {}
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    values[key] = int(rest.split()[0]) / 1024
+            largest = {key: max(value, largest.get(key, 0.0)) for key, value in values.items()}
+        return largest
 
     def log_tail(self, lines: int = 20) -> str:
         try:

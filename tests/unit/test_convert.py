@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 import pytest
-from google.protobuf import field_mask_pb2
+from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.type import money_pb2
 
 from inventory.v1 import inventory_pb2 as pb
-from inventory_svc.convert import changes_from_update, money_from_proto, money_to_proto
+from inventory_svc.convert import changes_from_update, money_from_proto, money_to_proto, timestamp_to_proto
 from inventory_svc.domain import Money
 from servicekit.errors import InvalidField
 
@@ -53,3 +55,15 @@ def test_update_of_nothing_is_refused():
     with pytest.raises(InvalidField) as raised:
         changes_from_update(pb.Item(id=3), field_mask_pb2.FieldMask())
     assert raised.value.field == "update_mask"
+
+
+@pytest.mark.parametrize("moment", [
+    datetime(2026, 11, 25, 8, 40, 12, 345678, tzinfo=timezone.utc),
+    datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc),  # before the epoch: seconds round down
+    datetime(2026, 11, 25, 9, 40, 0, 1, tzinfo=timezone(timedelta(hours=1))),
+])
+def test_timestamps_convert_as_protobufs_own_conversion_does(moment):
+    expected = timestamp_pb2.Timestamp()
+    expected.FromDatetime(moment)
+
+    assert timestamp_to_proto(moment) == expected
