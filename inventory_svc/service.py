@@ -25,7 +25,7 @@ from inventory_svc.domain import (
     validate_item_fields,
 )
 from servicekit.errors import Conflict, InvalidField, NotFound, ResourceExhausted
-from servicekit.page_tokens import decode_page_token, encode_page_token, query_fingerprint
+from servicekit.page_tokens import PagePosition, decode_page_token, encode_page_token, query_fingerprint
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -192,13 +192,13 @@ class ItemService:
         _check_id(item_id, "item_id")
         limit = _page_limit(page_size)
         fingerprint = query_fingerprint("stock-movements", item_id)
-        before_id = decode_page_token(page_token, fingerprint) if page_token else None
+        before_id = decode_page_token(page_token, fingerprint).after_id if page_token else None
         with self._unit_of_work() as uow:
             found = uow.movements.list_page(item_id, before_id, limit + 1)
             if not found and before_id is None and not uow.items.get(item_id):
                 raise NotFound(f"item {item_id} not found")
         page = found[:limit]
-        next_token = encode_page_token(page[-1].id, fingerprint) if len(found) > limit else ""
+        next_token = encode_page_token(PagePosition(page[-1].id), fingerprint) if len(found) > limit else ""
         return Page(page, next_token)
 
     def watch_low_stock(
@@ -342,10 +342,12 @@ class ItemService:
     def _page(self, kind: str, query: ItemQuery, page_size: int, page_token: str) -> Page:
         limit = _page_limit(page_size)
         fingerprint = query_fingerprint(kind, query)
-        after_id = decode_page_token(page_token, fingerprint) if page_token else 0
+        # The total is counted on the first page only and carried by the token: counting
+        # every match again costs more than the page itself on a large table.
+        position = decode_page_token(page_token, fingerprint) if page_token else None
         with self._unit_of_work() as uow:
-            found = uow.items.list_page(query, after_id, limit + 1)
-            total = uow.items.count(query)
+            found = uow.items.list_page(query, position.after_id if position else 0, limit + 1)
+            total = position.total if position else uow.items.count(query)
         page = found[:limit]
-        next_token = encode_page_token(page[-1].id, fingerprint) if len(found) > limit else ""
+        next_token = encode_page_token(PagePosition(page[-1].id, total), fingerprint) if len(found) > limit else ""
         return Page(page, next_token, total)

@@ -1,6 +1,7 @@
 """Opaque page tokens for keyset paging.
 
-A token carries the last id of the page it follows and a fingerprint of the query it
+A token carries the last id of the page it follows, the total counted on the first
+page (so that later pages need not count again) and a fingerprint of the query it
 belongs to, sealed by a checksum. It is not a secret: every filter (and every access
 rule) is taken from the request again on each page, so a forged token can reveal
 nothing the caller could not list anyway. The checksum and fingerprint only make a
@@ -14,11 +15,18 @@ import base64
 import binascii
 import hashlib
 import struct
+from typing import NamedTuple
 
 from servicekit.errors import InvalidField
 
-_LAYOUT = struct.Struct(">Q8s8s")  # after_id, query fingerprint, checksum
-_CONTEXT = b"page-token-v1"
+_LAYOUT = struct.Struct(">QI8s8s")  # after_id, total, query fingerprint, checksum
+_CONTEXT = b"page-token-v2"
+
+
+class PagePosition(NamedTuple):
+    after_id: int
+    # How many matched when the first page was read.
+    total: int = 0
 
 
 def query_fingerprint(*parts: object) -> bytes:
@@ -26,24 +34,26 @@ def query_fingerprint(*parts: object) -> bytes:
     return hashlib.sha256(repr(parts).encode()).digest()[:8]
 
 
-def _checksum(after_id: int, fingerprint: bytes) -> bytes:
-    return hashlib.sha256(_CONTEXT + after_id.to_bytes(8, "big") + fingerprint).digest()[:8]
+def _checksum(position: PagePosition, fingerprint: bytes) -> bytes:
+    sealed = _CONTEXT + position.after_id.to_bytes(8, "big") + position.total.to_bytes(4, "big") + fingerprint
+    return hashlib.sha256(sealed).digest()[:8]
 
 
-def encode_page_token(after_id: int, fingerprint: bytes) -> str:
-    raw = _LAYOUT.pack(after_id, fingerprint, _checksum(after_id, fingerprint))
+def encode_page_token(position: PagePosition, fingerprint: bytes) -> str:
+    raw = _LAYOUT.pack(position.after_id, position.total, fingerprint, _checksum(position, fingerprint))
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_page_token(token: str, fingerprint: bytes, field: str = "page_token") -> int:
-    """Returns the id after which the next page starts; raises InvalidField for a bad token."""
+def decode_page_token(token: str, fingerprint: bytes, field: str = "page_token") -> PagePosition:
+    """Returns where the next page starts; raises InvalidField for a bad token."""
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        after_id, token_fingerprint, checksum = _LAYOUT.unpack(raw)
+        after_id, total, token_fingerprint, checksum = _LAYOUT.unpack(raw)
     except (binascii.Error, ValueError, struct.error):
         raise InvalidField(field, "is not a page token issued by this service") from None
-    if checksum != _checksum(after_id, token_fingerprint):
+    position = PagePosition(after_id, total)
+    if checksum != _checksum(position, token_fingerprint):
         raise InvalidField(field, "is not a page token issued by this service")
     if token_fingerprint != fingerprint:
         raise InvalidField(field, "belongs to a different query: keep every other field as on the first page")
-    return after_id
+    return position

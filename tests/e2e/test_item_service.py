@@ -240,6 +240,19 @@ def test_list_items_clamps_page_size_to_five_hundred(item_service, items_stub):
     assert response.total_size == 501
 
 
+def test_later_pages_repeat_the_total_counted_on_the_first(items_stub):
+    for _ in range(3):
+        create(items_stub)
+    first = items_stub.ListItems(pb.ListItemsRequest(page_size=2))
+    create(items_stub)
+
+    second = items_stub.ListItems(pb.ListItemsRequest(page_size=2, page_token=first.next_page_token))
+
+    assert (first.total_size, second.total_size) == (3, 3)
+    assert len(second.items) == 2  # the new item is on the page all the same
+    assert items_stub.ListItems(pb.ListItemsRequest(page_size=2)).total_size == 4
+
+
 def _fields(sku: str) -> ItemFields:
     return ItemFields(sku=sku, name=sku, price=Money("USD", 1_000_000_000))
 

@@ -128,7 +128,9 @@ class ListMyItemsResponse(_message.Message):
     next_page_token: _builtins.str
     """Pass as page_token to get the next page; empty on the last page."""
     total_size: _builtins.int
-    """How many active items the caller has, on all pages."""
+    """How many active items the caller has, on all pages. Counted when the first page is read;
+    later pages of the same query repeat that count.
+    """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___CustomerItem]:
         """One page of the caller's items, ordered by id."""
@@ -246,7 +248,9 @@ class SearchMyItemsResponse(_message.Message):
     next_page_token: _builtins.str
     """Pass as page_token to get the next page; empty on the last page."""
     total_size: _builtins.int
-    """How many of the caller's items match, on all pages."""
+    """How many of the caller's items match, on all pages. Counted when the first page is read;
+    later pages of the same query repeat that count.
+    """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___CustomerItem]:
         """One page of matching items, ordered by id."""

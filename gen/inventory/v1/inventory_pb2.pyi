@@ -415,7 +415,9 @@ class ListItemsResponse(_message.Message):
     next_page_token: _builtins.str
     """Pass as page_token to get the next page; empty on the last page."""
     total_size: _builtins.int
-    """How many items match the filters, on all pages."""
+    """How many items match the filters, on all pages. Counted when the first page is read;
+    later pages of the same query repeat that count.
+    """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___Item]:
         """One page of items, ordered by id."""
@@ -583,7 +585,9 @@ class ListCustomerItemsResponse(_message.Message):
     next_page_token: _builtins.str
     """Pass as page_token to get the next page; empty on the last page."""
     total_size: _builtins.int
-    """How many items the customer has that match, on all pages."""
+    """How many items the customer has that match, on all pages. Counted when the first page is read;
+    later pages of the same query repeat that count.
+    """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___Item]:
         """One page of the customer's items, ordered by id."""
@@ -722,7 +726,9 @@ class ListLowStockItemsResponse(_message.Message):
     next_page_token: _builtins.str
     """Pass as page_token to get the next page; empty on the last page."""
     total_size: _builtins.int
-    """How many items are low on stock, on all pages."""
+    """How many items are low on stock, on all pages. Counted when the first page is read;
+    later pages of the same query repeat that count.
+    """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___Item]:
         """One page of active low-stock items, ordered by id."""
