@@ -160,6 +160,8 @@ items = ItemRow.__table__
 stock_movements = StockMovementRow.__table__
 request_ids = RequestIdRow.__table__
 LOW_STOCK_CHANNEL = "inventory_low_stock"
+# Notified by the items_notify_change trigger (migration 0003) with the changed item's id.
+ITEM_CHANGES_CHANNEL = "inventory_item_changes"
 # PostgreSQL hands out sequence values before commit, so ids need not arrive in commit
 # order, and a reader paging (or watching) by id could pass an id whose row commits later.
 # Taking these transaction-scoped locks right before the INSERT makes the ids of items, and
@@ -546,15 +548,21 @@ class SqlUnitOfWork:
             self._on_low_stock_events()
 
 
-class PostgresLowStockListener:
-    """LISTENs on PostgreSQL for low-stock events committed by any replica and calls
-    `on_event` for each notification; reconnects by itself when the connection drops."""
+class PostgresChangeListener:
+    """LISTENs on PostgreSQL for what any replica commits: low-stock events (`on_low_stock`)
+    and changed items (`on_item_changed(id)`). `on_listening` runs once it listens and
+    `on_lost` when its connection drops, after which it reconnects by itself."""
 
-    def __init__(self, engine: Engine, on_event: Callable[[], None]) -> None:
+    def __init__(self, engine: Engine, *, on_low_stock: Callable[[], None],
+                 on_item_changed: Callable[[int], None], on_listening: Callable[[], None],
+                 on_lost: Callable[[], None]) -> None:
         self._engine = engine
-        self._on_event = on_event
+        self._on_low_stock = on_low_stock
+        self._on_item_changed = on_item_changed
+        self._on_listening = on_listening
+        self._on_lost = on_lost
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="low-stock-listener", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="change-listener", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -568,8 +576,8 @@ class PostgresLowStockListener:
             try:
                 self._listen()
             except Exception:
-                log.warning("low-stock listener lost its connection: reconnecting", exc_info=True)
-                self._on_event()  # a watcher re-reads the ledger, so nothing missed meanwhile is lost
+                log.warning("change listener lost its connection: reconnecting", exc_info=True)
+                self._on_low_stock()  # a watcher re-reads the ledger, so nothing missed meanwhile is lost
                 self._stopping.wait(1)
 
     def _listen(self) -> None:
@@ -578,15 +586,20 @@ class PostgresLowStockListener:
             dbapi_connection = connection.driver_connection
             dbapi_connection.autocommit = True
             with dbapi_connection.cursor() as cursor:
-                cursor.execute(f"LISTEN {LOW_STOCK_CHANNEL}")
+                cursor.execute(f"LISTEN {LOW_STOCK_CHANNEL}; LISTEN {ITEM_CHANGES_CHANNEL}")
+            self._on_listening()
             while not self._stopping.is_set():
                 if select_module.select([dbapi_connection], [], [], 0.5) == ([], [], []):
                     continue
                 dbapi_connection.poll()
-                if dbapi_connection.notifies:
-                    dbapi_connection.notifies.clear()
-                    self._on_event()
+                notifications, dbapi_connection.notifies[:] = list(dbapi_connection.notifies), []
+                for notification in notifications:
+                    if notification.channel == ITEM_CHANGES_CHANNEL:
+                        self._on_item_changed(int(notification.payload))
+                if any(notification.channel == LOW_STOCK_CHANNEL for notification in notifications):
+                    self._on_low_stock()
         finally:
+            self._on_lost()
             connection.invalidate()  # never hand a LISTENing connection back to the pool
 
 

@@ -10,12 +10,14 @@ import os
 import sys
 from functools import partial
 
+from prometheus_client import Counter
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 
 from inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from inventory_svc import migrations
-from inventory_svc.repository import PostgresLowStockListener, SqlUnitOfWork, prepare_engine
+from inventory_svc.item_cache import ItemCache
+from inventory_svc.repository import PostgresChangeListener, SqlUnitOfWork, prepare_engine
 from inventory_svc.service import ItemService, LowStockSignal
 from inventory_svc.servicer import ROLE_FOR_METHOD, ItemServicer
 from inventory_svc.settings import InventorySettings
@@ -47,7 +49,9 @@ def build_engine(settings: InventorySettings) -> Engine:
     return prepare_engine(engine)
 
 
-def build_item_service(engine: Engine, settings: InventorySettings = InventorySettings()) -> ItemService:
+def build_item_service(
+    engine: Engine, settings: InventorySettings = InventorySettings(), item_cache: ItemCache | None = None,
+) -> ItemService:
     signal = LowStockSignal()
     return ItemService(
         partial(SqlUnitOfWork, engine, on_low_stock_events=signal.notify),
@@ -55,6 +59,7 @@ def build_item_service(engine: Engine, settings: InventorySettings = InventorySe
         request_id_ttl_s=settings.request_id_ttl_s,
         max_watchers=settings.max_watchers,
         watch_poll_s=settings.watch_poll_s,
+        item_cache=item_cache,
     )
 
 
@@ -73,13 +78,24 @@ def build_server(
 
 def serve(settings: InventorySettings) -> None:
     engine = build_engine(settings)
-    items = build_item_service(engine, settings)
-    background = [Periodic("purge-request-ids", settings.request_id_purge_interval_s, items.purge_expired_request_ids)]
-    if engine.dialect.name == "postgresql":
-        # Low-stock events committed by any replica wake this replica's watchers.
-        background.append(PostgresLowStockListener(engine, items.wake_watchers))
     metrics = ServerMetrics()
     metrics.watch_pool(engine.pool, settings.db_pool_size)
+    # Only PostgreSQL tells every replica what changed; without that a cache could go stale.
+    cache = None
+    if engine.dialect.name == "postgresql":
+        lookups = Counter("inventory_item_cache_lookups", "GetItem lookups in the item cache while it is on.",
+                          ["result"], registry=metrics.registry)
+        cache = ItemCache(settings.item_cache_size, on_hit=lookups.labels("hit").inc,
+                          on_miss=lookups.labels("miss").inc)
+    items = build_item_service(engine, settings, cache)
+    background = [Periodic("purge-request-ids", settings.request_id_purge_interval_s, items.purge_expired_request_ids)]
+    if cache is not None:
+        # Low-stock events committed by any replica wake this replica's watchers; changed
+        # items leave its cache, which is on only while the listener listens.
+        background.append(PostgresChangeListener(
+            engine, on_low_stock=items.wake_watchers, on_item_changed=cache.invalidate,
+            on_listening=cache.enable, on_lost=cache.disable,
+        ))
     for task in background:
         task.start()
     try:

@@ -24,6 +24,7 @@ from inventory_svc.domain import (
     movement_between,
     validate_item_fields,
 )
+from inventory_svc.item_cache import ItemCache
 from servicekit.errors import Conflict, InvalidField, NotFound, ResourceExhausted
 from servicekit.page_tokens import PagePosition, decode_page_token, encode_page_token, query_fingerprint
 
@@ -133,9 +134,12 @@ class ItemService:
     def __init__(
         self, unit_of_work: UnitOfWorkFactory, *, low_stock_signal: LowStockSignal | None = None,
         request_id_ttl_s: float = DEFAULT_REQUEST_ID_TTL_S, max_watchers: int = 8, watch_poll_s: float = 1.0,
+        item_cache: ItemCache | None = None,
     ) -> None:
-        """`watch_poll_s`: a watcher re-reads the ledger at least this often, signalled or not."""
+        """`watch_poll_s`: a watcher re-reads the ledger at least this often, signalled or not.
+        `item_cache` answers GetItem while its invalidation is live (see item_cache)."""
         self._unit_of_work = unit_of_work
+        self._cache = item_cache or ItemCache(capacity=0)
         self._signal = low_stock_signal or LowStockSignal()
         self._request_id_ttl_s = request_id_ttl_s
         self._watcher_slots = threading.BoundedSemaphore(max_watchers)
@@ -244,10 +248,15 @@ class ItemService:
 
     def get_item(self, item_id: int) -> Item:
         _check_id(item_id, "id")
+        cached = self._cache.get(item_id)
+        if cached is not None:
+            return cached
+        generation = self._cache.generation()
         with self._unit_of_work() as uow:
             item = uow.items.get(item_id)
         if item is None:
             raise NotFound(f"item {item_id} not found")
+        self._cache.put(item, generation)
         return item
 
     def list_items(self, query: ItemQuery, page_size: int, page_token: str) -> Page:
@@ -285,6 +294,7 @@ class ItemService:
                 if updated is not None:
                     self._record(uow, current, updated, MovementReason.ITEM_UPDATED, principal=principal)
                     uow.commit()
+                    self._cache.invalidate(item_id)  # now: this replica's readers must see their own write
                     return updated
             if expected_version is not None:
                 raise Conflict(f"item {item_id} changed since etag {etag}: read it again")
@@ -301,6 +311,7 @@ class ItemService:
                 raise NotFound(f"item {item_id} not found")
             self._record(uow, deleted, None, MovementReason.ITEM_DELETED, principal=principal)
             uow.commit()
+        self._cache.invalidate(item_id)
 
     def adjust_quantity(
         self, item_id: int, *, delta: int | None = None, set_to: int | None = None,
@@ -337,6 +348,7 @@ class ItemService:
             if request_id:
                 uow.request_ids.complete(request_id, after)
             uow.commit()
+        self._cache.invalidate(item_id)
         return after
 
     def _page(self, kind: str, query: ItemQuery, page_size: int, page_token: str) -> Page:

@@ -32,6 +32,8 @@ class InventorySettings:
     max_watchers: int = 8
     # A watcher re-reads the ledger at least this often even when no notification came.
     watch_poll_s: float = 1.0
+    # Items kept in memory for GetItem, per process (PostgreSQL only; 0 turns it off).
+    item_cache_size: int = 10_000
     # Prometheus /metrics over HTTP ("off" turns it off; port 0 picks a free one).
     metrics_address: str = "127.0.0.1:9051"
     # OpenTelemetry spans: none, console or otlp (OTEL_EXPORTER_OTLP_ENDPOINT says where).
@@ -56,6 +58,7 @@ class InventorySettings:
             request_id_purge_interval_s=read.float("REQUEST_ID_PURGE_INTERVAL_S", cls.request_id_purge_interval_s),
             max_watchers=read.int("MAX_WATCHERS", cls.max_watchers, minimum=1),
             watch_poll_s=read.float("WATCH_POLL_S", cls.watch_poll_s),
+            item_cache_size=read.int("ITEM_CACHE_SIZE", cls.item_cache_size),
             metrics_address=read.str("METRICS_ADDRESS", cls.metrics_address),
             traces_exporter=read.str("OTEL_TRACES_EXPORTER", cls.traces_exporter),
             auth=AuthSettings.from_env(env, "INVENTORY", check=serving),
