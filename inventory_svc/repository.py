@@ -217,27 +217,25 @@ def _row_values(fields: ItemFields) -> dict[str, Any]:
     }
 
 
+# The order of items' columns, as every `select(items)` and `returning(*items.c)` gives them.
+ITEM_COLUMNS = (
+    "id", "sku", "name", "description", "category", "brand", "currency_code", "price_nanos", "cost_nanos",
+    "quantity", "low_stock_threshold", "max_quantity", "is_active", "weight_kg", "dimensions", "customer_id",
+    "create_time", "update_time", "version",
+)
+
+
 def _item_from_row(row: Any) -> Item:
-    currency = row.currency_code
+    # Unpacked by position: reading a Row's fields by name costs more than the rest of this.
+    (item_id, sku, name, description, category, brand, currency, price_nanos, cost_nanos, quantity,
+     low_stock_threshold, max_quantity, is_active, weight_kg, dimensions, customer_id, create_time,
+     update_time, version) = row
     return Item(
-        id=row.id,
-        sku=row.sku,
-        name=row.name,
-        description=row.description,
-        category=row.category,
-        brand=row.brand,
-        price=Money(currency, row.price_nanos),
-        cost=None if row.cost_nanos is None else Money(currency, row.cost_nanos),
-        quantity=row.quantity,
-        low_stock_threshold=row.low_stock_threshold,
-        max_quantity=row.max_quantity,
-        is_active=row.is_active,
-        weight_kg=row.weight_kg,
-        dimensions=row.dimensions,
-        customer_id=row.customer_id,
-        create_time=row.create_time,
-        update_time=row.update_time,
-        version=row.version,
+        id=item_id, sku=sku, name=name, description=description, category=category, brand=brand,
+        price=Money(currency, price_nanos), cost=None if cost_nanos is None else Money(currency, cost_nanos),
+        quantity=quantity, low_stock_threshold=low_stock_threshold, max_quantity=max_quantity,
+        is_active=is_active, weight_kg=weight_kg, dimensions=dimensions, customer_id=customer_id,
+        create_time=create_time, update_time=update_time, version=version,
     )
 
 

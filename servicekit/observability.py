@@ -96,13 +96,22 @@ class ObservabilityInterceptor(ServerInterceptor):
 
     def __init__(self, metrics: ServerMetrics) -> None:
         self._metrics = metrics
+        # The labelled series of each method, looked up once: labels() costs more than inc().
+        self._series: dict[tuple[Any, ...], Any] = {}
+
+    def _labelled(self, metric: Any, *labels: str) -> Any:
+        key = (metric, *labels)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = metric.labels(*labels)
+        return series
 
     def intercept(
         self, method: Callable[..., Any], request_or_iterator: Any,
         context: grpc.ServicerContext, method_name: str,
     ) -> Any:
         labels = split_method(method_name)
-        in_flight = self._metrics.in_flight.labels(*labels)
+        in_flight = self._labelled(self._metrics.in_flight, *labels)
         in_flight.inc()
         started = time.perf_counter()
         try:
@@ -130,7 +139,7 @@ class ObservabilityInterceptor(ServerInterceptor):
             raise
         finally:
             self._finish(method_name, labels, context, started, default_code)
-            self._metrics.in_flight.labels(*labels).dec()
+            self._labelled(self._metrics.in_flight, *labels).dec()
 
     def _finish(
         self, method_name: str, labels: tuple[str, str], context: grpc.ServicerContext,
@@ -139,8 +148,8 @@ class ObservabilityInterceptor(ServerInterceptor):
         elapsed = time.perf_counter() - started
         # The status set by abort() or set_code(); none set means it ended as `default_code`.
         code = (context.code() or default_code).name
-        self._metrics.handled.labels(*labels, code).inc()
-        self._metrics.latency.labels(*labels).observe(elapsed)
+        self._labelled(self._metrics.handled, *labels, code).inc()
+        self._labelled(self._metrics.latency, *labels).observe(elapsed)
         if access_log.isEnabledFor(logging.INFO):
             call = current_call.get(None)
             access_log.info("%s %s", method_name, code, extra={
@@ -148,7 +157,6 @@ class ObservabilityInterceptor(ServerInterceptor):
                 "grpc_code": code,
                 "duration_ms": round(elapsed * 1000, 3),
                 "subject": call.subject if call else "",
-                "peer": context.peer(),
             })
 
 
