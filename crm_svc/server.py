@@ -10,14 +10,14 @@ import os
 import sys
 from typing import Callable
 
+import grpc
+
 from crm.v1 import crm_pb2, crm_pb2_grpc
 from crm_svc.service import CustomerItemsService
 from crm_svc.servicer import ROLE_FOR_METHOD, CustomerItemsServicer
 from crm_svc.settings import CrmSettings
 from inventory_svc.client import InventoryClient
 from inventory_svc.servicer import READ_ROLE
-import grpc
-
 from servicekit.auth import JwtAuthInterceptor, TokenIssuer, TokenVerifier
 from servicekit.client import MintedServiceToken, TokenFile
 from servicekit.logging import configure_logging
@@ -80,7 +80,8 @@ def main() -> None:
     configure_logging(settings.log_level)
     if settings.processes > 1:
         sys.exit(supervise_workers("crm_svc.server", "CRM", settings.processes,
-                                   settings.listen_address, settings.metrics_address))
+                                   settings.listen_address, settings.metrics_address,
+                                   stop_timeout_s=settings.shutdown_drain_s + settings.shutdown_grace_s + 5))
     serve(settings)
 
 

@@ -6,6 +6,7 @@ import json
 import logging
 import select as select_module
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable
@@ -160,8 +161,11 @@ items = ItemRow.__table__
 stock_movements = StockMovementRow.__table__
 request_ids = RequestIdRow.__table__
 LOW_STOCK_CHANNEL = "inventory_low_stock"
-# Notified by the items_notify_change trigger (migration 0003) with the changed item's id.
+# Notified by the triggers of migration 0003 with the changed item's id, or ALL_ITEMS.
 ITEM_CHANGES_CHANNEL = "inventory_item_changes"
+ALL_ITEMS = "*"
+# Each listener NOTIFYs this channel itself to prove that notifications still reach it.
+PROBE_CHANNEL = "inventory_listener_probe"
 # PostgreSQL hands out sequence values before commit, so ids need not arrive in commit
 # order, and a reader paging (or watching) by id could pass an id whose row commits later.
 # Taking these transaction-scoped locks right before the INSERT makes the ids of items, and
@@ -541,24 +545,43 @@ class SqlUnitOfWork:
             raise Unavailable("the database connection was lost; try again") from error
 
     def commit(self) -> None:
-        self._transaction.commit()
+        try:
+            self._transaction.commit()
+        except DBAPIError as error:
+            if not error.connection_invalidated:
+                raise
+            raise Unavailable("the database connection was lost while committing: the change may or may not "
+                              "have been made; read it again, or retry with the same request_id") from error
         if self.movements.low_stock_events_added and self._on_low_stock_events:
             self._on_low_stock_events()
 
 
+class ListenerSilent(ConnectionError):
+    """The listener's own probe did not come back: its notifications cannot be trusted."""
+
+
 class PostgresChangeListener:
     """LISTENs on PostgreSQL for what any replica commits: low-stock events (`on_low_stock`)
-    and changed items (`on_item_changed(id)`). `on_listening` runs once it listens and
-    `on_lost` when its connection drops, after which it reconnects by itself."""
+    and changed items (`on_item_changed(id)`, or `on_all_items_changed()` after a TRUNCATE).
+
+    It proves every few seconds that notifications still reach it, by NOTIFYing a probe
+    channel and waiting for the echo: a connection cut without a word (a dropped NAT entry,
+    a partition) or a pooler that swallows LISTEN shows up as a missing echo. `on_listening`
+    runs once the first echo is back, `on_lost` when the connection or the echo is lost;
+    then it reconnects by itself."""
 
     def __init__(self, engine: Engine, *, on_low_stock: Callable[[], None],
-                 on_item_changed: Callable[[int], None], on_listening: Callable[[], None],
-                 on_lost: Callable[[], None]) -> None:
+                 on_item_changed: Callable[[int], None], on_all_items_changed: Callable[[], None],
+                 on_listening: Callable[[], None], on_lost: Callable[[], None],
+                 probe_interval_s: float = 2.0, probe_deadline_s: float = 6.0) -> None:
         self._engine = engine
         self._on_low_stock = on_low_stock
         self._on_item_changed = on_item_changed
+        self._on_all_items_changed = on_all_items_changed
         self._on_listening = on_listening
         self._on_lost = on_lost
+        self._probe_interval_s = probe_interval_s
+        self._probe_deadline_s = probe_deadline_s
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="change-listener", daemon=True)
 
@@ -580,25 +603,41 @@ class PostgresChangeListener:
 
     def _listen(self) -> None:
         connection = self._engine.raw_connection()
+        dbapi_connection = connection.driver_connection
+        connection.detach()  # a connection of its own while it listens: the pool's are for calls
+        listening = False
         try:
-            dbapi_connection = connection.driver_connection
             dbapi_connection.autocommit = True
             with dbapi_connection.cursor() as cursor:
-                cursor.execute(f"LISTEN {LOW_STOCK_CHANNEL}; LISTEN {ITEM_CHANGES_CHANNEL}")
-            self._on_listening()
+                cursor.execute(f"LISTEN {LOW_STOCK_CHANNEL}; LISTEN {ITEM_CHANGES_CHANNEL}; LISTEN {PROBE_CHANNEL}")
+            last_echo = next_probe = time.monotonic()
             while not self._stopping.is_set():
-                if select_module.select([dbapi_connection], [], [], 0.5) == ([], [], []):
-                    continue
-                dbapi_connection.poll()
+                now = time.monotonic()
+                if now >= next_probe:
+                    with dbapi_connection.cursor() as cursor:
+                        cursor.execute(f"NOTIFY {PROBE_CHANNEL}")
+                    next_probe = now + self._probe_interval_s
+                if now - last_echo > self._probe_deadline_s:
+                    raise ListenerSilent(f"no echo of the listener's probe for {self._probe_deadline_s:g} s")
+                if select_module.select([dbapi_connection], [], [], 0.5) != ([], [], []):
+                    dbapi_connection.poll()
                 notifications, dbapi_connection.notifies[:] = list(dbapi_connection.notifies), []
                 for notification in notifications:
-                    if notification.channel == ITEM_CHANGES_CHANNEL:
-                        self._on_item_changed(int(notification.payload))
+                    if notification.channel == PROBE_CHANNEL:
+                        last_echo = time.monotonic()
+                        if not listening:
+                            listening = True
+                            self._on_listening()
+                    elif notification.channel == ITEM_CHANGES_CHANNEL:
+                        if notification.payload == ALL_ITEMS:
+                            self._on_all_items_changed()
+                        else:
+                            self._on_item_changed(int(notification.payload))
                 if any(notification.channel == LOW_STOCK_CHANNEL for notification in notifications):
                     self._on_low_stock()
         finally:
             self._on_lost()
-            connection.invalidate()  # never hand a LISTENing connection back to the pool
+            connection.close()  # detached: this closes the database connection itself
 
 
 def _lower(value: Any) -> Any:

@@ -10,9 +10,10 @@ import os
 import sys
 from functools import partial
 
-from prometheus_client import Counter
-from sqlalchemy import Engine, create_engine
+from prometheus_client import Counter, Gauge
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import Pool
 
 from inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from inventory_svc import migrations
@@ -34,6 +35,22 @@ log = logging.getLogger(__name__)
 ITEM_SERVICE_NAME = inventory_pb2.DESCRIPTOR.services_by_name["ItemService"].full_name
 
 
+def watch_pool(metrics: ServerMetrics, pool: Pool, size: int) -> None:
+    """The database connection pool's use, followed through its events (which, unlike
+    reading the pool, also adds up across worker processes)."""
+    Gauge("db_pool_size", "Database connections the pool keeps open when idle.",
+          registry=metrics.registry, multiprocess_mode="livesum").set(size)
+    in_use = Gauge("db_pool_connections_in_use", "Database connections lent out to calls now.",
+                   registry=metrics.registry, multiprocess_mode="livesum")
+    opened = Gauge("db_pool_connections_open", "Database connections open now, in use or idle.",
+                   registry=metrics.registry, multiprocess_mode="livesum")
+    event.listen(pool, "checkout", lambda *_: in_use.inc())
+    event.listen(pool, "checkin", lambda *_: in_use.dec())
+    event.listen(pool, "connect", lambda *_: opened.inc())
+    event.listen(pool, "close", lambda *_: opened.dec())
+    event.listen(pool, "close_detached", lambda *_: opened.dec())
+
+
 def build_engine(settings: InventorySettings) -> Engine:
     if settings.database_url.startswith("sqlite:///"):
         # The embedded default: make its folder so that a new user needs nothing prepared.
@@ -44,14 +61,19 @@ def build_engine(settings: InventorySettings) -> Engine:
         # SQLAlchemy 2.1 picks psycopg 3 for a bare postgresql:// URL; we ship psycopg2.
         url = url.set(drivername="postgresql+psycopg2")
     # No pre-ping (a round trip per call): a connection found broken fails its call with
-    # UNAVAILABLE, which clients retry, and the pool replaces it.
-    engine = create_engine(url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size)
+    # UNAVAILABLE (reads are retried by the clients' retry policy) and the pool replaces it.
+    # TCP keepalives find a connection cut without a word within seconds, not hours.
+    connect_args = ({"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+                     "tcp_user_timeout": 10_000} if url.drivername.startswith("postgresql") else {})
+    engine = create_engine(url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size,
+                           connect_args=connect_args)
     return prepare_engine(engine)
 
 
 def build_item_service(
-    engine: Engine, settings: InventorySettings = InventorySettings(), item_cache: ItemCache | None = None,
+    engine: Engine, settings: InventorySettings | None = None, item_cache: ItemCache | None = None,
 ) -> ItemService:
+    settings = settings or InventorySettings()
     signal = LowStockSignal()
     return ItemService(
         partial(SqlUnitOfWork, engine, on_low_stock_events=signal.notify),
@@ -79,14 +101,14 @@ def build_server(
 def serve(settings: InventorySettings) -> None:
     engine = build_engine(settings)
     metrics = ServerMetrics()
-    metrics.watch_pool(engine.pool, settings.db_pool_size)
+    watch_pool(metrics, engine.pool, settings.db_pool_size)
     # Only PostgreSQL tells every replica what changed; without that a cache could go stale.
     cache = None
     if engine.dialect.name == "postgresql":
         lookups = Counter("inventory_item_cache_lookups", "GetItem lookups in the item cache while it is on.",
                           ["result"], registry=metrics.registry)
-        cache = ItemCache(settings.item_cache_size, on_hit=lookups.labels("hit").inc,
-                          on_miss=lookups.labels("miss").inc)
+        cache = ItemCache(settings.item_cache_size, max_age_s=settings.item_cache_max_age_s,
+                          on_hit=lookups.labels("hit").inc, on_miss=lookups.labels("miss").inc)
     items = build_item_service(engine, settings, cache)
     background = [Periodic("purge-request-ids", settings.request_id_purge_interval_s, items.purge_expired_request_ids)]
     if cache is not None:
@@ -94,7 +116,7 @@ def serve(settings: InventorySettings) -> None:
         # items leave its cache, which is on only while the listener listens.
         background.append(PostgresChangeListener(
             engine, on_low_stock=items.wake_watchers, on_item_changed=cache.invalidate,
-            on_listening=cache.enable, on_lost=cache.disable,
+            on_all_items_changed=cache.invalidate_all, on_listening=cache.enable, on_lost=cache.disable,
         ))
     for task in background:
         task.start()
@@ -115,7 +137,8 @@ def main() -> None:
     configure_logging(settings.log_level)
     if settings.processes > 1:
         sys.exit(supervise_workers("inventory_svc.server", "INVENTORY", settings.processes,
-                                   settings.listen_address, settings.metrics_address))
+                                   settings.listen_address, settings.metrics_address,
+                                   stop_timeout_s=settings.shutdown_drain_s + settings.shutdown_grace_s + 5))
     serve(settings)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from dataclasses import replace
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
@@ -251,12 +252,12 @@ class ItemService:
         cached = self._cache.get(item_id)
         if cached is not None:
             return cached
-        generation = self._cache.generation()
+        generation, read_at = self._cache.generation(), time.monotonic()
         with self._unit_of_work() as uow:
             item = uow.items.get(item_id)
         if item is None:
             raise NotFound(f"item {item_id} not found")
-        self._cache.put(item, generation)
+        self._cache.put(item, generation, read_at)
         return item
 
     def list_items(self, query: ItemQuery, page_size: int, page_token: str) -> Page:
@@ -355,11 +356,12 @@ class ItemService:
         limit = _page_limit(page_size)
         fingerprint = query_fingerprint(kind, query)
         # The total is counted on the first page only and carried by the token: counting
-        # every match again costs more than the page itself on a large table.
-        position = decode_page_token(page_token, fingerprint) if page_token else None
+        # every match again costs more than the page itself on a large table. A token
+        # from before the total was carried (v1) has none: count again.
+        position = decode_page_token(page_token, fingerprint) if page_token else PagePosition(0)
         with self._unit_of_work() as uow:
-            found = uow.items.list_page(query, position.after_id if position else 0, limit + 1)
-            total = position.total if position else uow.items.count(query)
+            found = uow.items.list_page(query, position.after_id, limit + 1)
+            total = uow.items.count(query) if position.total is None else position.total
         page = found[:limit]
         next_token = encode_page_token(PagePosition(page[-1].id, total), fingerprint) if len(found) > limit else ""
         return Page(page, next_token, total)

@@ -34,6 +34,8 @@ class InventorySettings:
     watch_poll_s: float = 1.0
     # Items kept in memory for GetItem, per process (PostgreSQL only; 0 turns it off).
     item_cache_size: int = 10_000
+    # ...and served at most this long after they were read, whatever else happens.
+    item_cache_max_age_s: float = 5.0
     # Prometheus /metrics over HTTP ("off" turns it off; port 0 picks a free one).
     metrics_address: str = "127.0.0.1:9051"
     # OpenTelemetry spans: none, console or otlp (OTEL_EXPORTER_OTLP_ENDPOINT says where).
@@ -59,6 +61,7 @@ class InventorySettings:
             max_watchers=read.int("MAX_WATCHERS", cls.max_watchers, minimum=1),
             watch_poll_s=read.float("WATCH_POLL_S", cls.watch_poll_s),
             item_cache_size=read.int("ITEM_CACHE_SIZE", cls.item_cache_size),
+            item_cache_max_age_s=read.float("ITEM_CACHE_MAX_AGE_S", cls.item_cache_max_age_s),
             metrics_address=read.str("METRICS_ADDRESS", cls.metrics_address),
             traces_exporter=read.str("OTEL_TRACES_EXPORTER", cls.traces_exporter),
             auth=AuthSettings.from_env(env, "INVENTORY", check=serving),

@@ -12,8 +12,6 @@ from typing import Any, Callable, Iterator
 import grpc
 from grpc_interceptor.server import ServerInterceptor
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from sqlalchemy import event
-from sqlalchemy.pool import Pool
 
 from servicekit.call_context import current_call
 
@@ -54,20 +52,6 @@ class ServerMetrics:
             (*labels, "grpc_code"), registry=self.registry,
         )
 
-    def watch_pool(self, pool: Pool, size: int) -> None:
-        """Follows the database connection pool through its events (which, unlike reading
-        the pool, also works when worker processes share the metrics)."""
-        Gauge("db_pool_size", "Database connections the pool keeps open when idle.",
-              registry=self.registry, multiprocess_mode="livesum").set(size)
-        in_use = Gauge("db_pool_connections_in_use", "Database connections lent out to calls now.",
-                       registry=self.registry, multiprocess_mode="livesum")
-        opened = Gauge("db_pool_connections_open", "Database connections open now, in use or idle.",
-                       registry=self.registry, multiprocess_mode="livesum")
-        event.listen(pool, "checkout", lambda *_: in_use.inc())
-        event.listen(pool, "checkin", lambda *_: in_use.dec())
-        event.listen(pool, "connect", lambda *_: opened.inc())
-        event.listen(pool, "close", lambda *_: opened.dec())
-        event.listen(pool, "close_detached", lambda *_: opened.dec())
 
 
 @contextmanager
@@ -134,6 +118,8 @@ class ObservabilityInterceptor(ServerInterceptor):
         try:
             yield from stream
             default_code = grpc.StatusCode.OK
+        except GeneratorExit:
+            raise
         except BaseException:
             default_code = grpc.StatusCode.UNKNOWN
             raise
@@ -146,8 +132,12 @@ class ObservabilityInterceptor(ServerInterceptor):
         started: float, default_code: grpc.StatusCode,
     ) -> None:
         elapsed = time.perf_counter() - started
-        # The status set by abort() or set_code(); none set means it ended as `default_code`.
-        code = (context.code() or default_code).name
+        # The status set by abort() or set_code(); none set means it ended as `default_code`,
+        # unless the call is over already: then the client gave up or its deadline passed.
+        status = context.code()
+        if status is None and not context.is_active():
+            status = grpc.StatusCode.DEADLINE_EXCEEDED if context.time_remaining() <= 0 else grpc.StatusCode.CANCELLED
+        code = (status or default_code).name
         self._labelled(self._metrics.handled, *labels, code).inc()
         self._labelled(self._metrics.latency, *labels).observe(elapsed)
         if access_log.isEnabledFor(logging.INFO):

@@ -124,45 +124,83 @@ class Periodic:
                 log.exception("periodic task %s failed; it runs again in %.0f s", self._thread.name, self._interval_s)
 
 
-def supervise_workers(module: str, prefix: str, processes: int, listen_address: str, metrics_address: str) -> int:
+def supervise_workers(module: str, prefix: str, processes: int, listen_address: str, metrics_address: str,
+                      stop_timeout_s: float = 30.0) -> int:
     """Runs `processes` copies of the server `module` on one port (SO_REUSEPORT, which
     gRPC sets by default on Linux): a Python process uses about one core, and this uses
     them all. Each worker is a whole server (its own pool, listener and threads); their
     metrics are summed here. SIGTERM or SIGINT is passed on to every worker, which drain as
-    one server does; a worker that dies stops them all, for the platform to restart.
-    Returns the exit status."""
+    one server does; a worker that dies stops them all, for the platform to restart. A
+    worker still running `stop_timeout_s` after its SIGTERM (its drain and grace periods
+    and a margin) is killed. Returns the exit status."""
     if listen_address.endswith(":0"):
         raise SettingsError(f"{prefix}_PROCESSES > 1 needs a fixed port in {prefix}_LISTEN_ADDRESS, not 0")
+    workers: list[subprocess.Popen[bytes]] = []
+    stopping = threading.Event()
+    kill_at = float("inf")
+
+    def stop_workers(signum: int, _frame: FrameType | None) -> None:
+        nonlocal kill_at
+        if not stopping.is_set():
+            kill_at = time.monotonic() + stop_timeout_s
+            stopping.set()
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signum)
+
+    def kill_stragglers() -> None:
+        for worker in workers:
+            if worker.poll() is None:
+                log.error("worker %d still running %.0f s after it was told to stop: killing it",
+                          worker.pid, stop_timeout_s)
+                worker.kill()
+                worker.wait()
+
+    def exit_status(returncode: int) -> int:
+        # A worker ended by a signal has returncode -signum; report it as a shell does.
+        return 128 - returncode if returncode < 0 else returncode
+
+    # Before any worker exists, so that a signal arriving while they start reaches them all.
+    signal.signal(signal.SIGTERM, stop_workers)
+    signal.signal(signal.SIGINT, stop_workers)
     with tempfile.TemporaryDirectory(prefix=f"{prefix.lower()}-metrics-") as metrics_dir:
         worker_env = {**os.environ, f"{prefix}_PROCESSES": "1", f"{prefix}_METRICS_ADDRESS": "off",
                       "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
-        workers = [subprocess.Popen([sys.executable, "-m", module], env=worker_env) for _ in range(processes)]
-        stopping = threading.Event()
-
-        def stop_workers(signum: int, _frame: FrameType | None) -> None:
-            stopping.set()
-            for worker in workers:
-                if worker.poll() is None:
-                    worker.send_signal(signum)
-
-        signal.signal(signal.SIGTERM, stop_workers)
-        signal.signal(signal.SIGINT, stop_workers)
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=metrics_dir)
+        # Bound first: a metrics port in use fails here, before there are workers to orphan.
         with metrics_served(metrics_address, registry):
-            log.info("%d worker processes of %s started", processes, module,
-                     extra={"worker_pids": [worker.pid for worker in workers]})
-            status = 0
-            while any(worker.poll() is None for worker in workers):
+            try:
+                for _ in range(processes):
+                    if not stopping.is_set():
+                        workers.append(subprocess.Popen([sys.executable, "-m", module], env=worker_env))
+                log.info("%d worker processes of %s started", len(workers), module,
+                         extra={"worker_pids": [worker.pid for worker in workers]})
+                status = 0
+                while any(worker.poll() is None for worker in workers):
+                    for worker in workers:
+                        code = worker.poll()
+                        if code is not None and not stopping.is_set():
+                            log.error("worker %d exited with %d: stopping the others", worker.pid, code)
+                            status = exit_status(code) or 1
+                            stop_workers(signal.SIGTERM, None)
+                    if time.monotonic() > kill_at:
+                        kill_stragglers()
+                    time.sleep(0.2)
+                if status == 0:
+                    status = next((exit_status(worker.returncode) for worker in workers if worker.returncode), 0)
+            finally:
+                # Live workers here mean the supervisor itself failed: they must not outlive
+                # it, nor write into the metrics directory once it is removed.
+                if any(worker.poll() is None for worker in workers):
+                    log.error("supervisor failed: stopping its workers")
+                    stop_workers(signal.SIGTERM, None)
+                    for worker in workers:
+                        try:
+                            worker.wait(timeout=max(0.0, kill_at - time.monotonic()))
+                        except subprocess.TimeoutExpired:
+                            pass
+                    kill_stragglers()
                 for worker in workers:
-                    code = worker.poll()
-                    if code is not None and not stopping.is_set():
-                        log.error("worker %d exited with %d: stopping the others", worker.pid, code)
-                        status = code or 1
-                        stop_workers(signal.SIGTERM, None)
-                time.sleep(0.2)
-            if status == 0:
-                status = next((worker.returncode for worker in workers if worker.returncode), 0)
-            for worker in workers:
-                mark_process_dead(worker.pid, metrics_dir)
+                    mark_process_dead(worker.pid, metrics_dir)
         return status

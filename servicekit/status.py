@@ -86,11 +86,19 @@ class StatusMappingInterceptor(ServerInterceptor):
     @staticmethod
     def _abort(error: Exception, context: grpc.ServicerContext, method_name: str) -> NoReturn:
         if isinstance(error, errors.DomainError):
-            context.abort_with_status(to_rpc_status(error))
+            _abort_with(context, to_rpc_status(error))
         if _is_abort(error, context):
             raise error  # context.abort() inside the handler: the status is already set
         log.error("unexpected error in %s", method_name, exc_info=error)
-        context.abort_with_status(internal_status())
+        _abort_with(context, internal_status())
+
+
+def _abort_with(context: grpc.ServicerContext, status: grpc.Status) -> NoReturn:
+    # Setting the code first lets wrappers of the context (OpenTelemetry's) record it;
+    # abort_with_status alone passes them by.
+    context.set_code(status.code)
+    context.set_details(status.details)
+    context.abort_with_status(status)
 
 
 def _is_abort(error: Exception, context: grpc.ServicerContext) -> bool:

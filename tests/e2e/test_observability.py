@@ -5,6 +5,7 @@ and OpenTelemetry traces that cross from one service to the other when turned on
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -149,3 +150,22 @@ def test_traces_are_off_by_default_and_cross_from_crm_to_inventory_when_on(tmp_p
     [crm_call] = [span for span in crm_spans if span["name"] == f"/{CRM}/GetMyItem"]
     [inventory_call] = [span for span in inventory_spans if span["name"] == f"/{ITEMS}/GetItem"]
     assert inventory_call["context"]["trace_id"] == crm_call["context"]["trace_id"]
+
+
+def test_a_stream_cut_by_its_deadline_is_counted_as_deadline_exceeded(services):
+    watch = items_stub(services.inventory_address).WatchLowStock(pb.WatchLowStockRequest(), timeout=0.5)
+    with pytest.raises(grpc.RpcError) as ended:
+        for _ in watch:
+            pass
+    assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def counted() -> float:
+        return sample(services.inventory.metrics(), "grpc_server_handled_total", grpc_service=ITEMS,
+                      grpc_method="WatchLowStock", grpc_code="DEADLINE_EXCEEDED")
+
+    deadline = time.monotonic() + 10  # the server notices at its next look at the stream
+    while counted() != 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert counted() == 1
+    assert sample(services.inventory.metrics(), "grpc_server_in_flight", grpc_service=ITEMS,
+                  grpc_method="WatchLowStock") == 0

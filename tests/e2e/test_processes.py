@@ -3,12 +3,16 @@ one endpoint, and SIGTERM stops them all gracefully."""
 
 from __future__ import annotations
 
+import time
+
 import grpc
 
 from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
 from inventory_svc.settings import InventorySettings
-from tests.helpers import authorized_channel, free_port, migrated_engine, mint, rpc_error, service_env, service_process
+from tests.helpers import (
+    ServiceProcess, authorized_channel, free_port, migrated_engine, mint, rpc_error, service_env, service_process,
+)
 
 CONNECTIONS = 20
 
@@ -21,6 +25,8 @@ def test_two_processes_share_the_port_and_report_their_calls_together(tmp_path):
     env = service_env(INVENTORY_DATABASE_URL=database_url, INVENTORY_LISTEN_ADDRESS=address, INVENTORY_PROCESSES="2")
     with service_process("inventory_svc.server", env, tmp_path / "inventory.log") as inventory:
         inventory.wait_until_serving(address)
+        # That is one worker; the other may still be importing and would miss every call.
+        wait_until_listening(inventory, workers=2)
         for _ in range(CONNECTIONS):  # the kernel spreads new connections over the processes
             with authorized_channel(address, mint()) as channel:
                 error = rpc_error(inventory_pb2_grpc.ItemServiceStub(channel).GetItem, pb.GetItemRequest(id=1))
@@ -36,3 +42,14 @@ def test_two_processes_share_the_port_and_report_their_calls_together(tmp_path):
     serving_pids = {line["pid"] for line in lines if line.get("logger") == "access"}
     assert len(serving_pids) == 2
     assert {line["pid"] for line in lines if line["message"] == "inventory stopped"} == serving_pids
+
+
+def wait_until_listening(service: ServiceProcess, workers: int, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pids = {line["pid"] for line in service.log_lines() if line["message"].startswith("inventory listening on ")}
+        if len(pids) >= workers:
+            return
+        assert service.process.poll() is None, f"the service exited: {service.log_path.read_text()}"
+        assert time.monotonic() < deadline, f"{len(pids)} of {workers} listen: {service.log_path.read_text()}"
+        time.sleep(0.05)
