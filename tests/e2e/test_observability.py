@@ -144,12 +144,18 @@ def test_traces_are_off_by_default_and_cross_from_crm_to_inventory_when_on(tmp_p
 
     with deployment(tmp_path / "traced", OTEL_TRACES_EXPORTER="console") as traced:
         item = create(items_stub(traced.inventory_address), customer_id="alice")
-        crm_stub(traced.crm_address, "alice").GetMyItem(crm_pb2.GetMyItemRequest(id=item.id))
+        alice = crm_stub(traced.crm_address, "alice")
+        alice.GetMyItem(crm_pb2.GetMyItemRequest(id=item.id))
+        rpc_error(alice.GetMyItem, crm_pb2.GetMyItemRequest(id=item.id + 1000))
         crm_spans, inventory_spans = spans(traced.crm.stop()), spans(traced.inventory.stop())
 
-    [crm_call] = [span for span in crm_spans if span["name"] == f"/{CRM}/GetMyItem"]
-    [inventory_call] = [span for span in inventory_spans if span["name"] == f"/{ITEMS}/GetItem"]
-    assert inventory_call["context"]["trace_id"] == crm_call["context"]["trace_id"]
+    crm_found, crm_missing = [span for span in crm_spans if span["name"] == f"/{CRM}/GetMyItem"]
+    inventory_found, inventory_missing = [span for span in inventory_spans if span["name"] == f"/{ITEMS}/GetItem"]
+    assert inventory_found["context"]["trace_id"] == crm_found["context"]["trace_id"]
+    assert inventory_missing["context"]["trace_id"] == crm_missing["context"]["trace_id"]
+    not_found = grpc.StatusCode.NOT_FOUND.value[0]
+    assert [span["attributes"]["rpc.grpc.status_code"] for span in (inventory_found, inventory_missing)] == [0, not_found]
+    assert crm_missing["attributes"]["rpc.grpc.status_code"] == not_found
 
 
 def test_a_stream_cut_by_its_deadline_is_counted_as_deadline_exceeded(services):
