@@ -425,10 +425,6 @@ class SqlStockMovementRepository:
         statement = statement.order_by(stock_movements.c.id.desc()).limit(limit)
         return [_movement_from_row(row) for row in self._connection.execute(statement)]
 
-    def has_any(self, item_id: int) -> bool:
-        statement = select(stock_movements.c.id).where(stock_movements.c.item_id == item_id).limit(1)
-        return self._connection.execute(statement).first() is not None
-
     def low_stock_events(self, after_id: int, customer_id: str, category: str, limit: int) -> list[StockMovement]:
         """Movements that changed an item's low-stock state, oldest first, after `after_id`."""
         c = stock_movements.c
@@ -440,8 +436,13 @@ class SqlStockMovementRepository:
         statement = statement.order_by(c.id).limit(limit)
         return [_movement_from_row(row) for row in self._connection.execute(statement)]
 
-    def latest_id(self) -> int:
-        return int(self._connection.execute(select(func.coalesce(func.max(stock_movements.c.id), 0))).scalar_one())
+    def latest_low_stock_event_id(self) -> int:
+        # Only low-stock events take their ids in commit order; an ordinary movement may
+        # commit with a higher id before an event is committed, and starting past it
+        # would lose that event for good.
+        c = stock_movements.c
+        statement = select(func.coalesce(func.max(c.id), 0)).where(c.low_stock_change != int(LowStockChange.NONE))
+        return int(self._connection.execute(statement).scalar_one())
 
 
 def _item_to_json(item: Item) -> str:

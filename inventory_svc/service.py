@@ -36,6 +36,7 @@ UPDATE_ATTEMPTS = 3
 MAX_BATCH_SIZE = 100
 DEFAULT_REQUEST_ID_TTL_S = 24 * 3600.0
 WATCH_BATCH = 100
+MAX_VERSION = 2**31 - 1  # an item's version, and so its etag, is a 32-bit counter
 
 
 class ItemRepository(Protocol):
@@ -54,9 +55,8 @@ class ItemRepository(Protocol):
 class StockMovementRepository(Protocol):
     def add(self, movement: StockMovement) -> None: ...
     def list_page(self, item_id: int, before_id: int | None, limit: int) -> list[StockMovement]: ...
-    def has_any(self, item_id: int) -> bool: ...
     def low_stock_events(self, after_id: int, customer_id: str, category: str, limit: int) -> list[StockMovement]: ...
-    def latest_id(self) -> int: ...
+    def latest_low_stock_event_id(self) -> int: ...
 
 
 class StoredRequest(Protocol):
@@ -90,7 +90,8 @@ def _check_id(item_id: int, field: str) -> None:
 
 
 def _version_from_etag(etag: str, field: str) -> int:
-    if not (etag.isascii() and etag.isdigit()):
+    # Versions are 32-bit counters: a longer digit string was never issued.
+    if not (etag.isascii() and etag.isdigit() and len(etag) <= 10 and int(etag) <= MAX_VERSION):
         raise InvalidField(field, "is not an etag issued by this service")
     return int(etag)
 
@@ -101,9 +102,13 @@ def _page_limit(page_size: int) -> int:
     return min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-def _check_request_id(request_id: str) -> None:
+def _canonical_request_id(request_id: str) -> str:
+    """The one spelling of a UUID that is stored, so that `{...}`, upper case or no hyphens
+    name the same request as the usual form."""
+    if not request_id:
+        return ""
     try:
-        uuid.UUID(request_id)
+        return str(uuid.UUID(request_id))
     except ValueError:
         raise InvalidField("request_id", "must be a UUID such as 3f2b6c1e-8d4a-4e0b-9c57-2a1d5e7f9b10") from None
 
@@ -150,7 +155,6 @@ class ItemService:
         """Claims `request_id` for this request; returns the first result if it was used already."""
         if not request_id:
             return None
-        _check_request_id(request_id)
         stored = uow.request_ids.claim(request_id, method, query_fingerprint(method, *request).hex(),
                                        self._request_id_ttl_s)
         if stored is None:
@@ -170,6 +174,7 @@ class ItemService:
 
     def create_item(self, fields: ItemFields, *, principal: str = "", request_id: str = "") -> Item:
         validate_item_fields(fields)
+        request_id = _canonical_request_id(request_id)
         with self._unit_of_work(for_write=True) as uow:
             replayed = self._replay(uow, request_id, "CreateItem", fields)
             if replayed is not None:
@@ -219,7 +224,7 @@ class ItemService:
         try:
             if after_cursor is None:
                 with self._unit_of_work() as uow:
-                    after_cursor = uow.movements.latest_id()
+                    after_cursor = uow.movements.latest_low_stock_event_id()
             cursor = after_cursor
             while is_active() and not self._signal.closed:
                 seen = self._signal.generation
@@ -330,6 +335,7 @@ class ItemService:
             raise InvalidField("reason", "is recorded by the server itself: use RESTOCK, SALE, RETURN, CORRECTION, "
                                          "DAMAGE or OTHER")
         check_text("note", note, MAX_NOTE_LENGTH)
+        request_id = _canonical_request_id(request_id)
         details = {"note": note, "principal": principal, "request_id": request_id}
         with self._unit_of_work(for_write=True) as uow:
             replayed = self._replay(uow, request_id, "AdjustQuantity", item_id, delta, set_to, reason, note)

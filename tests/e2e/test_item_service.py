@@ -428,6 +428,17 @@ def test_delete_item_with_stale_etag_is_aborted_and_keeps_it(items_stub):
     assert get(items_stub, created.id).name == "changed"
 
 
+@pytest.mark.parametrize("etag", ["99999999999999999999", "9" * 5000, "-1", "1e3"])
+def test_delete_item_with_an_etag_never_issued_is_invalid_argument_and_keeps_it(items_stub, etag):
+    created = create(items_stub)
+
+    error = rpc_error(items_stub.DeleteItem, pb.DeleteItemRequest(id=created.id, etag=etag))
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(error) == ["etag"]
+    assert get(items_stub, created.id).name == created.name
+
+
 # --- ListCustomerItems ------------------------------------------------------------------
 
 

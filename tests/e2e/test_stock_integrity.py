@@ -105,6 +105,18 @@ def test_a_request_id_of_a_create_cannot_be_reused_to_adjust(items_stub):
     assert bad_request_fields(error) == ["request_id"]
 
 
+def test_a_request_id_in_another_spelling_of_the_same_uuid_is_a_replay(items_stub):
+    item = create(items_stub, quantity=10)
+    request_id = uuid.uuid4()
+    spellings = [str(request_id), str(request_id).upper(), request_id.hex, f"{{{request_id}}}", request_id.urn]
+
+    replies = [adjust(items_stub, item.id, delta=-1, request_id=spelling) for spelling in spellings]
+
+    assert {reply.quantity for reply in replies} == {9}
+    assert items_stub.GetItem(pb.GetItemRequest(id=item.id)).item.quantity == 9
+    assert movements(items_stub, item.id)[0].request_id == str(request_id)
+
+
 def test_a_request_id_that_is_not_a_uuid_is_invalid_argument(items_stub):
     error = rpc_error(items_stub.CreateItem, pb.CreateItemRequest(item=new_item(), request_id="retry-1"))
 

@@ -15,6 +15,8 @@ import grpc
 
 from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
+from inventory_svc.domain import LowStockChange, MovementReason, StockMovement
+from inventory_svc.repository import SqlUnitOfWork
 from inventory_svc.settings import InventorySettings
 from tests.helpers import TEST_AUTH, authorized_channel, create, free_port, migrated_engine, mint, rpc_error, service_env, serving
 
@@ -98,13 +100,17 @@ def test_a_watcher_for_one_customer_sees_only_that_customers_items(items_stub):
 
 
 def test_an_inactive_item_never_counts_as_low(items_stub):
-    item = create(items_stub, quantity=3, low_stock_threshold=2, is_active=False)
+    inactive = create(items_stub, quantity=3, low_stock_threshold=2, is_active=False)
+    active = create(items_stub, quantity=3, low_stock_threshold=2)
     watcher = Watcher(items_stub, pb.WatchLowStockRequest())
     wait_until_watching()
 
-    adjust(items_stub, item.id, -3)
+    adjust(items_stub, inactive.id, -3)
+    adjust(items_stub, active.id, -1)  # proves the stream is live and in order
 
-    assert watcher.nothing_within(1.2)
+    assert watcher.next().item_id == active.id
+    assert watcher.nothing_within(0.5)
+    assert watcher.ended.empty()
     watcher.stream.cancel()
 
 
@@ -213,6 +219,28 @@ def test_a_change_on_one_replica_reaches_a_watcher_on_another_within_a_second(po
             assert (event.item_id, event.kind) == (item.id, kind)
             assert delay < 1.0, f"the event took {delay:.2f} s to cross replicas"
         watcher.stream.cancel()
+
+
+def test_a_new_watch_starts_before_a_low_stock_event_still_being_committed(postgres_url):
+    # Ordinary movements do not queue for the ids of low-stock events: one that commits
+    # while an event is still open must not carry a new watcher's start past that event.
+    def movement(change: LowStockChange) -> StockMovement:
+        return StockMovement(item_id=1, sku="SKU-1", delta=-1, quantity_after=2, reason=MovementReason.SALE,
+                             low_stock_change=change, low_stock_threshold=2, customer_id="", category="")
+
+    with migrated_engine(InventorySettings(database_url=postgres_url)) as engine:
+        with SqlUnitOfWork(engine, for_write=True) as open_event:
+            open_event.movements.add(movement(LowStockChange.BECAME_LOW))
+            with SqlUnitOfWork(engine, for_write=True) as ordinary:
+                ordinary.movements.add(movement(LowStockChange.NONE))
+                ordinary.commit()
+            with SqlUnitOfWork(engine) as reader:
+                start = reader.movements.latest_low_stock_event_id()
+            open_event.commit()
+        with SqlUnitOfWork(engine) as reader:
+            seen = reader.movements.low_stock_events(start, "", "", 10)
+
+    assert [event.low_stock_change for event in seen] == [LowStockChange.BECAME_LOW]
 
 
 def test_a_watch_needs_a_token(inventory_address):

@@ -42,6 +42,16 @@ def test_garbage_is_refused(token):
         decode_page_token(token, query_fingerprint("items"))
 
 
+def test_a_forged_token_past_the_largest_id_is_refused():
+    # The checksum is unkeyed, so anyone can seal a token; ids past int64 must not reach SQL.
+    fingerprint = query_fingerprint("items")
+    forged = encode_page_token(PagePosition(2**64 - 1), fingerprint)
+
+    with pytest.raises(InvalidField) as raised:
+        decode_page_token(forged, fingerprint)
+    assert raised.value.field == "page_token"
+
+
 def v1_token(after_id: int, fingerprint: bytes) -> str:
     """A token as replicas before the total wrote it, which a rolling deploy still hands around."""
     checksum = hashlib.sha256(b"page-token-v1" + after_id.to_bytes(8, "big") + fingerprint).digest()[:8]
