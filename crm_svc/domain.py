@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from inventory_svc.domain import Item, Money
+from inventory_svc.domain import Item, Money, check_text
+from servicekit.errors import InvalidField, PermissionDenied
+
+MAX_CUSTOMER_ID_LENGTH = 100  # as long as an item's customer_id may be
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,15 @@ class CustomerPage:
     items: list[CustomerItem]
     next_page_token: str
     total_size: int
+
+
+def check_customer_id(customer_id: str) -> None:
+    """A customer token's subject names the customer: one that no item could name is refused
+    as such, not as a field of a request the customer never wrote."""
+    try:
+        check_text("customer_id", customer_id, MAX_CUSTOMER_ID_LENGTH, required=True)
+    except InvalidField:
+        raise PermissionDenied("this token's subject is not a customer id") from None
 
 
 def visible_to(item: Item, customer_id: str) -> bool:

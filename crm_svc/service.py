@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
-from crm_svc.domain import CustomerItem, CustomerPage, customer_view, visible_to
+from crm_svc.domain import CustomerItem, CustomerPage, check_customer_id, customer_view, visible_to
 from inventory_svc.domain import Item, ItemQuery, Page
 from servicekit.client import CredentialsMissing
 from servicekit.errors import NotFound, PermissionDenied, Unauthenticated, Unavailable
@@ -49,11 +49,13 @@ class CustomerItemsService:
         self._inventory = inventory
 
     def list_my_items(self, customer_id: str, page_size: int, page_token: str) -> CustomerPage:
+        check_customer_id(customer_id)
         with _inventory_errors():
             page = self._inventory.list_customer_items(customer_id, page_size=page_size, page_token=page_token)
         return _customer_page(page)
 
     def get_my_item(self, customer_id: str, item_id: int) -> CustomerItem:
+        check_customer_id(customer_id)
         with _inventory_errors():
             item = self._inventory.get_item(item_id)  # NotFound passes through as it is
         if not visible_to(item, customer_id):
@@ -63,6 +65,7 @@ class CustomerItemsService:
     def search_my_items(
         self, customer_id: str, text: str, category: str, brand: str, page_size: int, page_token: str
     ) -> CustomerPage:
+        check_customer_id(customer_id)
         query = ItemQuery(customer_id=customer_id, is_active=True, text=text, category=category, brand=brand)
         with _inventory_errors():
             page = self._inventory.list_items(query, page_size=page_size, page_token=page_token)

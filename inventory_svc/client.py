@@ -36,7 +36,8 @@ def _page(reply: Any) -> Page:
 class InventoryClient(ServiceClient):
     stub_class = inventory_pb2_grpc.ItemServiceStub
     service_name = pb.DESCRIPTOR.services_by_name["ItemService"].full_name
-    idempotent_methods = ("GetItem", "ListItems", "ListCustomerItems", "ListLowStockItems")
+    idempotent_methods = ("GetItem", "ListItems", "ListCustomerItems", "ListLowStockItems", "BatchGetItems",
+                          "ListStockMovements")
 
     def create_item(self, fields: ItemFields, *, request_id: str = "") -> Item:
         """Pass a request_id (a UUID) to make a retry of this call safe."""
@@ -98,7 +99,8 @@ class InventoryClient(ServiceClient):
         self, *, customer_id: str = "", category: str = "", after_cursor: int | None = None, timeout_s: float | None = None
     ) -> Iterator[StockMovement]:
         """Low-stock events as they happen (low_stock_change says which kind; id is the
-        cursor to resume after). Runs until `timeout_s`, or forever when None."""
+        cursor to resume after). Runs until `timeout_s`, then raises DeadlineExceeded, or
+        forever when None; closing the iterator ends the stream."""
         request = pb.WatchLowStockRequest(customer_id=customer_id, category=category)
         if after_cursor is not None:
             request.after_cursor = after_cursor

@@ -25,6 +25,8 @@ from servicekit.settings import EnvReader, SettingsError
 
 SYMMETRIC_ALGORITHMS = frozenset({"HS256"})
 ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "ES256"})
+# The JWK key type each pinned algorithm verifies with; a JWKS may publish others beside it.
+KEY_TYPE_FOR_ALGORITHM = {"RS256": "RSA", "ES256": "EC"}
 MIN_SECRET_BYTES = 32
 PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub"]
@@ -95,7 +97,10 @@ def _load_verification_keys(settings: AuthSettings) -> dict[str, Any]:
         return {"": settings.secret}
     if settings.public_key.lstrip().startswith("{"):
         jwks = jwt.PyJWKSet.from_json(settings.public_key)
-        return {key.key_id or "": key.key for key in jwks.keys}
+        # A token names its key by `kid` before it is verified: only keys that can verify
+        # the pinned algorithm may be picked, or a token could choose an RSA key for ES256.
+        return {key.key_id or "": key.key for key in jwks.keys
+                if key.key_type == KEY_TYPE_FOR_ALGORITHM[settings.algorithm] and key.public_key_use != "enc"}
     if settings.public_key:
         return {"": serialization.load_pem_public_key(settings.public_key.encode())}
     private_key = serialization.load_pem_private_key(settings.private_key.encode(), password=None)
@@ -114,6 +119,8 @@ _UNAUTHENTICATED_REASONS: tuple[tuple[type[Exception], str], ...] = (
     (jwt.InvalidTokenError, "token is invalid"),
 )
 _CACHE_LIMIT = 4096
+# The subject is recorded with every change it makes (the ledger's principal column).
+MAX_SUBJECT_LENGTH = 255
 
 
 class TokenVerifier:
@@ -157,6 +164,8 @@ class TokenVerifier:
             raise Unauthenticated(reason) from None
         if not isinstance(claims["sub"], str) or not claims["sub"]:
             raise Unauthenticated("token subject is empty")
+        if len(claims["sub"]) > MAX_SUBJECT_LENGTH:
+            raise Unauthenticated(f"token subject is longer than {MAX_SUBJECT_LENGTH} characters")
         return claims
 
     def _key_for(self, token: str) -> Any:

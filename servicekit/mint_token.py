@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--service", default="inventory", choices=["inventory", "crm"],
                         help="whose JWT_* settings to use when they differ (INVENTORY_JWT_*, CRM_JWT_*)")
     args = parser.parse_args(argv)
+    if args.lifetime <= 0:
+        parser.error("--lifetime must be at least 1 second")
     try:
         issuer = TokenIssuer(AuthSettings.from_env(os.environ, args.service.upper()))
     except SettingsError as error:

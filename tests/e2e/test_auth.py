@@ -60,25 +60,28 @@ def test_call_without_token_is_unauthenticated(inventory_address):
 
 
 @pytest.mark.parametrize(
-    ("token", "reason"),
+    ("make_token", "reason"),
+    # Minted when the test runs: minted at collection, they could expire before it does.
     [
-        (hs256(key="another-secret-" + "y" * 40), "token signature is invalid"),
-        (hs256(aud="someone-else"), "token is meant for another audience"),
-        (hs256(iss="https://evil.example"), "token comes from another issuer"),
-        (hs256(exp=int(time.time()) - 3600, iat=int(time.time()) - 7200, nbf=None), "token has expired"),
-        (hs256(nbf=int(time.time()) + 3600), "token is not valid yet"),
-        (hs256(exp=None), "token lacks a required claim"),
-        (hs256(sub=None), "token lacks a required claim"),
-        (jwt.encode(claims(), None, algorithm="none"), "token algorithm is not accepted"),
-        (hs256(roles=5), "token roles claim is malformed"),
-        (hs256(roles={"inventory.read": True}), "token roles claim is malformed"),
-        ("not.a.jwt", "token is malformed"),
+        (lambda: hs256(key="another-secret-" + "y" * 40), "token signature is invalid"),
+        (lambda: hs256(aud="someone-else"), "token is meant for another audience"),
+        (lambda: hs256(iss="https://evil.example"), "token comes from another issuer"),
+        (lambda: hs256(exp=int(time.time()) - 3600, iat=int(time.time()) - 7200, nbf=None), "token has expired"),
+        (lambda: hs256(nbf=int(time.time()) + 3600), "token is not valid yet"),
+        (lambda: hs256(exp=None), "token lacks a required claim"),
+        (lambda: hs256(sub=None), "token lacks a required claim"),
+        (lambda: hs256(sub="x" * 256), "token subject is longer than 255 characters"),
+        (lambda: jwt.encode(claims(), None, algorithm="none"), "token algorithm is not accepted"),
+        (lambda: hs256(roles=5), "token roles claim is malformed"),
+        (lambda: hs256(roles={"inventory.read": True}), "token roles claim is malformed"),
+        (lambda: "not.a.jwt", "token is malformed"),
     ],
-    ids=["other-key", "other-audience", "other-issuer", "expired", "not-yet-valid", "no-exp", "no-sub",
+    ids=["other-key", "other-audience", "other-issuer", "expired", "not-yet-valid", "no-exp", "no-sub", "long-sub",
          "alg-none", "roles-number", "roles-object", "malformed"],
 )
 @pytest.mark.parametrize("service", ["inventory", "crm"])
-def test_bad_token_is_unauthenticated_with_a_short_reason(inventory_address, crm_address, service, token, reason):
+def test_bad_token_is_unauthenticated_with_a_short_reason(inventory_address, crm_address, service, make_token, reason):
+    token = make_token()
     if service == "inventory":
         error = get_item_with(inventory_address, bearer(token))
     else:
@@ -207,11 +210,13 @@ def test_rs256_server_refuses_an_hs256_token_keyed_with_its_public_key(server_wi
     assert error.details() == "token algorithm is not accepted"
 
 
-def test_es256_server_with_a_jwks_picks_the_key_named_by_kid(server_with, ec_key):
+def test_es256_server_with_a_jwks_picks_the_key_named_by_kid(server_with, ec_key, rsa_key):
     other = ec.generate_private_key(ec.SECP256R1())
-    jwks = '{"keys": [%s, %s]}' % (
+    jwks = '{"keys": [%s, %s, %s]}' % (
         jwt.algorithms.ECAlgorithm.to_jwk(other.public_key()).replace("{", '{"kid": "old", ', 1),
         jwt.algorithms.ECAlgorithm.to_jwk(ec_key.public_key()).replace("{", '{"kid": "current", ', 1),
+        # Identity providers publish mixed sets: a token must not pick a key of another type.
+        jwt.algorithms.RSAAlgorithm.to_jwk(rsa_key.public_key()).replace("{", '{"kid": "rsa", ', 1),
     )
     address = server_with(AuthSettings(algorithm="ES256", public_key=jwks,
                                        issuer=TEST_AUTH.issuer, audience=TEST_AUTH.audience))
@@ -219,10 +224,12 @@ def test_es256_server_with_a_jwks_picks_the_key_named_by_kid(server_with, ec_key
     good = jwt.encode(claims(), _pem_private(ec_key), algorithm="ES256", headers={"kid": "current"})
     wrong_kid = jwt.encode(claims(), _pem_private(ec_key), algorithm="ES256", headers={"kid": "old"})
     unknown_kid = jwt.encode(claims(), _pem_private(ec_key), algorithm="ES256", headers={"kid": "nope"})
+    rsa_kid = jwt.encode(claims(), _pem_private(ec_key), algorithm="ES256", headers={"kid": "rsa"})
 
     assert get_item_with(address, bearer(good)).code() == grpc.StatusCode.NOT_FOUND  # authenticated
     assert get_item_with(address, bearer(wrong_kid)).details() == "token signature is invalid"
     assert get_item_with(address, bearer(unknown_kid)).details() == "token is signed by an unknown key"
+    assert get_item_with(address, bearer(rsa_kid)).details() == "token is signed by an unknown key"
 
 
 # --- minting from the shell ------------------------------------------------------------

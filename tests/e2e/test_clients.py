@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
@@ -10,7 +11,7 @@ from crm.v1 import crm_pb2
 from crm_svc.client import CrmClient
 from inventory.v1 import inventory_pb2
 from inventory_svc.client import InventoryClient
-from inventory_svc.domain import ItemFields, ItemQuery, Money
+from inventory_svc.domain import ItemFields, ItemQuery, LowStockChange, Money
 from servicekit.errors import AlreadyExists, Conflict, FailedPrecondition, InvalidField, NotFound, PermissionDenied
 from tests.helpers import mint
 
@@ -58,6 +59,13 @@ def test_inventory_client_round_trips_every_call(inventory):
     assert [i.id for i in inventory.list_items(ItemQuery(text="gadg")).items] == [created.id]
     assert [i.id for i in inventory.list_customer_items("alice").items] == [created.id]
     assert [i.id for i in inventory.list_low_stock_items(threshold=7).items] == [created.id]
+    assert inventory.batch_get_items([created.id]) == [inventory.get_item(created.id)]
+    assert [m.delta for m in inventory.list_stock_movements(created.id).items] == [6, -2, 3]  # newest first
+    events = inventory.watch_low_stock(after_cursor=0, timeout_s=10)
+    assert [(e.item_id, e.low_stock_change) for e in itertools.islice(events, 2)] == [
+        (created.id, LowStockChange.BECAME_LOW), (created.id, LowStockChange.RECOVERED),
+    ]
+    events.close()
 
     inventory.delete_item(created.id)
     with pytest.raises(NotFound):

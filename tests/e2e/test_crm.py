@@ -177,3 +177,14 @@ def test_crm_refuses_a_token_without_the_customer_role(as_customer):
     error = rpc_error(as_customer("ops", roles=("inventory.read",)).ListMyItems, crm.ListMyItemsRequest())
 
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+@pytest.mark.parametrize("subject", ["c" * 101, "alice\x00"])
+def test_crm_refuses_a_customer_token_whose_subject_no_item_could_name(as_customer, subject):
+    stub = as_customer(subject)
+
+    for call, request in ((stub.ListMyItems, crm.ListMyItemsRequest()), (stub.GetMyItem, crm.GetMyItemRequest(id=1)),
+                          (stub.SearchMyItems, crm.SearchMyItemsRequest(query="key"))):
+        error = rpc_error(call, request)
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert error.details() == "this token's subject is not a customer id"
