@@ -226,13 +226,14 @@ def low_stock_event_to_proto(event: StockMovement) -> pb.WatchLowStockResponse:
         cursor=event.id, kind=event.low_stock_change.value, item_id=event.item_id, sku=event.sku,
         quantity=event.quantity_after, low_stock_threshold=event.low_stock_threshold,
         customer_id=event.customer_id, category=event.category, event_time=timestamp_to_proto(event.create_time),
+        reason=reason_to_proto(event.reason),
     )
 
 
 def low_stock_event_from_proto(message: pb.WatchLowStockResponse) -> StockMovement:
     return StockMovement(
         id=message.cursor, item_id=message.item_id, sku=message.sku, delta=0, quantity_after=message.quantity,
-        reason=MovementReason.OTHER, low_stock_change=LowStockChange(message.kind),
+        reason=reason_from_proto(message.reason) or MovementReason.OTHER, low_stock_change=LowStockChange(message.kind),
         low_stock_threshold=message.low_stock_threshold, customer_id=message.customer_id,
         category=message.category, create_time=message.event_time.ToDatetime(timezone.utc),
     )

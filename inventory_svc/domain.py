@@ -236,7 +236,7 @@ def movement_between(
     change = LowStockChange.NONE
     if is_low and not was_low:
         change = LowStockChange.BECAME_LOW
-    elif was_low and not is_low and after is not None:
+    elif was_low and not is_low:  # deleted too: a watcher must not keep it listed as low
         change = LowStockChange.RECOVERED
     state = after or before
     assert state is not None

@@ -114,6 +114,21 @@ def test_an_inactive_item_never_counts_as_low(items_stub):
     watcher.stream.cancel()
 
 
+def test_deleting_a_low_item_ends_its_low_state(items_stub):
+    item = create(items_stub, quantity=3, low_stock_threshold=2)
+    watcher = Watcher(items_stub, pb.WatchLowStockRequest())
+    wait_until_watching()
+
+    adjust(items_stub, item.id, -1)
+    items_stub.DeleteItem(pb.DeleteItemRequest(id=item.id))
+
+    low, gone = watcher.next(), watcher.next()
+    assert (low.kind, low.reason) == (BECAME_LOW, pb.STOCK_MOVEMENT_REASON_OTHER)
+    assert (gone.kind, gone.item_id, gone.quantity, gone.reason) == (
+        RECOVERED, item.id, 0, pb.STOCK_MOVEMENT_REASON_ITEM_DELETED)
+    watcher.stream.cancel()
+
+
 def test_reconnecting_with_the_last_cursor_misses_nothing(items_stub):
     first = create(items_stub, quantity=3, low_stock_threshold=2)
     second = create(items_stub, quantity=3, low_stock_threshold=2)

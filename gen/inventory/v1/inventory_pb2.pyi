@@ -85,7 +85,9 @@ class _LowStockEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Low
     LOW_STOCK_EVENT_KIND_BECAME_LOW: _LowStockEventKind.ValueType  # 1
     """The quantity fell to or below the item's low_stock_threshold."""
     LOW_STOCK_EVENT_KIND_RECOVERED: _LowStockEventKind.ValueType  # 2
-    """The quantity rose above the threshold again (or the item stopped counting as low)."""
+    """The quantity rose above the threshold again, or the item stopped counting as low:
+    deactivated, its threshold lowered, or deleted (reason says which).
+    """
 
 class LowStockEventKind(_LowStockEventKind, metaclass=_LowStockEventKindEnumTypeWrapper):
     """What happened to an item's stock level."""
@@ -95,7 +97,9 @@ LOW_STOCK_EVENT_KIND_UNSPECIFIED: LowStockEventKind.ValueType  # 0
 LOW_STOCK_EVENT_KIND_BECAME_LOW: LowStockEventKind.ValueType  # 1
 """The quantity fell to or below the item's low_stock_threshold."""
 LOW_STOCK_EVENT_KIND_RECOVERED: LowStockEventKind.ValueType  # 2
-"""The quantity rose above the threshold again (or the item stopped counting as low)."""
+"""The quantity rose above the threshold again, or the item stopped counting as low:
+deactivated, its threshold lowered, or deleted (reason says which).
+"""
 Global___LowStockEventKind: _TypeAlias = LowStockEventKind  # noqa: Y015
 
 @_typing.final
@@ -959,6 +963,7 @@ class WatchLowStockResponse(_message.Message):
     CUSTOMER_ID_FIELD_NUMBER: _builtins.int
     CATEGORY_FIELD_NUMBER: _builtins.int
     EVENT_TIME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     cursor: _builtins.int
     """Pass as after_cursor when reconnecting."""
     kind: Global___LowStockEventKind.ValueType
@@ -975,6 +980,8 @@ class WatchLowStockResponse(_message.Message):
     """Its customer when the event happened."""
     category: _builtins.str
     """Its category when the event happened."""
+    reason: Global___StockMovementReason.ValueType
+    """What made the change: a sale, a restock, ITEM_UPDATED, ITEM_DELETED (quantity is then 0), ..."""
     @_builtins.property
     def event_time(self) -> _timestamp_pb2.Timestamp:
         """When it happened."""
@@ -991,10 +998,11 @@ class WatchLowStockResponse(_message.Message):
         customer_id: _builtins.str = ...,
         category: _builtins.str = ...,
         event_time: _timestamp_pb2.Timestamp | None = ...,
+        reason: Global___StockMovementReason.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "cursor", b"cursor", "customer_id", b"customer_id", "event_time", b"event_time", "item_id", b"item_id", "kind", b"kind", "low_stock_threshold", b"low_stock_threshold", "quantity", b"quantity", "sku", b"sku"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "cursor", b"cursor", "customer_id", b"customer_id", "event_time", b"event_time", "item_id", b"item_id", "kind", b"kind", "low_stock_threshold", b"low_stock_threshold", "quantity", b"quantity", "reason", b"reason", "sku", b"sku"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
