@@ -35,6 +35,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     true,
     update,
 )
@@ -83,6 +84,12 @@ class Base(DeclarativeBase):
     pass
 
 
+# The low-stock filter as each database renders it (see _conditions), so that the planner
+# matches the partial index below to the query.
+LOW_STOCK_PREDICATE_POSTGRESQL = "is_active = true AND quantity <= low_stock_threshold"
+LOW_STOCK_PREDICATE_SQLITE = "is_active = 1 AND quantity <= low_stock_threshold"
+
+
 class ItemRow(Base):
     __tablename__ = "items"
     __table_args__ = (
@@ -94,6 +101,9 @@ class ItemRow(Base):
         Index("ix_items_price_nanos", "price_nanos"),
         Index("ix_items_quantity", "quantity"),
         Index("ix_items_is_active", "is_active"),
+        # ListLowStockItems and low_stock_only compare two columns, which no plain index serves.
+        Index("ix_items_low_stock_id", "id", postgresql_where=text(LOW_STOCK_PREDICATE_POSTGRESQL),
+              sqlite_where=text(LOW_STOCK_PREDICATE_SQLITE)),
         # Ids are never reused, so a client never mistakes a new item for a deleted one.
         {"sqlite_autoincrement": True},
     )
