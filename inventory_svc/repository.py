@@ -515,6 +515,18 @@ class SqlRequestIdRepository:
 _WRITE_OPTION = "inventory_write_transaction"
 
 
+def _unavailable_for(error: BaseException | None) -> Unavailable | None:
+    """What a database error that nothing was committed through means to a client: worth a
+    retry (None: an error of ours, or of the request)."""
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        # The pool drops the broken connection; the next call gets a fresh one.
+        return Unavailable("the database connection was lost; try again")
+    if isinstance(error, OperationalError) and "database is locked" in str(error.orig):
+        # SQLite's busy timeout ran out behind another writer.
+        return Unavailable("the database is busy; try again")
+    return None
+
+
 class SqlUnitOfWork:
     """One transaction. Leaving it always rolls back; only commit() keeps changes.
 
@@ -538,7 +550,14 @@ class SqlUnitOfWork:
             self._connection.execution_options(**{_WRITE_OPTION: True})
         elif self._engine.dialect.name == "postgresql":
             self._connection.execution_options(isolation_level="AUTOCOMMIT")
-        self._transaction = self._connection.begin()
+        try:
+            self._transaction = self._connection.begin()  # on SQLite a writer waits for the lock here
+        except DBAPIError as error:
+            self._connection.close()
+            unavailable = _unavailable_for(error)
+            if unavailable is None:
+                raise
+            raise unavailable from error
         self.items = SqlItemRepository(self._connection)
         self.movements = SqlStockMovementRepository(self._connection)
         self.request_ids = SqlRequestIdRepository(self._connection)
@@ -550,10 +569,9 @@ class SqlUnitOfWork:
                 self._transaction.rollback()
         finally:
             self._connection.close()
-        if isinstance(error, DBAPIError) and error.connection_invalidated:
-            # The pool drops the broken connection; the next call gets a fresh one. Nothing
-            # was committed, so a retry is safe.
-            raise Unavailable("the database connection was lost; try again") from error
+        unavailable = _unavailable_for(error)
+        if unavailable is not None:
+            raise unavailable from error
 
     def commit(self) -> None:
         try:
@@ -655,6 +673,10 @@ def _lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
 
+# How long a SQLite writer waits behind another before its call answers UNAVAILABLE.
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
 def prepare_engine(engine: Engine) -> Engine:
     """Database-specific settings every connection needs; call once on a new engine."""
     if engine.dialect.name == "sqlite":
@@ -666,7 +688,7 @@ def prepare_engine(engine: Engine) -> Engine:
             dbapi_connection.create_function("lower", 1, _lower, deterministic=True)
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=10000")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             cursor.close()
 
         @event.listens_for(engine, "begin")

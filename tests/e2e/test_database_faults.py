@@ -4,6 +4,7 @@ done, and the next call works on a fresh connection."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 
 import grpc
@@ -13,6 +14,7 @@ from sqlalchemy.engine import make_url
 
 from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
+from inventory_svc import repository
 from inventory_svc.client import InventoryClient
 from inventory_svc.settings import InventorySettings
 from tests.helpers import TEST_AUTH, authorized_channel, create, migrated_engine, mint, rpc_error, serving
@@ -57,3 +59,24 @@ def test_the_typed_client_retries_a_read_that_met_a_cut_connection(address, post
         cut_every_connection(postgres_url)
 
         assert client.get_item(item.id).quantity == 5  # the channel's retry policy hid the UNAVAILABLE
+
+
+def test_a_sqlite_writer_stuck_behind_another_is_unavailable_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(repository, "SQLITE_BUSY_TIMEOUT_MS", 200)  # not the 10 s a server waits
+    database = tmp_path / "inventory.db"
+    settings = InventorySettings(database_url=f"sqlite:///{database}", listen_address="127.0.0.1:0", auth=TEST_AUTH)
+    with migrated_engine(settings) as engine, serving(settings, engine) as running, \
+            authorized_channel(f"127.0.0.1:{running.port}", mint()) as channel:
+        items = inventory_pb2_grpc.ItemServiceStub(channel)
+        item = create(items, quantity=5)
+        other_writer = sqlite3.connect(database, isolation_level=None)
+        other_writer.execute("BEGIN IMMEDIATE")
+        try:
+            error = rpc_error(items.AdjustQuantity, pb.AdjustQuantityRequest(id=item.id, delta=3))
+        finally:
+            other_writer.execute("ROLLBACK")
+            other_writer.close()
+
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert error.details() == "the database is busy; try again"
+        assert items.GetItem(pb.GetItemRequest(id=item.id)).item.quantity == 5
