@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # What the working tree must stay compatible with: the previous commit, unless
 # CONTRACT_BASELINE names another (e.g. origin/main, to check a push of several commits).
 BASELINE = os.environ.get("CONTRACT_BASELINE", "")
+REQUIRE_BASELINE = os.environ.get("TEST_REQUIRE_CONTRACT_BASELINE") == "1"
 
 
 @pytest.fixture(scope="session")
@@ -82,15 +83,15 @@ def test_buf_lint_refuses_a_message_that_is_not_pascal_case(buf, tmp_path):
 
 def test_protos_make_no_breaking_change_against_the_previous_commit(buf, tmp_path):
     revision = BASELINE or "HEAD~1"
+    # CI sets TEST_REQUIRE_CONTRACT_BASELINE=1: there a missing baseline fails instead of skipping.
+    missing = pytest.fail if BASELINE or REQUIRE_BASELINE else pytest.skip
     if git("rev-parse", "--is-inside-work-tree").returncode != 0:
-        pytest.skip("not a git checkout: there is no previous commit to compare with")
+        missing("not a git checkout: there is no previous commit to compare with")
     if git("rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}").returncode != 0:
-        if BASELINE:
-            pytest.fail(f"CONTRACT_BASELINE={BASELINE} names no commit")
-        pytest.skip("HEAD~1 does not exist (the first commit, or a shallow clone)")
+        missing(f"{revision} names no commit (the first commit, or a shallow clone)")
     previous = committed_protos(revision)
     if not previous:
-        pytest.skip(f"{revision} has no protos/ to compare with")
+        missing(f"{revision} has no protos/ to compare with")
 
     result = buf("breaking", "--against", str(workspace(tmp_path, previous)))
 
