@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import select as select_module
@@ -29,6 +30,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    bindparam,
     delete,
     event,
     func,
@@ -84,7 +86,7 @@ class Base(DeclarativeBase):
     pass
 
 
-# The low-stock filter as each database renders it (see _conditions), so that the planner
+# The low-stock filter as each database renders it (see _CONDITION_FOR_FILTER), so that the planner
 # matches the partial index below to the query.
 LOW_STOCK_PREDICATE_POSTGRESQL = "is_active = true AND quantity <= low_stock_threshold"
 LOW_STOCK_PREDICATE_SQLITE = "is_active = 1 AND quantity <= low_stock_threshold"
@@ -207,10 +209,6 @@ def _contains_pattern(text: str) -> str:
     return f"%{escaped}%"
 
 
-def _icontains(column: Any, text: str) -> ColumnElement[bool]:
-    return func.lower(column).like(_contains_pattern(text), escape=_LIKE_ESCAPE)
-
-
 def _row_values(fields: ItemFields) -> dict[str, Any]:
     return {
         "sku": fields.sku,
@@ -253,40 +251,81 @@ def _item_from_row(row: Any) -> Item:
     )
 
 
-def _conditions(query: ItemQuery) -> Iterable[ColumnElement[bool]]:
-    c = items.c
-    if query.category:
-        yield c.category == query.category
-    if query.brand:
-        yield c.brand == query.brand
-    if query.customer_id:
-        yield c.customer_id == query.customer_id
+def _icontains(column: Any, pattern: str) -> ColumnElement[bool]:
+    return func.lower(column).like(bindparam(pattern), escape=_LIKE_ESCAPE)
+
+
+# Each filter of a listing as a condition on named parameters. A statement is built once
+# per combination of filters (see _page_statement), not per call: building and keying one
+# costs more CPU than the database spends answering it.
+_CONDITION_FOR_FILTER: dict[str, Callable[[Any], ColumnElement[bool]]] = {
+    "category": lambda c: c.category == bindparam("category"),
+    "brand": lambda c: c.brand == bindparam("brand"),
+    "customer_id": lambda c: c.customer_id == bindparam("customer_id"),
+    "is_active": lambda c: c.is_active == bindparam("is_active"),
+    "name_pattern": lambda c: _icontains(c.name, "name_pattern"),
+    "text_pattern": lambda c: or_(*(_icontains(c[name], "text_pattern") for name in TEXT_SEARCH_COLUMNS)),
+    "min_price_nanos": lambda c: c.price_nanos >= bindparam("min_price_nanos"),
+    "min_price_currency": lambda c: c.currency_code == bindparam("min_price_currency"),
+    "max_price_nanos": lambda c: c.price_nanos <= bindparam("max_price_nanos"),
+    "max_price_currency": lambda c: c.currency_code == bindparam("max_price_currency"),
+    "min_quantity": lambda c: c.quantity >= bindparam("min_quantity"),
+    "max_quantity": lambda c: c.quantity <= bindparam("max_quantity"),
+    "in_stock_only": lambda c: c.quantity > 0,
+    # An inactive item never counts as low on stock; literal, so that the partial index matches.
+    "low_stock_only": lambda c: and_(c.is_active == true(), c.quantity <= c.low_stock_threshold),
+    "low_stock_at_most": lambda c: c.quantity <= bindparam("low_stock_at_most"),
+}
+_FLAG_FILTERS = frozenset({"in_stock_only", "low_stock_only"})  # conditions without a parameter
+
+
+def _filter_values(query: ItemQuery) -> dict[str, Any]:
+    """The filters a query sets, by name, with their parameter values."""
+    values: dict[str, Any] = {}
+    for name in ("category", "brand", "customer_id"):
+        if getattr(query, name):
+            values[name] = getattr(query, name)
     if query.is_active is not None:
-        yield c.is_active == query.is_active
+        values["is_active"] = query.is_active
     if query.name_contains:
-        yield _icontains(c.name, query.name_contains)
+        values["name_pattern"] = _contains_pattern(query.name_contains)
     if query.text:
-        yield or_(*(_icontains(c[name], query.text) for name in TEXT_SEARCH_COLUMNS))
-    for bound, compare in ((query.min_price, c.price_nanos.__ge__), (query.max_price, c.price_nanos.__le__)):
+        values["text_pattern"] = _contains_pattern(query.text)
+    for prefix, bound in (("min_price", query.min_price), ("max_price", query.max_price)):
         if bound is not None:
-            yield compare(bound.nanos)
+            values[f"{prefix}_nanos"] = bound.nanos
             if bound.currency_code:
-                yield c.currency_code == bound.currency_code
-    if query.min_quantity is not None:
-        yield c.quantity >= query.min_quantity
-    if query.max_quantity is not None:
-        yield c.quantity <= query.max_quantity
-    if query.in_stock_only:
-        yield c.quantity > 0
-    if query.low_stock_only:  # an inactive item never counts as low on stock
-        yield c.is_active == true()
-        yield c.quantity <= c.low_stock_threshold
-    if query.low_stock_at_most is not None:
-        yield c.quantity <= query.low_stock_at_most
+                values[f"{prefix}_currency"] = bound.currency_code
+    for name in ("min_quantity", "max_quantity", "low_stock_at_most"):
+        if getattr(query, name) is not None:
+            values[name] = getattr(query, name)
+    for name in _FLAG_FILTERS:
+        if getattr(query, name):
+            values[name] = True
+    return values
 
 
-def _filtered(statement: Select[Any], query: ItemQuery) -> Select[Any]:
-    return statement.where(and_(true(), *_conditions(query)))
+def _shape(values: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(name for name in _CONDITION_FOR_FILTER if name in values)
+
+
+def _parameters(values: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in values.items() if name not in _FLAG_FILTERS}
+
+
+def _where(shape: tuple[str, ...]) -> ColumnElement[bool]:
+    return and_(true(), *(_CONDITION_FOR_FILTER[name](items.c) for name in shape))
+
+
+@functools.lru_cache(maxsize=256)
+def _page_statement(shape: tuple[str, ...]) -> Select[Any]:
+    return (select(items).where(_where(shape), items.c.id > bindparam("after_id"))
+            .order_by(items.c.id).limit(bindparam("limit")))
+
+
+@functools.lru_cache(maxsize=256)
+def _count_statement(shape: tuple[str, ...]) -> Select[Any]:
+    return select(func.count()).select_from(items).where(_where(shape))
 
 
 def _is_unique_violation(error: IntegrityError) -> bool:
@@ -294,6 +333,19 @@ def _is_unique_violation(error: IntegrityError) -> bool:
     if pgcode is not None:
         return bool(pgcode == "23505")
     return "UNIQUE constraint failed" in str(error.orig)
+
+
+# The statements of the hottest calls, built once (see _CONDITION_FOR_FILTER for why).
+_GET_ITEM = select(items).where(items.c.id == bindparam("item_id"))
+_ADD_TO_QUANTITY = (
+    update(items)
+    .where(items.c.id == bindparam("item_id"), items.c.quantity >= bindparam("at_least"),
+           items.c.quantity <= bindparam("at_most"))
+    .values(quantity=items.c.quantity + bindparam("delta"), update_time=bindparam("now"),
+            version=items.c.version + 1)
+    .returning(*items.c)
+)
+_ADD_MOVEMENT = insert(stock_movements)
 
 
 class SqlItemRepository:
@@ -321,7 +373,7 @@ class SqlItemRepository:
         return _item_from_row(row)
 
     def get(self, item_id: int) -> Item | None:
-        row = self._connection.execute(select(items).where(items.c.id == item_id)).first()
+        row = self._connection.execute(_GET_ITEM, {"item_id": item_id}).first()
         return _item_from_row(row) if row else None
 
     def get_for_update(self, item_id: int) -> Item | None:
@@ -334,17 +386,14 @@ class SqlItemRepository:
         return {row.id: _item_from_row(row) for row in rows}
 
     def list_page(self, query: ItemQuery, after_id: int, limit: int) -> list[Item]:
-        statement = (
-            _filtered(select(items), query)
-            .where(items.c.id > after_id)
-            .order_by(items.c.id)
-            .limit(limit)
-        )
-        return [_item_from_row(row) for row in self._connection.execute(statement)]
+        values = _filter_values(query)
+        rows = self._connection.execute(_page_statement(_shape(values)),
+                                        {**_parameters(values), "after_id": after_id, "limit": limit})
+        return [_item_from_row(row) for row in rows]
 
     def count(self, query: ItemQuery) -> int:
-        statement = _filtered(select(func.count()).select_from(items), query)
-        return int(self._connection.execute(statement).scalar_one())
+        values = _filter_values(query)
+        return int(self._connection.execute(_count_statement(_shape(values)), _parameters(values)).scalar_one())
 
     def replace_fields(self, item_id: int, expected_version: int, fields: ItemFields) -> Item | None:
         """Writes `fields` if the item is still at `expected_version`; None otherwise."""
@@ -374,13 +423,9 @@ class SqlItemRepository:
     def add_to_quantity(self, item_id: int, delta: int, ceiling: int) -> Item | None:
         """Adds `delta` in one statement; None if the item is missing or the result leaves [0, ceiling]."""
         # The bounds are moved to the parameter side so that no database adds in int32 and overflows.
-        statement = (
-            update(items)
-            .where(items.c.id == item_id, items.c.quantity >= -delta, items.c.quantity <= ceiling - delta)
-            .values(quantity=items.c.quantity + delta, update_time=_utcnow(), version=items.c.version + 1)
-            .returning(*items.c)
-        )
-        row = self._connection.execute(statement).first()
+        row = self._connection.execute(_ADD_TO_QUANTITY, {
+            "item_id": item_id, "delta": delta, "at_least": -delta, "at_most": ceiling - delta, "now": _utcnow(),
+        }).first()
         return _item_from_row(row) if row else None
 
     def set_quantity(self, item_id: int, quantity: int) -> Item | None:
@@ -414,13 +459,13 @@ class SqlStockMovementRepository:
         is_event = movement.low_stock_change != LowStockChange.NONE
         if is_event:
             _lock_id_order(self._connection, LOW_STOCK_EVENT_IDS_LOCK)
-        self._connection.execute(insert(stock_movements).values(
-            item_id=movement.item_id, sku=movement.sku, delta=movement.delta,
-            quantity_after=movement.quantity_after, reason=movement.reason.value,
-            low_stock_change=int(movement.low_stock_change), low_stock_threshold=movement.low_stock_threshold,
-            customer_id=movement.customer_id, category=movement.category, note=movement.note,
-            principal=movement.principal, request_id=movement.request_id, create_time=_utcnow(),
-        ))
+        self._connection.execute(_ADD_MOVEMENT, {
+            "item_id": movement.item_id, "sku": movement.sku, "delta": movement.delta,
+            "quantity_after": movement.quantity_after, "reason": movement.reason.value,
+            "low_stock_change": int(movement.low_stock_change), "low_stock_threshold": movement.low_stock_threshold,
+            "customer_id": movement.customer_id, "category": movement.category, "note": movement.note,
+            "principal": movement.principal, "request_id": movement.request_id, "create_time": _utcnow(),
+        })
         if is_event and not self.low_stock_events_added:
             self.low_stock_events_added = True
             if self._connection.dialect.name == "postgresql":
