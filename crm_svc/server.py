@@ -22,7 +22,9 @@ from servicekit.auth import JwtAuthInterceptor, TokenIssuer, TokenVerifier
 from servicekit.client import MintedServiceToken, TokenFile
 from servicekit.logging import configure_logging
 from servicekit.observability import ClientMetricsInterceptor, ServerMetrics, metrics_served
-from servicekit.server import RunningServer, finish_server, new_server, serve_until_signalled, supervise_workers
+from servicekit.server import (
+    RunningServer, finish_server, new_server, serve_until_signalled, stay_on_assigned_cpu, supervise_workers,
+)
 from servicekit.tracing import Tracing, tracing_started
 
 log = logging.getLogger(__name__)
@@ -80,8 +82,9 @@ def main() -> None:
     configure_logging(settings.log_level)
     if settings.processes > 1:
         sys.exit(supervise_workers("crm_svc.server", "CRM", settings.processes,
-                                   settings.listen_address, settings.metrics_address,
+                                   settings.listen_address, settings.metrics_address, pin_cpus=settings.pin_cpus,
                                    stop_timeout_s=settings.shutdown_drain_s + settings.shutdown_grace_s + 5))
+    stay_on_assigned_cpu(os.environ)
     serve(settings)
 
 

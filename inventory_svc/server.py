@@ -26,7 +26,7 @@ from servicekit.auth import JwtAuthInterceptor, TokenVerifier
 from servicekit.logging import configure_logging
 from servicekit.observability import ServerMetrics, metrics_served
 from servicekit.server import (
-    Periodic, RunningServer, finish_server, new_server, serve_until_signalled, supervise_workers,
+    Periodic, RunningServer, finish_server, new_server, serve_until_signalled, stay_on_assigned_cpu, supervise_workers,
 )
 from servicekit.tracing import Tracing, tracing_started
 
@@ -137,8 +137,9 @@ def main() -> None:
     configure_logging(settings.log_level)
     if settings.processes > 1:
         sys.exit(supervise_workers("inventory_svc.server", "INVENTORY", settings.processes,
-                                   settings.listen_address, settings.metrics_address,
+                                   settings.listen_address, settings.metrics_address, pin_cpus=settings.pin_cpus,
                                    stop_timeout_s=settings.shutdown_drain_s + settings.shutdown_grace_s + 5))
+    stay_on_assigned_cpu(os.environ)
     serve(settings)
 
 

@@ -13,7 +13,7 @@ import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -124,15 +124,28 @@ class Periodic:
                 log.exception("periodic task %s failed; it runs again in %.0f s", self._thread.name, self._interval_s)
 
 
+# Set by supervise_workers in each worker's environment: the core that worker stays on.
+WORKER_CPU_VARIABLE = "SERVICEKIT_WORKER_CPU"
+
+
+def stay_on_assigned_cpu(env: Mapping[str, str]) -> None:
+    """In a worker process, before any thread starts (threads inherit it): keep to the core
+    the supervisor assigned, if it assigned one."""
+    cpu = env.get(WORKER_CPU_VARIABLE, "")
+    if cpu:
+        os.sched_setaffinity(0, {int(cpu)})
+
+
 def supervise_workers(module: str, prefix: str, processes: int, listen_address: str, metrics_address: str,
-                      stop_timeout_s: float = 30.0) -> int:
+                      stop_timeout_s: float = 30.0, pin_cpus: bool = False) -> int:
     """Runs `processes` copies of the server `module` on one port (SO_REUSEPORT, which
     gRPC sets by default on Linux): a Python process uses about one core, and this uses
     them all. Each worker is a whole server (its own pool, listener and threads); their
     metrics are summed here. SIGTERM or SIGINT is passed on to every worker, which drain as
     one server does; a worker that dies stops them all, for the platform to restart. A
     worker still running `stop_timeout_s` after its SIGTERM (its drain and grace periods
-    and a margin) is killed. Returns the exit status."""
+    and a margin) is killed. `pin_cpus`: worker k stays on the k-th core this process may use
+    (round robin), so that its threads hand the GIL over on one core. Returns the exit status."""
     if listen_address.endswith(":0"):
         raise SettingsError(f"{prefix}_PROCESSES > 1 needs a fixed port in {prefix}_LISTEN_ADDRESS, not 0")
     workers: list[subprocess.Popen[bytes]] = []
@@ -171,9 +184,11 @@ def supervise_workers(module: str, prefix: str, processes: int, listen_address: 
         # Bound first: a metrics port in use fails here, before there are workers to orphan.
         with metrics_served(metrics_address, registry):
             try:
-                for _ in range(processes):
+                cpus = sorted(os.sched_getaffinity(0))
+                for number in range(processes):
                     if not stopping.is_set():
-                        workers.append(subprocess.Popen([sys.executable, "-m", module], env=worker_env))
+                        env = {**worker_env, WORKER_CPU_VARIABLE: str(cpus[number % len(cpus)])} if pin_cpus else worker_env
+                        workers.append(subprocess.Popen([sys.executable, "-m", module], env=env))
                 log.info("%d worker processes of %s started", len(workers), module,
                          extra={"worker_pids": [worker.pid for worker in workers]})
                 status = 0

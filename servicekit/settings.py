@@ -71,4 +71,13 @@ class EnvReader:
             raise SettingsError(f"{key} must be zero or more, got {raw!r}")
         return value
 
-
+    def bool(self, name: str, default: bool) -> bool:
+        found = self._lookup(name)
+        if not found:
+            return default
+        key, raw = found
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{key} must be true or false, got {raw!r}")

@@ -3,6 +3,7 @@ one endpoint, and SIGTERM stops them all gracefully."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import grpc
@@ -22,11 +23,17 @@ def test_two_processes_share_the_port_and_report_their_calls_together(tmp_path):
     with migrated_engine(InventorySettings(database_url=database_url)):
         pass
     address = f"127.0.0.1:{free_port()}"
-    env = service_env(INVENTORY_DATABASE_URL=database_url, INVENTORY_LISTEN_ADDRESS=address, INVENTORY_PROCESSES="2")
+    env = service_env(INVENTORY_DATABASE_URL=database_url, INVENTORY_LISTEN_ADDRESS=address, INVENTORY_PROCESSES="2",
+                      INVENTORY_PIN_CPUS="true")
     with service_process("inventory_svc.server", env, tmp_path / "inventory.log") as inventory:
         inventory.wait_until_serving(address)
         # That is one worker; the other may still be importing and would miss every call.
-        wait_until_listening(inventory, workers=2)
+        worker_pids = wait_until_listening(inventory, workers=2)
+        # Each worker keeps to one core of those the server may use, a different one each
+        # where there are two.
+        cores = sorted(os.sched_getaffinity(0))
+        assigned = sorted(sorted(os.sched_getaffinity(pid)) for pid in worker_pids)
+        assert assigned == sorted([[cores[0]], [cores[1 % len(cores)]]])
         for _ in range(CONNECTIONS):  # the kernel spreads new connections over the processes
             with authorized_channel(address, mint()) as channel:
                 error = rpc_error(inventory_pb2_grpc.ItemServiceStub(channel).GetItem, pb.GetItemRequest(id=1))
@@ -44,12 +51,12 @@ def test_two_processes_share_the_port_and_report_their_calls_together(tmp_path):
     assert {line["pid"] for line in lines if line["message"] == "inventory stopped"} == serving_pids
 
 
-def wait_until_listening(service: ServiceProcess, workers: int, timeout_s: float = 30) -> None:
+def wait_until_listening(service: ServiceProcess, workers: int, timeout_s: float = 30) -> set[int]:
     deadline = time.monotonic() + timeout_s
     while True:
         pids = {line["pid"] for line in service.log_lines() if line["message"].startswith("inventory listening on ")}
         if len(pids) >= workers:
-            return
+            return pids
         assert service.process.poll() is None, f"the service exited: {service.log_path.read_text()}"
         assert time.monotonic() < deadline, f"{len(pids)} of {workers} listen: {service.log_path.read_text()}"
         time.sleep(0.05)

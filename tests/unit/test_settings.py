@@ -74,3 +74,15 @@ def test_the_crm_mints_towards_inventory_with_settings_of_their_own():
 
     assert (settings.auth.audience, settings.auth.secret) == ("crm", SECRET)
     assert (settings.inventory_auth.audience, settings.inventory_auth.secret) == ("inventory", "i" * 32)
+
+
+@pytest.mark.parametrize(("raw", "pinned"), [(None, False), ("false", False), ("1", True), ("on", True)])
+def test_pin_cpus_reads_true_or_false(raw, pinned):
+    env = {"JWT_SECRET": SECRET} | ({"CRM_PIN_CPUS": raw} if raw is not None else {})
+
+    assert CrmSettings.from_env(env).pin_cpus is pinned
+
+
+def test_pin_cpus_refuses_anything_else():
+    with pytest.raises(SettingsError, match="INVENTORY_PIN_CPUS"):
+        InventorySettings.from_env({"JWT_SECRET": SECRET, "INVENTORY_PIN_CPUS": "sometimes"})
