@@ -99,6 +99,9 @@ class Row:
     db_sessions_opened: int | None = None
     db_transactions_per_call: float | None = None
     profiled: bool = False
+    # Calls still in flight when h2load ended a timed cell: it resets them, and the servers
+    # count them CANCELLED. Not errors of the service; left out of `errors`.
+    cut_at_end: int = 0
 
 
 # ---------------------------------------------------------------------------- setup
@@ -116,6 +119,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each cell (default 1)")
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
                         help="INVENTORY_PROCESSES and CRM_PROCESSES, as the README advises: the cores (default here: %(default)s)")
+    parser.add_argument("--pin-cpus", action=argparse.BooleanOptionalAction, default=True,
+                        help="INVENTORY_PIN_CPUS and CRM_PIN_CPUS: each server process on one core (default: on; "
+                             "this machine is the benchmark's own)")
     parser.add_argument("--in-flight", default="1,8,32", help="calls in flight, comma-separated (default 1,8,32)")
     parser.add_argument("--only", help="run only the workloads whose name matches this regular expression")
     parser.add_argument("--search", default=data.DEFAULT_SEARCH, help=f"the text search (default {data.DEFAULT_SEARCH!r})")
@@ -166,6 +172,11 @@ def start_servers(database: data.Database, env: dict[str, str], log_dir: Path) -
             command = [sys.executable, str(ROOT / "scripts/bench_support/null_server.py"), address, mode]
             processes[name] = services.start(name.replace(" ", "-").replace("(", "").replace(")", ""),
                                              command, env, address, log_dir)
+        for name, auth in (("GetItem, auth interceptor on", "on"), ("GetItem, auth interceptor off", "off")):
+            address = f"127.0.0.1:{free_port()}"
+            command = [sys.executable, str(ROOT / "scripts/bench_support/auth_cost_server.py"), address, auth]
+            processes[name] = services.start(f"inventory-auth-{auth}", command,
+                                             {**env, "INVENTORY_DATABASE_URL": database.url}, address, log_dir)
         inventory_address, crm_address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
         inventory_metrics, crm_metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
         processes["inventory"] = services.start("inventory", [str(BIN / "inventory-server")], {
@@ -179,8 +190,8 @@ def start_servers(database: data.Database, env: dict[str, str], log_dir: Path) -
         null_request = pb.GetItemRequest(id=1).SerializeToString()
         for name in ("null server (threads)", "null server (grpc.aio)"):
             wait_answering(processes[name], ITEM_SERVICE + "GetItem", null_request)
-        wait_serving(processes["inventory"])
-        wait_serving(processes["crm"])
+        for name in ("inventory", "crm", "GetItem, auth interceptor on", "GetItem, auth interceptor off"):
+            wait_serving(processes[name])
     except BaseException:
         services.stop()
         raise
@@ -246,6 +257,11 @@ def build_workloads(args: argparse.Namespace, fixtures: data.Fixtures, tokens: d
                  h2load.Load(ITEM_SERVICE + "GetItem", [frame(pb.GetItemRequest(id=i)) for i in fixtures.item_ids],
                              inventory_token), pb.GetItemResponse, get_item, ("inventory",),
                  note=f"{len(fixtures.item_ids)} random active ids, one per h2load process"),
+        *(Workload(name, name, h2load.Load(ITEM_SERVICE + "GetItem",
+                                          [frame(pb.GetItemRequest(id=i)) for i in fixtures.item_ids], inventory_token),
+                   pb.GetItemResponse, get_item, (name,),
+                   note="one process, no item cache: every call reads PostgreSQL; only the JWT interceptor differs")
+          for name in ("GetItem, auth interceptor on", "GetItem, auth interceptor off")),
         Workload("ListItems category", "inventory",
                  h2load.Load(ITEM_SERVICE + "ListItems", list_bodies, inventory_token), pb.ListItemsResponse,
                  page_of(PAGE_SIZE), ("inventory",), note="page 1 of 50, one category per h2load process"),
@@ -307,23 +323,31 @@ def spot_check(workload: Workload, address: str) -> str:
 # ---------------------------------------------------------------------------- measuring
 
 
-def _errors(servers: list[Process], deltas: list[dict[tuple[str, str, str], int] | None]
-            ) -> tuple[int | None, dict[str, int], int]:
+def _errors(servers: list[Process], deltas: list[dict[tuple[str, str, str], int] | None], cut_at_end: int
+            ) -> tuple[int | None, dict[str, int], int, int]:
     """(non-OK calls of the first server, every server's non-OK calls by method and code, OK
-    calls of the first server) from the servers' metrics; None when a server has none. The
-    first server is the one called: a CRM call that failed in inventory fails at the CRM too."""
+    calls of the first server, calls cut at the end) from the servers' metrics; None when a
+    server has none. The first server is the one called: a CRM call that failed in inventory
+    fails at the CRM too. Up to `cut_at_end` CANCELLED calls per server are the ones h2load
+    reset when the cell ended, not errors."""
     if any(delta is None for delta in deltas):
-        return None, {}, 0
+        return None, {}, 0, 0
     by_code: dict[str, int] = {}
-    errors = ok = 0
+    errors = ok = cut = 0
     for index, (process, delta) in enumerate(zip(servers, deltas)):
         for (_service, method, code), count in (delta or {}).items():
             if code == "OK":
                 ok += count if index == 0 else 0
                 continue
+            if code == "CANCELLED":
+                reset = min(count, cut_at_end)
+                cut += reset if index == 0 else 0
+                count -= reset
+                if not count:
+                    continue
             by_code[f"{process.name} {method} {code}"] = by_code.get(f"{process.name} {method} {code}", 0) + count
             errors += count if index == 0 else 0
-    return errors, by_code, ok
+    return errors, by_code, ok, cut
 
 
 def measure(args: argparse.Namespace, workload: Workload, in_flight: int, processes: dict[str, Process],
@@ -347,7 +371,8 @@ def measure(args: argparse.Namespace, workload: Workload, in_flight: int, proces
     counted_before = counters.read() if counters else None
     busy_before = machine_busy_ticks()
     started = time.monotonic()
-    profiling = args.profile and in_flight == args.profile_in_flight and not workload.server.startswith("null")
+    profiling = (args.profile and in_flight == args.profile_in_flight and not workload.server.startswith("null")
+                 and not workload.server.startswith("GetItem, auth"))
     spies = []
     if profiling:
         seconds = args.duration + (0 if workload.deltas else args.warmup)
@@ -372,10 +397,12 @@ def measure(args: argparse.Namespace, workload: Workload, in_flight: int, proces
         if output.exists():
             profiles.append((f"{workload.name} @{in_flight}, {name}", output))
     deltas = [handled_delta(before, after) for before, after in zip(metrics_before, metrics_after)]
+    cut = 0
     if not servers[0].metrics_address:  # the null servers count nothing: h2load's failures are all we know
         errors, by_code, ok = result.failed, {}, result.calls
     else:
-        errors, by_code, ok = _errors(servers, deltas)
+        # A cell of exactly counted calls (AdjustQuantity) waits for every answer: nothing is cut.
+        errors, by_code, ok, cut = _errors(servers, deltas, 0 if workload.deltas else in_flight)
         if errors is not None:
             errors += result.failed
     cores = cpu_used / wall
@@ -388,7 +415,7 @@ def measure(args: argparse.Namespace, workload: Workload, in_flight: int, proces
         if db_before is not None and db_after is not None and result.calls_per_s and not workload.server.startswith("null")
         else None,
         busy,
-        result.cpu_seconds / wall * 100, by_code, profiled=profiling,
+        result.cpu_seconds / wall * 100, by_code, profiled=profiling, cut_at_end=cut,
     )
     if counted_before and counted_after and not workload.server.startswith("null"):
         row.db_sessions_opened = counted_after["sessions"] - counted_before["sessions"]
@@ -483,8 +510,10 @@ NOTES = [
     ),
     (
         "Errors: h2load sees only HTTP statuses (a gRPC error is HTTP 200), so errors are the non-OK calls in the "
-        "servers' grpc_server_handled_total over the cell (warm-up included), plus h2load's failed streams; "
-        "'n/a' when a server has no /metrics. Each body is also sent once through a real gRPC client first."
+        "servers' grpc_server_handled_total over the cell (warm-up included), plus h2load's failed streams, less "
+        "the calls h2load itself resets when a timed cell ends (at most one per call in flight, counted CANCELLED "
+        "by the server and listed apart); 'n/a' when a server has no /metrics (the null and auth-cost servers). "
+        "Each body is also sent once through a real gRPC client first."
     ),
     "Latency: per call from h2load's log, from sending the request to the end of the response (trailers).",
     (
@@ -517,6 +546,8 @@ def main() -> None:
     env = service_env(secret_file)
     env.setdefault("INVENTORY_PROCESSES", str(args.processes))
     env.setdefault("CRM_PROCESSES", str(args.processes))
+    env.setdefault("INVENTORY_PIN_CPUS", str(args.pin_cpus).lower())
+    env.setdefault("CRM_PIN_CPUS", str(args.pin_cpus).lower())
     issuer = TokenIssuer(AuthSettings(secret=secret_file.read_text().strip()))
     tokens = {"inventory": issuer.mint("bench", INVENTORY_ROLES, 6 * 3600),
               "customer": issuer.mint(BENCH_CUSTOMER, ["customer"], 6 * 3600)}
@@ -571,6 +602,7 @@ def main() -> None:
         "items": args.items, "customers": data.CUSTOMERS, "duration_s": args.duration, "warmup_s": args.warmup,
         "max_h2load": args.max_h2load, "search": args.search,
         "processes": {"inventory": env["INVENTORY_PROCESSES"], "crm": env["CRM_PROCESSES"]},
+        "pin_cpus": {"inventory": env["INVENTORY_PIN_CPUS"], "crm": env["CRM_PIN_CPUS"]},
         "background_busy_percent": {"before": background[0], "after": background[1]},
     }
     lines = [
@@ -581,6 +613,7 @@ def main() -> None:
         (f"database: {database.description}; items: {args.items:,} over {data.CUSTOMERS} customers; "
          f"{args.duration:g} s per cell after {args.warmup:g} s of warm-up"),
         (f"servers: INVENTORY_PROCESSES={env['INVENTORY_PROCESSES']}, CRM_PROCESSES={env['CRM_PROCESSES']}, "
+         f"INVENTORY_PIN_CPUS={env['INVENTORY_PIN_CPUS']}, CRM_PIN_CPUS={env['CRM_PIN_CPUS']}, "
          "other settings at their defaults"),
         f"other load on the machine (1 s idle sample): {background[0]:.0f}% before, {background[1]:.0f}% after"
         + ("  <- WARNING: something else was running; the numbers are low" if max(background) > 10 else ""),
@@ -597,6 +630,15 @@ def main() -> None:
     if ledger is not None:
         lines.append(f"ledger: the movements of the {ledger['items']} adjusted items "
                      f"{'add up to their quantities' if ledger['agree'] else 'DO NOT add up to their quantities'}")
+    cut = [f"{r.workload} @{r.in_flight} x{r.cut_at_end}" for r in rows if r.cut_at_end]
+    if cut:
+        lines.append("cut when h2load ended the cell (reset by it, CANCELLED at the server; not errors): "
+                     + ", ".join(cut))
+    auth_on, auth_off = ({r.in_flight: r.calls_per_s for r in rows if r.workload == f"GetItem, auth interceptor {state}"}
+                         for state in ("on", "off"))
+    for in_flight in sorted(set(auth_on) & set(auth_off)):
+        lines.append(f"auth interceptor @{in_flight}: GetItem {auth_on[in_flight]:,.0f}/s with it, "
+                     f"{auth_off[in_flight]:,.0f}/s without: {auth_on[in_flight] / auth_off[in_flight]:.2f} of the speed")
     errors = {f"{r.workload} @{r.in_flight}": r.errors_by_code for r in rows if r.errors_by_code}
     for cell, by_code in errors.items():
         lines.append(f"errors in {cell}: " + ", ".join(f"{k} x{v}" for k, v in by_code.items()))

@@ -59,13 +59,15 @@ def py_spy() -> str | None:
 
 
 def start(pid: int, seconds: float, output: Path, *, gil_only: bool = True) -> subprocess.Popen[str]:
-    """Samples `pid` for `seconds` at 200 Hz; `gil_only`: only the thread holding the GIL,
-    i.e. where the Python CPU goes (waiting threads are left out either way)."""
+    """Samples `pid` and its worker processes (a server run with *_PROCESSES > 1 serves from
+    its children) for `seconds` at 200 Hz; `gil_only`: only the thread holding the GIL, i.e.
+    where the Python CPU goes (waiting threads are left out either way)."""
     executable = py_spy()
     if executable is None:
         raise SystemExit("bench: --profile needs py-spy: .venv/bin/pip install py-spy")
     command = [executable, "record", "--pid", str(pid), "--duration", str(max(int(seconds), 1)),
-               "--rate", "200", "--format", "raw", "--output", str(output), "--nonblocking"]
+               "--rate", "200", "--format", "raw", "--output", str(output), "--nonblocking",
+               "--subprocesses"]
     if gil_only:
         command.append("--gil")
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
