@@ -9,13 +9,12 @@ Failures raise the errors of servicekit.errors (NotFound, InvalidField, Unavaila
 
 from __future__ import annotations
 
-from datetime import timezone
 from typing import Any
 
 from crm.v1 import crm_pb2 as pb
 from crm.v1 import crm_pb2_grpc
 from crm_svc.domain import CustomerItem, CustomerPage
-from inventory_svc.convert import money_from_proto
+from inventory_svc.convert import money_from_proto, timestamp_from_proto
 from servicekit.client import ServiceClient
 
 
@@ -27,7 +26,7 @@ def customer_item_from_proto(message: pb.CustomerItem) -> CustomerItem:
         quantity=message.quantity,
         weight_kg=message.weight_kg if message.HasField("weight_kg") else None,
         dimensions=message.dimensions,
-        update_time=message.update_time.ToDatetime(timezone.utc) if message.HasField("update_time") else None,
+        update_time=timestamp_from_proto(message.update_time) if message.HasField("update_time") else None,
     )
 
 

@@ -367,7 +367,12 @@ class ItemService:
         position = decode_page_token(page_token, fingerprint) if page_token else PagePosition(0)
         with self._unit_of_work() as uow:
             found = uow.items.list_page(query, position.after_id, limit + 1)
-            total = uow.items.count(query) if position.total is None else position.total
+            if position.total is not None:
+                total = position.total
+            elif not page_token and len(found) <= limit:
+                total = len(found)  # every match is on this first page: nothing left to count
+            else:
+                total = uow.items.count(query)
         page = found[:limit]
         next_token = encode_page_token(PagePosition(page[-1].id, total), fingerprint) if len(found) > limit else ""
         return Page(page, next_token, total)

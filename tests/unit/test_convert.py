@@ -9,8 +9,11 @@ from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.type import money_pb2
 
 from inventory.v1 import inventory_pb2 as pb
-from inventory_svc.convert import changes_from_update, money_from_proto, money_to_proto, timestamp_to_proto
-from inventory_svc.domain import Money
+from inventory_svc.convert import (
+    changes_from_update, item_from_proto, item_to_proto, money_from_proto, money_to_proto, timestamp_from_proto,
+    timestamp_to_proto,
+)
+from inventory_svc.domain import Item, Money
 from servicekit.errors import InvalidField
 
 
@@ -67,3 +70,17 @@ def test_timestamps_convert_as_protobufs_own_conversion_does(moment):
     expected.FromDatetime(moment)
 
     assert timestamp_to_proto(moment) == expected
+    assert timestamp_from_proto(expected) == moment.astimezone(timezone.utc) == expected.ToDatetime(timezone.utc)
+
+
+@pytest.mark.parametrize("item", [
+    Item(sku="A-1", name="Lamp", price=Money("EUR", 19_990_000_000), description="warm", category="lights",
+         brand="Lumo", cost=Money("EUR", 7_500_000_000), quantity=4, low_stock_threshold=2, max_quantity=20,
+         is_active=False, weight_kg=1.25, dimensions="20x20x40 cm", customer_id="alice", id=7,
+         create_time=datetime(2026, 11, 1, 9, 30, 0, 123456, tzinfo=timezone.utc),
+         update_time=datetime(2026, 11, 2, 10, 0, tzinfo=timezone.utc), version=3),
+    Item(sku="B-2", name="Bare", price=Money("USD", 1), id=8, create_time=datetime(2026, 1, 1, tzinfo=timezone.utc),
+         update_time=datetime(2026, 1, 1, tzinfo=timezone.utc)),
+], ids=["every-field", "optional-fields-unset"])
+def test_an_item_round_trips_through_its_message(item):
+    assert item_from_proto(pb.Item.FromString(item_to_proto(item).SerializeToString())) == item
