@@ -14,7 +14,7 @@ from typing import Any
 from crm.v1 import crm_pb2 as pb
 from crm.v1 import crm_pb2_grpc
 from crm_svc.domain import CustomerItem, CustomerPage
-from inventory_svc.convert import money_from_proto, timestamp_from_proto
+from inventory_svc.convert import money_from_reply, timestamp_from_proto
 from servicekit.client import ServiceClient
 
 
@@ -22,7 +22,7 @@ def customer_item_from_proto(message: pb.CustomerItem) -> CustomerItem:
     return CustomerItem(
         id=message.id, sku=message.sku, name=message.name, description=message.description,
         category=message.category, brand=message.brand,
-        price=money_from_proto(message.price, "price"),
+        price=money_from_reply(message.price),
         quantity=message.quantity,
         weight_kg=message.weight_kg if message.HasField("weight_kg") else None,
         dimensions=message.dimensions,

@@ -101,8 +101,9 @@ def _field_value(message: pb.Item, name: str, prefix: str) -> Any:
     return getattr(message, name)
 
 
-def item_fields_from_proto(message: pb.Item, prefix: str = "item.") -> ItemFields:
-    values = {name: _field_value(message, name, prefix) for name in MUTABLE_FIELDS}
+def item_fields_from_proto(message: pb.Item) -> ItemFields:
+    """A request's item (CreateItem's `item`), checked: errors name fields under `item.`."""
+    values = {name: _field_value(message, name, "item.") for name in MUTABLE_FIELDS}
     if not message.HasField("is_active"):
         values["is_active"] = True
     return ItemFields(**values)
@@ -149,7 +150,9 @@ def timestamp_from_proto(message: timestamp_pb2.Timestamp) -> datetime:
     return _EPOCH + timedelta(seconds=message.seconds, microseconds=message.nanos // 1000)
 
 
-def _money(message: money_pb2.Money, currency_code: str) -> Money:
+def money_from_reply(message: money_pb2.Money, currency_code: str = "") -> Money:
+    """A service's own amount, trusted as sent (money_from_proto checks a client's); without a
+    currency code of its own it is in `currency_code`."""
     return Money(message.currency_code or currency_code, message.units * NANOS_PER_UNIT + message.nanos)
 
 
@@ -160,8 +163,8 @@ def item_from_proto(message: pb.Item) -> Item:
     currency_code = message.price.currency_code
     return Item(
         sku=message.sku, name=message.name, description=message.description, category=message.category,
-        brand=message.brand, price=_money(message.price, currency_code),
-        cost=_money(message.cost, currency_code) if message.HasField("cost") else None,
+        brand=message.brand, price=money_from_reply(message.price),
+        cost=money_from_reply(message.cost, currency_code) if message.HasField("cost") else None,
         quantity=message.quantity, low_stock_threshold=message.low_stock_threshold,
         max_quantity=message.max_quantity if message.HasField("max_quantity") else None,
         is_active=message.is_active if message.HasField("is_active") else True,
@@ -211,6 +214,14 @@ def reason_from_proto(value: int) -> MovementReason | None:
         raise InvalidField("reason", f"{value} is not a StockMovementReason") from None
 
 
+def reason_from_reply(value: int) -> MovementReason:
+    """A reason a service sent; one this client does not know yet (a newer server's) reads as OTHER."""
+    try:
+        return MovementReason[pb.StockMovementReason.Name(value).removeprefix(_REASON_PREFIX)]
+    except (ValueError, KeyError):
+        return MovementReason.OTHER
+
+
 def reason_to_proto(reason: MovementReason) -> int:
     return pb.StockMovementReason.Value(_REASON_PREFIX + reason.name)
 
@@ -227,7 +238,7 @@ def movement_from_proto(message: pb.StockMovement) -> StockMovement:
     """For clients: the fields a StockMovement message carries (the rest stay empty)."""
     return StockMovement(
         id=message.id, item_id=message.item_id, sku="", delta=message.delta, quantity_after=message.quantity_after,
-        reason=MovementReason[pb.StockMovementReason.Name(message.reason).removeprefix(_REASON_PREFIX)],
+        reason=reason_from_reply(message.reason),
         low_stock_change=LowStockChange.NONE, low_stock_threshold=0, customer_id="", category="",
         note=message.note, principal=message.principal, request_id=message.request_id,
         create_time=timestamp_from_proto(message.create_time),
@@ -246,7 +257,7 @@ def low_stock_event_to_proto(event: StockMovement) -> pb.WatchLowStockResponse:
 def low_stock_event_from_proto(message: pb.WatchLowStockResponse) -> StockMovement:
     return StockMovement(
         id=message.cursor, item_id=message.item_id, sku=message.sku, delta=0, quantity_after=message.quantity,
-        reason=reason_from_proto(message.reason) or MovementReason.OTHER, low_stock_change=LowStockChange(message.kind),
+        reason=reason_from_reply(message.reason), low_stock_change=LowStockChange(message.kind),
         low_stock_threshold=message.low_stock_threshold, customer_id=message.customer_id,
         category=message.category, create_time=timestamp_from_proto(message.event_time),
     )

@@ -251,8 +251,9 @@ def _item_from_row(row: Any) -> Item:
     )
 
 
-def _icontains(column: Any, pattern: str) -> ColumnElement[bool]:
-    return func.lower(column).like(bindparam(pattern), escape=_LIKE_ESCAPE)
+def _icontains(column: Any, parameter: str) -> ColumnElement[bool]:
+    """lower(column) LIKE the pattern bound as `parameter` (made by _contains_pattern)."""
+    return func.lower(column).like(bindparam(parameter), escape=_LIKE_ESCAPE)
 
 
 # Each filter of a listing as a condition on named parameters. A statement is built once

@@ -173,10 +173,12 @@ def start_servers(database: data.Database, env: dict[str, str], log_dir: Path) -
             processes[name] = services.start(name.replace(" ", "-").replace("(", "").replace(")", ""),
                                              command, env, address, log_dir)
         for name, auth in (("GetItem, auth interceptor on", "on"), ("GetItem, auth interceptor off", "off")):
-            address = f"127.0.0.1:{free_port()}"
-            command = [sys.executable, str(ROOT / "scripts/bench_support/auth_cost_server.py"), address, auth]
+            address, metrics_address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+            command = [sys.executable, str(ROOT / "scripts/bench_support/auth_cost_server.py"), address, auth,
+                       metrics_address]
             processes[name] = services.start(f"inventory-auth-{auth}", command,
-                                             {**env, "INVENTORY_DATABASE_URL": database.url}, address, log_dir)
+                                             {**env, "INVENTORY_DATABASE_URL": database.url}, address, log_dir,
+                                             metrics_address)
         inventory_address, crm_address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
         inventory_metrics, crm_metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
         processes["inventory"] = services.start("inventory", [str(BIN / "inventory-server")], {
@@ -260,7 +262,7 @@ def build_workloads(args: argparse.Namespace, fixtures: data.Fixtures, tokens: d
         *(Workload(name, name, h2load.Load(ITEM_SERVICE + "GetItem",
                                           [frame(pb.GetItemRequest(id=i)) for i in fixtures.item_ids], inventory_token),
                    pb.GetItemResponse, get_item, (name,),
-                   note="one process, no item cache: every call reads PostgreSQL; only the JWT interceptor differs")
+                   note="one process, no item cache: every call reads the database; only the JWT interceptor differs")
           for name in ("GetItem, auth interceptor on", "GetItem, auth interceptor off")),
         Workload("ListItems category", "inventory",
                  h2load.Load(ITEM_SERVICE + "ListItems", list_bodies, inventory_token), pb.ListItemsResponse,
@@ -512,7 +514,7 @@ NOTES = [
         "Errors: h2load sees only HTTP statuses (a gRPC error is HTTP 200), so errors are the non-OK calls in the "
         "servers' grpc_server_handled_total over the cell (warm-up included), plus h2load's failed streams, less "
         "the calls h2load itself resets when a timed cell ends (at most one per call in flight, counted CANCELLED "
-        "by the server and listed apart); 'n/a' when a server has no /metrics (the null and auth-cost servers). "
+        "by the server and listed apart); 'n/a' when a server has no /metrics (the null servers). "
         "Each body is also sent once through a real gRPC client first."
     ),
     "Latency: per call from h2load's log, from sending the request to the end of the response (trailers).",
@@ -636,7 +638,7 @@ def main() -> None:
                      + ", ".join(cut))
     auth_on, auth_off = ({r.in_flight: r.calls_per_s for r in rows if r.workload == f"GetItem, auth interceptor {state}"}
                          for state in ("on", "off"))
-    for in_flight in sorted(set(auth_on) & set(auth_off)):
+    for in_flight in sorted(in_flight for in_flight in set(auth_on) & set(auth_off) if auth_off[in_flight]):
         lines.append(f"auth interceptor @{in_flight}: GetItem {auth_on[in_flight]:,.0f}/s with it, "
                      f"{auth_off[in_flight]:,.0f}/s without: {auth_on[in_flight] / auth_off[in_flight]:.2f} of the speed")
     errors = {f"{r.workload} @{r.in_flight}": r.errors_by_code for r in rows if r.errors_by_code}

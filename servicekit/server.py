@@ -177,17 +177,18 @@ def supervise_workers(module: str, prefix: str, processes: int, listen_address: 
     signal.signal(signal.SIGTERM, stop_workers)
     signal.signal(signal.SIGINT, stop_workers)
     with tempfile.TemporaryDirectory(prefix=f"{prefix.lower()}-metrics-") as metrics_dir:
-        worker_env = {**os.environ, f"{prefix}_PROCESSES": "1", f"{prefix}_METRICS_ADDRESS": "off",
+        worker_env = {**{name: value for name, value in os.environ.items() if name != WORKER_CPU_VARIABLE},
+                      f"{prefix}_PROCESSES": "1", f"{prefix}_METRICS_ADDRESS": "off",
                       "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=metrics_dir)
         # Bound first: a metrics port in use fails here, before there are workers to orphan.
         with metrics_served(metrics_address, registry):
             try:
-                cpus = sorted(os.sched_getaffinity(0))
+                cpus = sorted(os.sched_getaffinity(0)) if pin_cpus else []
                 for number in range(processes):
                     if not stopping.is_set():
-                        env = {**worker_env, WORKER_CPU_VARIABLE: str(cpus[number % len(cpus)])} if pin_cpus else worker_env
+                        env = {**worker_env, WORKER_CPU_VARIABLE: str(cpus[number % len(cpus)])} if cpus else worker_env
                         workers.append(subprocess.Popen([sys.executable, "-m", module], env=env))
                 log.info("%d worker processes of %s started", len(workers), module,
                          extra={"worker_pids": [worker.pid for worker in workers]})

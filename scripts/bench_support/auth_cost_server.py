@@ -1,12 +1,13 @@
 """The inventory server with or without its JWT interceptor, to measure what auth costs
 (the authentication issue asks for the ratio). Run as a process by the benchmark:
 
-    python scripts/bench_support/auth_cost_server.py 127.0.0.1:PORT on|off
+    python scripts/bench_support/auth_cost_server.py 127.0.0.1:PORT on|off 127.0.0.1:METRICS_PORT
 
 Settings come from the environment as for inventory-server (INVENTORY_DATABASE_URL,
 JWT_SECRET_FILE, ...). Both variants are wired alike: one process, no item cache (so that
-every GetItem reads the database), no metrics port; only the interceptor differs. The
-services themselves have no switch to turn auth off: this script is the only way.
+every GetItem reads the database), metrics on METRICS_PORT (so that the benchmark counts
+their non-OK calls); only the interceptor differs. The services themselves have no switch
+to turn auth off: this script is the only way.
 """
 
 from __future__ import annotations
@@ -18,20 +19,24 @@ import sys
 from inventory_svc.server import build_engine, build_item_service, build_server
 from inventory_svc.settings import InventorySettings
 from servicekit.logging import configure_logging
+from servicekit.observability import ServerMetrics, metrics_served
 
 
 def main() -> None:
-    address, auth = sys.argv[1], sys.argv[2]
-    if auth not in ("on", "off"):
-        raise SystemExit("usage: auth_cost_server.py ADDRESS on|off")
+    if len(sys.argv) != 4 or sys.argv[2] not in ("on", "off"):
+        raise SystemExit("usage: auth_cost_server.py ADDRESS on|off METRICS_ADDRESS")
+    address, auth, metrics_address = sys.argv[1:]
     settings = InventorySettings.from_env({**os.environ, "INVENTORY_LISTEN_ADDRESS": address,
                                            "INVENTORY_LOG_LEVEL": "WARNING"})
     configure_logging(settings.log_level)
     engine = build_engine(settings)
-    running = build_server(settings, build_item_service(engine, settings), require_auth=auth == "on")
-    running.server.start()
-    signal.signal(signal.SIGTERM, lambda *_: running.server.stop(1))
-    running.server.wait_for_termination()
+    metrics = ServerMetrics()
+    with metrics_served(metrics_address, metrics.registry):
+        running = build_server(settings, build_item_service(engine, settings), metrics=metrics,
+                               require_auth=auth == "on")
+        running.server.start()
+        signal.signal(signal.SIGTERM, lambda *_: running.server.stop(1))
+        running.server.wait_for_termination()
     engine.dispose()
 
 

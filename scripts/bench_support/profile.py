@@ -36,7 +36,7 @@ LAYERS = [
 STEPS = [
     ("SQL statements: build, compile/cache key, execute, fetch",
      ("Connection.execute (", "Connection.exec_driver_sql (", "Result.", "CursorResult.", "ScalarResult.",
-      "select (", "update (", "insert (", "delete (", "where (", "_filtered (", "_conditions (")),
+      "select (", "update (", "insert (", "delete (", "where (", "_page_statement (", "_count_statement (", "_filter_values (")),
     ("DB connection: checkout, pre-ping, begin, rollback, return",
      ("Engine.connect (", "Pool.connect (", "do_ping (", "Connection.begin (", "Transaction.rollback (",
       "Connection.close (", "_ConnectionFairy._checkin (")),
