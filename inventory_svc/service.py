@@ -45,6 +45,7 @@ class ItemRepository(Protocol):
     def get_for_update(self, item_id: int) -> Item | None: ...
     def get_many(self, item_ids: Sequence[int]) -> dict[int, Item]: ...
     def list_page(self, query: ItemQuery, after_id: int, limit: int) -> list[Item]: ...
+    def first_page(self, query: ItemQuery, limit: int) -> tuple[list[Item], int]: ...
     def count(self, query: ItemQuery) -> int: ...
     def replace_fields(self, item_id: int, expected_version: int, fields: ItemFields) -> Item | None: ...
     def delete(self, item_id: int, expected_version: int | None) -> Item | None: ...
@@ -366,13 +367,11 @@ class ItemService:
         # from before the total was carried (v1) has none: count again.
         position = decode_page_token(page_token, fingerprint) if page_token else PagePosition(0)
         with self._unit_of_work() as uow:
-            found = uow.items.list_page(query, position.after_id, limit + 1)
-            if position.total is not None:
-                total = position.total
-            elif not page_token and len(found) <= limit:
-                total = len(found)  # every match is on this first page: nothing left to count
+            if not page_token:
+                found, total = uow.items.first_page(query, limit + 1)
             else:
-                total = uow.items.count(query)
+                found = uow.items.list_page(query, position.after_id, limit + 1)
+                total = uow.items.count(query) if position.total is None else position.total
         page = found[:limit]
         next_token = encode_page_token(PagePosition(page[-1].id, total), fingerprint) if len(found) > limit else ""
         return Page(page, next_token, total)

@@ -187,6 +187,24 @@ def test_list_items_query_takes_percent_and_underscore_literally(items_stub, cat
     assert listed_skus(items_stub, query=query) == expected
 
 
+def test_a_text_search_over_several_pages_counts_every_match_on_each(items_stub):
+    lamps = [create(items_stub, name=f"Desk lamp {n}").id for n in range(5)]
+    create(items_stub, name="Chair")
+
+    seen, token = [], ""
+    while True:
+        response = items_stub.ListItems(pb.ListItemsRequest(query="LAMP", page_size=2, page_token=token))
+        assert response.total_size == 5
+        seen += [item.id for item in response.items]
+        token = response.next_page_token
+        if not token:
+            break
+    nothing = items_stub.ListItems(pb.ListItemsRequest(query="sofa", page_size=2))
+
+    assert seen == lamps
+    assert (list(nothing.items), nothing.total_size, nothing.next_page_token) == ([], 0, "")
+
+
 def test_list_items_pages_follow_id_order_with_tokens(items_stub):
     created = [create(items_stub).id for _ in range(7)]
 
