@@ -365,9 +365,9 @@ class ItemService:
         # The total is counted on the first page only and carried by the token: counting
         # every match again costs more than the page itself on a large table. A token
         # from before the total was carried (v1) has none: count again.
-        position = decode_page_token(page_token, fingerprint) if page_token else PagePosition(0)
+        position = decode_page_token(page_token, fingerprint) if page_token else None
         with self._unit_of_work() as uow:
-            if not page_token:
+            if position is None:
                 found, total = uow.items.first_page(query, limit + 1)
             else:
                 found = uow.items.list_page(query, position.after_id, limit + 1)
