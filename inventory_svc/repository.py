@@ -399,26 +399,30 @@ class SqlItemRepository:
         return {row.id: _item_from_row(row) for row in rows}
 
     def list_page(self, query: ItemQuery, after_id: int, limit: int) -> list[Item]:
-        values = _filter_values(query)
-        rows = self._connection.execute(_page_statement(_shape(values)),
-                                        {**_parameters(values), "after_id": after_id, "limit": limit})
-        return [_item_from_row(row) for row in rows]
+        return self._page(_filter_values(query), after_id, limit)
 
     def first_page(self, query: ItemQuery, limit: int) -> tuple[list[Item], int]:
         """The first `limit` matches, and how many match in all."""
         values = _filter_values(query)
         shape = _shape(values)
         if _SCANNING_FILTERS.isdisjoint(shape):
-            found = self.list_page(query, 0, limit)
+            found = self._page(values, 0, limit)
             # A page that holds every match needs no count; an index walk by id gives the
             # page of any other query without touching the rest, so count apart.
-            return found, len(found) if len(found) < limit else self.count(query)
+            return found, len(found) if len(found) < limit else self._count(values)
         rows = self._connection.execute(_counted_first_page_statement(shape),
                                         {**_parameters(values), "limit": limit}).all()
         return [_item_from_row(row[:-1]) for row in rows], rows[0][-1] if rows else 0
 
     def count(self, query: ItemQuery) -> int:
-        values = _filter_values(query)
+        return self._count(_filter_values(query))
+
+    def _page(self, values: dict[str, Any], after_id: int, limit: int) -> list[Item]:
+        rows = self._connection.execute(_page_statement(_shape(values)),
+                                        {**_parameters(values), "after_id": after_id, "limit": limit})
+        return [_item_from_row(row) for row in rows]
+
+    def _count(self, values: dict[str, Any]) -> int:
         return int(self._connection.execute(_count_statement(_shape(values)), _parameters(values)).scalar_one())
 
     def replace_fields(self, item_id: int, expected_version: int, fields: ItemFields) -> Item | None:
