@@ -19,6 +19,7 @@ from typing import Any, Callable
 import grpc
 from google.rpc import error_details_pb2
 from google.type import money_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
@@ -168,10 +169,10 @@ class ServiceProcess:
 
     def wait_until_serving(self, address: str, timeout_s: float = 20) -> None:
         deadline = time.monotonic() + timeout_s
-        with grpc.insecure_channel(address) as channel:
-            while not _ready(channel):
-                assert self.process.poll() is None, f"the service exited: {self.log_path.read_text()}"
-                assert time.monotonic() < deadline, f"the service did not start: {self.log_path.read_text()}"
+        while not _serving(address):
+            assert self.process.poll() is None, f"the service exited: {self.log_path.read_text()}"
+            assert time.monotonic() < deadline, f"the service did not start: {self.log_path.read_text()}"
+            time.sleep(0.05)
 
     def log_lines(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.startswith("{")]
@@ -206,12 +207,15 @@ class ServiceProcess:
         return stdout
 
 
-def _ready(channel: grpc.Channel) -> bool:
-    try:
-        grpc.channel_ready_future(channel).result(timeout=0.2)
-    except grpc.FutureTimeoutError:
-        return False
-    return True
+def _serving(address: str) -> bool:
+    # A health call on a fresh channel each time: no reconnect backoff to wait out, and no
+    # grpc.channel_ready_future, whose polling thread raises "Channel closed!" if left waiting.
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 @contextmanager
