@@ -88,21 +88,23 @@ class MintedServiceToken:
     """A service's own token, minted with its signing key and renewed when a fifth of its
     lifetime is left."""
 
-    def __init__(self, issuer: TokenIssuer, subject: str, roles: Iterable[str], lifetime_s: float) -> None:
+    def __init__(self, issuer: TokenIssuer, subject: str, roles: Iterable[str], lifetime_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._issuer = issuer
         self._subject = subject
         self._roles = tuple(roles)
         self._lifetime_s = lifetime_s
+        self._clock = clock
         self._token = ""
-        self._renew_at = 0.0
+        self._renew_at = float("-inf")
         self._lock = threading.Lock()
 
     def __call__(self) -> str:
-        if time.monotonic() >= self._renew_at:
+        if self._clock() >= self._renew_at:
             with self._lock:
-                if time.monotonic() >= self._renew_at:
+                if self._clock() >= self._renew_at:
                     self._token = self._issuer.mint(self._subject, self._roles, self._lifetime_s)
-                    self._renew_at = time.monotonic() + self._lifetime_s * 0.8
+                    self._renew_at = self._clock() + self._lifetime_s * 0.8
         return self._token
 
 

@@ -33,6 +33,7 @@ from inventory_svc.server import build_engine, build_item_service, build_server
 from inventory_svc.settings import InventorySettings
 from servicekit.auth import AuthSettings, TokenIssuer
 from servicekit.client import BearerTokenInterceptor
+from servicekit.observability import ServerMetrics
 from servicekit.server import RunningServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,8 +122,8 @@ def migrated_engine(settings: InventorySettings) -> Iterator[Engine]:
 
 
 @contextmanager
-def serving(settings: InventorySettings, engine: Engine) -> Iterator[RunningServer]:
-    running = build_server(settings, build_item_service(engine, settings))
+def serving(settings: InventorySettings, engine: Engine, metrics: ServerMetrics | None = None) -> Iterator[RunningServer]:
+    running = build_server(settings, build_item_service(engine, settings), metrics=metrics)
     running.server.start()
     try:
         yield running
@@ -167,25 +168,35 @@ class ServiceProcess:
         self.process = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env,
                                         stdout=subprocess.PIPE, stderr=self._log_file, text=True)
 
-    def wait_until_serving(self, address: str, timeout_s: float = 20) -> None:
+    def wait_until_serving(self, address: str | None = None, timeout_s: float = 20) -> str:
+        """Waits until health answers SERVING at `address` (by default the port the service
+        says it listens on, so that it can be started on port 0) and returns the address."""
         deadline = time.monotonic() + timeout_s
+        address = address or f"127.0.0.1:{self._announced('port', timeout_s)}"
         while not _serving(address):
             assert self.process.poll() is None, f"the service exited: {self.log_path.read_text()}"
             assert time.monotonic() < deadline, f"the service did not start: {self.log_path.read_text()}"
             time.sleep(0.05)
+        return address
 
     def log_lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.startswith("{")]
+        text = self.log_path.read_text()
+        complete = text[:text.rfind("\n") + 1]  # not a line still being written
+        return [json.loads(line) for line in complete.splitlines() if line.startswith("{")]
 
     def metrics_port(self, timeout_s: float = 20) -> int:
+        return self._announced("metrics_port", timeout_s)
+
+    def _announced(self, key: str, timeout_s: float) -> int:
+        """A port the service logged under `key`."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            port = next((line["metrics_port"] for line in self.log_lines() if "metrics_port" in line), None)
+            port = next((line[key] for line in self.log_lines() if key in line), None)
             if port is not None:
                 return int(port)
             assert self.process.poll() is None, f"the service exited: {self.log_path.read_text()}"
             time.sleep(0.05)
-        raise AssertionError(f"the service announced no metrics port: {self.log_path.read_text()}")
+        raise AssertionError(f"the service announced no {key}: {self.log_path.read_text()}")
 
     def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         """Every sample of its /metrics, by name and labels."""
@@ -197,12 +208,19 @@ class ServiceProcess:
         }
 
     def stop(self) -> str:
-        """SIGTERM, as a deployment stops it; returns what it printed on stdout."""
-        self.process.terminate()
+        """SIGTERM, as a deployment stops it; returns what it printed on stdout. Safe to call
+        on a process that has exited or been stopped already."""
+        if self._log_file.closed:
+            return ""
+        if self.process.poll() is None:
+            self.process.terminate()
         try:
             stdout, _ = self.process.communicate(timeout=20)
         finally:
             self.process.kill()
+            self.process.wait()
+            if self.process.stdout:
+                self.process.stdout.close()
             self._log_file.close()
         return stdout
 
@@ -224,5 +242,4 @@ def service_process(module: str, env: dict[str, str], log_path: Path) -> Iterato
     try:
         yield service
     finally:
-        if service.process.poll() is None:
-            service.stop()
+        service.stop()

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from inventory_svc.demo import seed_demo_items
 from inventory_svc.server import build_item_service
 from inventory_svc.settings import InventorySettings
 from crm_svc.settings import CrmSettings
+from servicekit.observability import ServerMetrics
 from tests.helpers import TEST_AUTH, grpcurl, migrated_engine, mint, serving, serving_crm
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,6 +132,18 @@ def json_documents(text: str) -> list[dict]:
     return documents
 
 
+def watches_open(metrics: ServerMetrics) -> float:
+    return metrics.registry.get_sample_value(
+        "grpc_server_in_flight", {"grpc_service": "inventory.v1.ItemService", "grpc_method": "WatchLowStock"}) or 0.0
+
+
+def wait_for(condition, what: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout_s} s for {what}"
+        time.sleep(0.05)
+
+
 def readme_watch_blocks() -> tuple[str, str]:
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("### Watching low stock"):]
@@ -144,22 +158,32 @@ def test_readme_watch_example_shows_the_event_and_the_ledger(tmp_path):
     env = {**os.environ, "JWT_SECRET": TEST_AUTH.secret, "JWT_ISSUER": TEST_AUTH.issuer,
            "JWT_AUDIENCE": TEST_AUTH.audience}
     watch_block, adjust_block = readme_watch_blocks()
-    with migrated_engine(settings) as engine, serving(settings, engine) as running:
+    metrics = ServerMetrics()
+    with migrated_engine(settings) as engine, serving(settings, engine, metrics) as running:
         seed_demo_items(build_item_service(engine))
         port = f"127.0.0.1:{running.port}"
         watcher = subprocess.Popen(["bash", "-c", watch_block.replace("127.0.0.1:50051", port)], cwd=ROOT, env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        watched: list[str] = []
+        reader = threading.Thread(target=lambda: watched.extend(watcher.stdout), daemon=True)
+        reader.start()
         try:
-            time.sleep(2)  # mint_token and grpcurl start up
+            wait_for(lambda: watches_open(metrics) == 1, "grpcurl's watch to reach the server")
+            # The watch starts at the ledger's end once the server reads it, just after the call arrives.
+            time.sleep(0.5)
             runs = [subprocess.run(["bash", "-euo", "pipefail", "-c", adjust_block.replace("127.0.0.1:50051", port)],
                                    cwd=ROOT, env=env, capture_output=True, text=True, timeout=60) for _ in range(2)]
-            time.sleep(1)
+            assert all(run.returncode == 0 for run in runs), runs[-1].stderr
+            wait_for(lambda: "BECAME_LOW" in "".join(watched), "the event in grpcurl's output")
+            time.sleep(0.5)  # room for a wrong second event to show
         finally:
             os.killpg(watcher.pid, signal.SIGTERM)
-            watched, _ = watcher.communicate(timeout=10)
+            watcher.wait(timeout=10)
+            reader.join(timeout=10)
+            watcher.stdout.close()
+            watcher.stderr.close()
 
-    assert all(run.returncode == 0 for run in runs), runs[-1].stderr
-    events = json_documents(watched)
+    events = json_documents("".join(watched))
     assert [(e["item_id"], e["kind"], e["quantity"]) for e in events] == [("3", "LOW_STOCK_EVENT_KIND_BECAME_LOW", 2)]
     ledger = json_documents(runs[-1].stdout)[-1]["movements"]
     assert [m["reason"] for m in ledger] == ["STOCK_MOVEMENT_REASON_SALE", "STOCK_MOVEMENT_REASON_ITEM_CREATED"]

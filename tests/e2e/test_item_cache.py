@@ -24,7 +24,7 @@ from inventory_svc.server import build_item_service
 from inventory_svc.settings import InventorySettings
 from servicekit.errors import NotFound
 from tests.helpers import (
-    ServiceProcess, authorized_channel, create, free_port, migrated_engine, mint, service_env, service_process,
+    ServiceProcess, authorized_channel, create, migrated_engine, mint, service_env, service_process,
 )
 
 SEEN_WITHIN_S = 0.1
@@ -45,10 +45,9 @@ def replicas(postgres_url, tmp_path) -> Iterator[list[Replica]]:
     with ExitStack() as stack:
         started = []
         for number in range(2):
-            address = f"127.0.0.1:{free_port()}"
-            env = service_env(INVENTORY_DATABASE_URL=postgres_url, INVENTORY_LISTEN_ADDRESS=address)
+            env = service_env(INVENTORY_DATABASE_URL=postgres_url, INVENTORY_LISTEN_ADDRESS="127.0.0.1:0")
             process = stack.enter_context(service_process("inventory_svc.server", env, tmp_path / f"inventory-{number}.log"))
-            process.wait_until_serving(address)
+            address = process.wait_until_serving()
             channel = stack.enter_context(authorized_channel(address, mint()))
             started.append(Replica(inventory_pb2_grpc.ItemServiceStub(channel), process))
         yield started
@@ -68,11 +67,14 @@ def seconds_until_seen(stub, item_id: int, expected: int | None) -> float:
             continue
         if quantity == expected:
             return time.monotonic() - started
+        time.sleep(0.002)  # leaves the replica's listener thread room to take the notification
     return float("inf")
 
 
-def quantity_seen_within(stub, item_id: int, expected: int | None) -> bool:
-    return seconds_until_seen(stub, item_id, expected) <= SEEN_WITHIN_S
+def quantity_seen_in_time(stub, item_id: int, expected: int | None) -> bool:
+    """Seen well before a cached entry's own 5 s age limit, so the change's notification did it.
+    (How fast is the 100 ms test's business: one slow wake-up on a loaded machine must not fail this one.)"""
+    return seconds_until_seen(stub, item_id, expected) <= SEEN_AT_WORST_S
 
 
 def cache_hits(replica: Replica) -> float:
@@ -131,20 +133,20 @@ def test_updates_deletes_and_hand_made_sql_reach_every_replica(replicas, postgre
 
     replica_b.UpdateItem(pb.UpdateItemRequest(item=pb.Item(id=item.id, quantity=20),
                                               update_mask=field_mask_pb2.FieldMask(paths=["quantity"])))
-    assert quantity_seen_within(replica_a, item.id, 20)
+    assert quantity_seen_in_time(replica_a, item.id, 20)
 
     warm(replica_a, item.id)
     run_sql(postgres_url, f"UPDATE items SET quantity = 30 WHERE id = {item.id}")
-    assert quantity_seen_within(replica_a, item.id, 30)
+    assert quantity_seen_in_time(replica_a, item.id, 30)
 
     warm(replica_a, item.id)
     replica_b.DeleteItem(pb.DeleteItemRequest(id=item.id))
-    assert quantity_seen_within(replica_a, item.id, None)
+    assert quantity_seen_in_time(replica_a, item.id, None)
 
     survivor = create(replica_a, quantity=5)
     warm(replica_a, survivor.id)
     run_sql(postgres_url, "TRUNCATE items")
-    assert quantity_seen_within(replica_a, survivor.id, None)
+    assert quantity_seen_in_time(replica_a, survivor.id, None)
     assert cache_hits(replicas[0]) - hits_before >= 6
 
 

@@ -20,7 +20,7 @@ from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
 from inventory_svc.settings import InventorySettings
 from tests.helpers import (
-    ServiceProcess, authorized_channel, create, free_port, migrated_engine, mint, rpc_error, service_env,
+    ServiceProcess, authorized_channel, create, migrated_engine, mint, rpc_error, service_env,
     service_process,
 )
 
@@ -42,15 +42,14 @@ def deployment(tmp_path: Path, **settings: str) -> Iterator[Deployment]:
     database_url = f"sqlite:///{tmp_path / 'inventory.db'}"
     with migrated_engine(InventorySettings(database_url=database_url)):
         pass
-    inventory_address, crm_address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    env = service_env(INVENTORY_DATABASE_URL=database_url, INVENTORY_LISTEN_ADDRESS=inventory_address,
-                      CRM_LISTEN_ADDRESS=crm_address, CRM_INVENTORY_TARGET=inventory_address, **settings)
+    env = service_env(INVENTORY_DATABASE_URL=database_url, INVENTORY_LISTEN_ADDRESS="127.0.0.1:0",
+                      CRM_LISTEN_ADDRESS="127.0.0.1:0", **settings)
     with ExitStack() as stack:
         inventory = stack.enter_context(service_process("inventory_svc.server", env, tmp_path / "inventory.log"))
-        crm = stack.enter_context(service_process("crm_svc.server", env, tmp_path / "crm.log"))
-        for service, address in ((inventory, inventory_address), (crm, crm_address)):
-            service.wait_until_serving(address)
-        yield Deployment(inventory, crm, inventory_address, crm_address)
+        inventory_address = inventory.wait_until_serving()
+        crm = stack.enter_context(service_process(
+            "crm_svc.server", {**env, "CRM_INVENTORY_TARGET": inventory_address}, tmp_path / "crm.log"))
+        yield Deployment(inventory, crm, inventory_address, crm.wait_until_serving())
 
 
 def sample(metrics: dict, name: str, **labels: str) -> float:
@@ -165,13 +164,13 @@ def test_a_stream_cut_by_its_deadline_is_counted_as_deadline_exceeded(services):
             pass
     assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
-    def counted() -> float:
-        return sample(services.inventory.metrics(), "grpc_server_handled_total", grpc_service=ITEMS,
-                      grpc_method="WatchLowStock", grpc_code="DEADLINE_EXCEEDED")
+    def counted_and_in_flight() -> tuple[float, float]:
+        metrics = services.inventory.metrics()
+        return (sample(metrics, "grpc_server_handled_total", grpc_service=ITEMS,
+                       grpc_method="WatchLowStock", grpc_code="DEADLINE_EXCEEDED"),
+                sample(metrics, "grpc_server_in_flight", grpc_service=ITEMS, grpc_method="WatchLowStock"))
 
     deadline = time.monotonic() + 10  # the server notices at its next look at the stream
-    while counted() != 1 and time.monotonic() < deadline:
+    while counted_and_in_flight() != (1, 0) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert counted() == 1
-    assert sample(services.inventory.metrics(), "grpc_server_in_flight", grpc_service=ITEMS,
-                  grpc_method="WatchLowStock") == 0
+    assert counted_and_in_flight() == (1, 0)

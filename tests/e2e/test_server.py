@@ -83,7 +83,7 @@ def test_sigterm_reports_not_serving_then_exits_cleanly(tmp_path):
         **os.environ,
         "INVENTORY_DATABASE_URL": f"sqlite:///{tmp_path / 'inventory.db'}",
         "INVENTORY_LISTEN_ADDRESS": address,
-        "INVENTORY_SHUTDOWN_DRAIN_S": "3",
+        "INVENTORY_SHUTDOWN_DRAIN_S": "5",  # longer than the 3 s the test looks for NOT_SERVING
         "INVENTORY_SHUTDOWN_GRACE_S": "2",
         "JWT_SECRET": TEST_AUTH.secret,
         "INVENTORY_METRICS_ADDRESS": "off",

@@ -4,8 +4,6 @@ ends, freed resources, and delivery across replicas on PostgreSQL."""
 from __future__ import annotations
 
 import queue
-import subprocess
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -18,9 +16,11 @@ from inventory.v1 import inventory_pb2_grpc
 from inventory_svc.domain import LowStockChange, MovementReason, StockMovement
 from inventory_svc.repository import SqlUnitOfWork
 from inventory_svc.settings import InventorySettings
-from tests.helpers import TEST_AUTH, authorized_channel, create, free_port, migrated_engine, mint, rpc_error, service_env, serving
+from tests.helpers import (
+    TEST_AUTH, authorized_channel, create, migrated_engine, mint, rpc_error, service_env, service_process,
+    serving,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
 BECAME_LOW = pb.LOW_STOCK_EVENT_KIND_BECAME_LOW
 RECOVERED = pb.LOW_STOCK_EVENT_KIND_RECOVERED
 
@@ -55,21 +55,31 @@ class Watcher:
     def end_status(self, timeout: float = 5) -> grpc.StatusCode:
         return self.ended.get(timeout=timeout)
 
+    def delivered_before_ending(self, timeout: float = 5) -> bool:
+        """True once an event came, False if the stream ended first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.events.empty():
+                return True
+            if not self.ended.empty():
+                return False
+            time.sleep(0.01)
+        raise AssertionError(f"the watch neither delivered nor ended within {timeout} s")
+
 
 def adjust(stub, item_id: int, delta: int) -> None:
     stub.AdjustQuantity(pb.AdjustQuantityRequest(id=item_id, delta=delta))
 
 
-def wait_until_watching() -> None:
-    """A watch without a cursor starts from the end of the ledger when the server reads it:
-    give it that moment before changing stock."""
-    time.sleep(0.3)
+# The ledger is emptied before each test, so a watch from cursor 0 sees every event of the
+# test however late the server starts it. (Without a cursor, a watch starts at whatever the
+# ledger holds when the server gets to it, which a test would have to race.)
+FROM_THE_START = pb.WatchLowStockRequest(after_cursor=0)
 
 
 def test_a_watcher_sees_stock_fall_to_the_threshold_and_recover(items_stub):
     item = create(items_stub, quantity=5, low_stock_threshold=2, customer_id="alice", category="tools")
-    watcher = Watcher(items_stub, pb.WatchLowStockRequest())
-    wait_until_watching()
+    watcher = Watcher(items_stub, FROM_THE_START)
 
     adjust(items_stub, item.id, -2)  # 3: not low yet
     adjust(items_stub, item.id, -1)  # 2: low
@@ -88,8 +98,7 @@ def test_a_watcher_sees_stock_fall_to_the_threshold_and_recover(items_stub):
 def test_a_watcher_for_one_customer_sees_only_that_customers_items(items_stub):
     alices = create(items_stub, quantity=3, low_stock_threshold=2, customer_id="alice")
     bobs = create(items_stub, quantity=3, low_stock_threshold=2, customer_id="bob")
-    watcher = Watcher(items_stub, pb.WatchLowStockRequest(customer_id="bob"))
-    wait_until_watching()
+    watcher = Watcher(items_stub, pb.WatchLowStockRequest(customer_id="bob", after_cursor=0))
 
     adjust(items_stub, alices.id, -1)
     adjust(items_stub, bobs.id, -1)
@@ -102,8 +111,7 @@ def test_a_watcher_for_one_customer_sees_only_that_customers_items(items_stub):
 def test_an_inactive_item_never_counts_as_low(items_stub):
     inactive = create(items_stub, quantity=3, low_stock_threshold=2, is_active=False)
     active = create(items_stub, quantity=3, low_stock_threshold=2)
-    watcher = Watcher(items_stub, pb.WatchLowStockRequest())
-    wait_until_watching()
+    watcher = Watcher(items_stub, FROM_THE_START)
 
     adjust(items_stub, inactive.id, -3)
     adjust(items_stub, active.id, -1)  # proves the stream is live and in order
@@ -116,8 +124,7 @@ def test_an_inactive_item_never_counts_as_low(items_stub):
 
 def test_deleting_a_low_item_ends_its_low_state(items_stub):
     item = create(items_stub, quantity=3, low_stock_threshold=2)
-    watcher = Watcher(items_stub, pb.WatchLowStockRequest())
-    wait_until_watching()
+    watcher = Watcher(items_stub, FROM_THE_START)
 
     adjust(items_stub, item.id, -1)
     items_stub.DeleteItem(pb.DeleteItemRequest(id=item.id))
@@ -132,8 +139,7 @@ def test_deleting_a_low_item_ends_its_low_state(items_stub):
 def test_reconnecting_with_the_last_cursor_misses_nothing(items_stub):
     first = create(items_stub, quantity=3, low_stock_threshold=2)
     second = create(items_stub, quantity=3, low_stock_threshold=2)
-    watcher = Watcher(items_stub, pb.WatchLowStockRequest())
-    wait_until_watching()
+    watcher = Watcher(items_stub, FROM_THE_START)
     adjust(items_stub, first.id, -1)
     last_seen = watcher.next()
     watcher.stream.cancel()
@@ -165,31 +171,31 @@ def one_watcher_server(engine):
 
 def test_a_cancelled_watch_frees_its_place(engine, empty_database):
     with one_watcher_server(engine) as (_, stub):
-        first = Watcher(stub, pb.WatchLowStockRequest())
-        wait_until_watching()
-        refused = Watcher(stub, pb.WatchLowStockRequest())
+        first = Watcher(stub, FROM_THE_START)
+        item = create(stub, quantity=1, low_stock_threshold=2)
+        assert first.next().item_id == item.id  # the first watch holds the only place
+        refused = Watcher(stub, FROM_THE_START)
         assert refused.end_status() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
         first.stream.cancel()
 
         deadline = time.monotonic() + 5
         while True:  # the place is freed as soon as the server sees the cancellation
-            retry = Watcher(stub, pb.WatchLowStockRequest())
-            time.sleep(0.2)
-            if retry.ended.empty():
+            retry = Watcher(stub, FROM_THE_START)
+            if retry.delivered_before_ending():
                 break
             assert retry.end_status() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert time.monotonic() < deadline, "the cancelled watch kept its place"
-        item = create(stub, quantity=3, low_stock_threshold=2)
-        adjust(stub, item.id, -1)
+            time.sleep(0.05)
         assert retry.next().item_id == item.id
         retry.stream.cancel()
 
 
 def test_server_shutdown_ends_watch_streams_cleanly(engine, empty_database):
     with one_watcher_server(engine) as (running, stub):
-        watcher = Watcher(stub, pb.WatchLowStockRequest())
-        wait_until_watching()
+        watcher = Watcher(stub, FROM_THE_START)
+        item = create(stub, quantity=1, low_stock_threshold=2)
+        assert watcher.next().item_id == item.id  # the stream is live
 
         threading.Thread(target=running.shutdown, args=(0, 5), daemon=True).start()
 
@@ -200,30 +206,24 @@ def test_server_shutdown_ends_watch_streams_cleanly(engine, empty_database):
 
 
 @contextmanager
-def replica(database_url: str):
+def replica(database_url: str, log_path: Path):
     """A real inventory server process, as a deployment runs it."""
-    address = f"127.0.0.1:{free_port()}"
     # Watchers re-read the ledger only every 30 s on their own: a quick event came by NOTIFY.
-    env = service_env(INVENTORY_DATABASE_URL=database_url, INVENTORY_LISTEN_ADDRESS=address,
+    env = service_env(INVENTORY_DATABASE_URL=database_url, INVENTORY_LISTEN_ADDRESS="127.0.0.1:0",
                       INVENTORY_WATCH_POLL_S="30")
-    process = subprocess.Popen([sys.executable, "-m", "inventory_svc.server"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        with authorized_channel(address, mint()) as channel:
-            grpc.channel_ready_future(channel).result(timeout=20)
-            yield inventory_pb2_grpc.ItemServiceStub(channel)
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
+    with service_process("inventory_svc.server", env, log_path) as process, \
+            authorized_channel(process.wait_until_serving(), mint()) as channel:
+        yield inventory_pb2_grpc.ItemServiceStub(channel)
 
 
-def test_a_change_on_one_replica_reaches_a_watcher_on_another_within_a_second(postgres_url):
+def test_a_change_on_one_replica_reaches_a_watcher_on_another_within_a_second(postgres_url, tmp_path):
     with migrated_engine(InventorySettings(database_url=postgres_url)):
         pass
-    with replica(postgres_url) as replica_a, replica(postgres_url) as replica_b:
-        item = create(replica_b, quantity=3, low_stock_threshold=2)
-        watcher = Watcher(replica_a, pb.WatchLowStockRequest())
-        wait_until_watching()
+    with replica(postgres_url, tmp_path / "a.log") as replica_a, replica(postgres_url, tmp_path / "b.log") as replica_b:
+        # This database is shared with other tests: the category keeps their events out of
+        # a watch that starts at cursor 0 (and so cannot start after this test's first event).
+        item = create(replica_b, quantity=3, low_stock_threshold=2, category="cross-replica")
+        watcher = Watcher(replica_a, pb.WatchLowStockRequest(category="cross-replica", after_cursor=0))
 
         for delta, kind in ((-1, BECAME_LOW), (+5, RECOVERED), (-5, BECAME_LOW)):
             changed_at = time.monotonic()

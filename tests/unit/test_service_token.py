@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from servicekit.client import MintedServiceToken
 
 
@@ -18,12 +16,24 @@ class CountingIssuer:
         return f"token-{self.minted}-{subject}-{','.join(roles)}-{lifetime_s}"
 
 
+class Clock:
+    """The monotonic clock the token reads, moved by the test instead of by sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_the_token_is_reused_until_a_fifth_of_its_lifetime_is_left():
-    issuer = CountingIssuer()
-    token = MintedServiceToken(issuer, "crm", ["inventory.read"], lifetime_s=0.5)
+    clock = Clock()
+    token = MintedServiceToken(CountingIssuer(), "crm", ["inventory.read"], lifetime_s=600, clock=clock)
 
     first = token()
-    assert token() == first == "token-1-crm-inventory.read-0.5"
-    time.sleep(0.45)  # 90 % of the lifetime gone
+    clock.now += 479  # just short of 80 % of the lifetime
+    assert token() == first == "token-1-crm-inventory.read-600"
 
-    assert token() == "token-2-crm-inventory.read-0.5"
+    clock.now += 2  # past 80 %: a fifth is left
+    assert token() == "token-2-crm-inventory.read-600"
+    assert token() == "token-2-crm-inventory.read-600"
