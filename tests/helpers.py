@@ -59,8 +59,8 @@ def mint(subject: str = "tester", roles: tuple[str, ...] = INVENTORY_ROLES, life
     return TokenIssuer(auth).mint(subject, roles, lifetime_s)
 
 
-def authorized_channel(address: str, token: str) -> grpc.Channel:
-    return grpc.intercept_channel(grpc.insecure_channel(address), BearerTokenInterceptor(lambda: token))
+def authorized_channel(address: str, token: str, options: tuple[tuple[str, Any], ...] = ()) -> grpc.Channel:
+    return grpc.intercept_channel(grpc.insecure_channel(address, options), BearerTokenInterceptor(lambda: token))
 
 _sku_numbers = itertools.count(1)
 

@@ -17,6 +17,9 @@ from tests.helpers import (
 )
 
 CONNECTIONS = 20
+# Channels to one address otherwise share a process-wide connection pool: a channel opened
+# just after another closed could reuse its connection, and so its server process.
+OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
 
 
 def test_two_processes_share_the_port_and_report_their_calls_together(tmp_path):
@@ -36,7 +39,7 @@ def test_two_processes_share_the_port_and_report_their_calls_together(tmp_path):
         assigned = sorted(sorted(cores_of_threads(pid)) for pid in worker_pids)
         assert assigned == sorted([[cores[0]], [cores[1 % len(cores)]]])
         for _ in range(CONNECTIONS):  # the kernel spreads new connections over the processes
-            with authorized_channel(address, mint()) as channel:
+            with authorized_channel(address, mint(), OWN_CONNECTION) as channel:
                 error = rpc_error(inventory_pb2_grpc.ItemServiceStub(channel).GetItem, pb.GetItemRequest(id=1))
                 assert error.code() == grpc.StatusCode.NOT_FOUND
         metrics = inventory.metrics()
