@@ -4,6 +4,7 @@ scripts and environment settings, on free loopback ports, stopped with SIGTERM."
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
@@ -23,10 +24,24 @@ _OVERRIDDEN = re.compile(r"^((INVENTORY|CRM|CRM_INVENTORY)_)?(JWT_.*|DATABASE_UR
                          r"|INVENTORY_TARGET|INVENTORY_TOKEN_FILE)$")
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A free port below the kernel's ephemeral range: a port bound to 0 and released could
+    be taken by any outgoing connection (to PostgreSQL, say) before its server binds it."""
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    while True:
+        port = random.randrange(ephemeral_low // 2, ephemeral_low)
+        if port in _handed_out:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
 
 
 def service_env(jwt_secret_file: Path) -> dict[str, str]:
