@@ -33,7 +33,6 @@ from inventory_svc.server import build_engine, build_item_service, build_server
 from inventory_svc.settings import InventorySettings
 from servicekit.auth import AuthSettings, TokenIssuer
 from servicekit.client import BearerTokenInterceptor
-from servicekit.observability import ServerMetrics
 from servicekit.server import RunningServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,8 +121,8 @@ def migrated_engine(settings: InventorySettings) -> Iterator[Engine]:
 
 
 @contextmanager
-def serving(settings: InventorySettings, engine: Engine, metrics: ServerMetrics | None = None) -> Iterator[RunningServer]:
-    running = build_server(settings, build_item_service(engine, settings), metrics=metrics)
+def serving(settings: InventorySettings, engine: Engine) -> Iterator[RunningServer]:
+    running = build_server(settings, build_item_service(engine, settings))
     running.server.start()
     try:
         yield running
@@ -169,8 +168,9 @@ class ServiceProcess:
                                         stdout=subprocess.PIPE, stderr=self._log_file, text=True)
 
     def wait_until_serving(self, address: str | None = None, timeout_s: float = 20) -> str:
-        """Waits until health answers SERVING at `address` (by default the port the service
-        says it listens on, so that it can be started on port 0) and returns the address."""
+        """Waits until health answers SERVING at `address` and returns the address. By default
+        that is 127.0.0.1 and the port the service logs it listens on (an INFO line), so that it
+        can be started on 127.0.0.1:0."""
         deadline = time.monotonic() + timeout_s
         address = address or f"127.0.0.1:{self._announced('port', timeout_s)}"
         while not _serving(address):
@@ -226,9 +226,10 @@ class ServiceProcess:
 
 
 def _serving(address: str) -> bool:
-    # A health call on a fresh channel each time: no reconnect backoff to wait out, and no
-    # grpc.channel_ready_future, whose polling thread raises "Channel closed!" if left waiting.
-    with grpc.insecure_channel(address) as channel:
+    # A health call on a connection of its own each time (channels otherwise share one, with
+    # its reconnect backoff), and no grpc.channel_ready_future, whose polling thread raises
+    # "Channel closed!" if left waiting.
+    with grpc.insecure_channel(address, (("grpc.use_local_subchannel_pool", 1),)) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
         except grpc.RpcError:

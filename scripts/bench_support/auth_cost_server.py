@@ -5,9 +5,9 @@
 
 Settings come from the environment as for inventory-server (INVENTORY_DATABASE_URL,
 JWT_SECRET_FILE, ...). Both variants are wired alike: one process, no item cache (so that
-every GetItem reads the database), on the first core, metrics on METRICS_PORT (so that the
-benchmark counts their non-OK calls); only the interceptor differs. The services themselves have no switch
-to turn auth off: this script is the only way.
+every GetItem reads the database), on the first core when INVENTORY_PIN_CPUS is on, metrics
+on METRICS_PORT (so that the benchmark counts their non-OK calls); only the interceptor
+differs. The services themselves have no switch to turn auth off: this script is the only way.
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ def main() -> None:
     if len(sys.argv) != 4 or sys.argv[2] not in ("on", "off"):
         raise SystemExit("usage: auth_cost_server.py ADDRESS on|off METRICS_ADDRESS")
     address, auth, metrics_address = sys.argv[1:]
-    # On one core, as the benchmark's inventory workers are (*_PIN_CPUS): unpinned, a single
-    # process's threads hand the GIL across cores, and its speed swings by a third from one
-    # cell to the next, far more than the interceptor costs.
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     settings = InventorySettings.from_env({**os.environ, "INVENTORY_LISTEN_ADDRESS": address,
                                            "INVENTORY_LOG_LEVEL": "WARNING"})
+    if settings.pin_cpus:
+        # On one core, as the inventory workers are: unpinned, a single process's threads hand
+        # the GIL across cores, and its speed swings by a third from one cell to the next, far
+        # more than the interceptor costs.
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     configure_logging(settings.log_level)
     engine = build_engine(settings)
     metrics = ServerMetrics()

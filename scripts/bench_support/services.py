@@ -31,8 +31,8 @@ def free_port() -> int:
     """A free port below the kernel's ephemeral range: a port bound to 0 and released could
     be taken by any outgoing connection (to PostgreSQL, say) before its server binds it."""
     ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    while True:
-        port = random.randrange(ephemeral_low // 2, ephemeral_low)
+    for _ in range(1000):
+        port = random.randrange(max(1024, ephemeral_low // 2), max(1025, ephemeral_low))
         if port in _handed_out:
             continue
         with socket.socket() as probe:
@@ -42,6 +42,7 @@ def free_port() -> int:
                 continue
         _handed_out.add(port)
         return port
+    raise SystemExit(f"bench: no free port below the ephemeral range ({ephemeral_low})")
 
 
 def service_env(jwt_secret_file: Path) -> dict[str, str]:

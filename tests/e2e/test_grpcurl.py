@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 
 from inventory_svc.demo import seed_demo_items
 from inventory_svc.server import build_item_service
 from inventory_svc.settings import InventorySettings
 from crm_svc.settings import CrmSettings
-from servicekit.observability import ServerMetrics
 from tests.helpers import TEST_AUTH, grpcurl, migrated_engine, mint, serving, serving_crm
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,11 +132,6 @@ def json_documents(text: str) -> list[dict]:
     return documents
 
 
-def watches_open(metrics: ServerMetrics) -> float:
-    return metrics.registry.get_sample_value(
-        "grpc_server_in_flight", {"grpc_service": "inventory.v1.ItemService", "grpc_method": "WatchLowStock"}) or 0.0
-
-
 def wait_for(condition, what: str, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -158,9 +153,16 @@ def test_readme_watch_example_shows_the_event_and_the_ledger(tmp_path):
     env = {**os.environ, "JWT_SECRET": TEST_AUTH.secret, "JWT_ISSUER": TEST_AUTH.issuer,
            "JWT_AUDIENCE": TEST_AUTH.audience}
     watch_block, adjust_block = readme_watch_blocks()
-    metrics = ServerMetrics()
-    with migrated_engine(settings) as engine, serving(settings, engine, metrics) as running:
+    with migrated_engine(settings) as engine, serving(settings, engine) as running:
         seed_demo_items(build_item_service(engine))
+        # Only a watch reads the ledger here: its first read is where it starts.
+        ledger_reads: list[str] = []
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def note_ledger_read(_connection, _cursor, statement: str, *_args) -> None:
+            if statement.startswith("SELECT") and "FROM stock_movements" in statement:
+                ledger_reads.append(statement)
+
         port = f"127.0.0.1:{running.port}"
         watcher = subprocess.Popen(["bash", "-c", watch_block.replace("127.0.0.1:50051", port)], cwd=ROOT, env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -168,9 +170,7 @@ def test_readme_watch_example_shows_the_event_and_the_ledger(tmp_path):
         reader = threading.Thread(target=lambda: watched.extend(watcher.stdout), daemon=True)
         reader.start()
         try:
-            wait_for(lambda: watches_open(metrics) == 1, "grpcurl's watch to reach the server")
-            # The watch starts at the ledger's end once the server reads it, just after the call arrives.
-            time.sleep(0.5)
+            wait_for(lambda: ledger_reads, "grpcurl's watch to start")
             runs = [subprocess.run(["bash", "-euo", "pipefail", "-c", adjust_block.replace("127.0.0.1:50051", port)],
                                    cwd=ROOT, env=env, capture_output=True, text=True, timeout=60) for _ in range(2)]
             assert all(run.returncode == 0 for run in runs), runs[-1].stderr
@@ -178,10 +178,12 @@ def test_readme_watch_example_shows_the_event_and_the_ledger(tmp_path):
             time.sleep(0.5)  # room for a wrong second event to show
         finally:
             os.killpg(watcher.pid, signal.SIGTERM)
-            watcher.wait(timeout=10)
-            reader.join(timeout=10)
-            watcher.stdout.close()
-            watcher.stderr.close()
+            try:
+                watcher.wait(timeout=10)
+                reader.join(timeout=10)
+            finally:
+                watcher.stdout.close()
+                watcher.stderr.close()
 
     events = json_documents("".join(watched))
     assert [(e["item_id"], e["kind"], e["quantity"]) for e in events] == [("3", "LOW_STOCK_EVENT_KIND_BECAME_LOW", 2)]

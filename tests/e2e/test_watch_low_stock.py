@@ -83,15 +83,34 @@ def test_a_watcher_sees_stock_fall_to_the_threshold_and_recover(items_stub):
 
     adjust(items_stub, item.id, -2)  # 3: not low yet
     adjust(items_stub, item.id, -1)  # 2: low
+    low = watcher.next()
     adjust(items_stub, item.id, -1)  # 1: still low, no new event
-    adjust(items_stub, item.id, +5)  # 6: recovered
+    adjust(items_stub, item.id, +5)  # 6: recovered, while the stream is live
 
-    low, recovered = watcher.next(), watcher.next()
+    recovered = watcher.next()
     assert (low.kind, low.item_id, low.quantity, low.low_stock_threshold) == (BECAME_LOW, item.id, 2, 2)
     assert (low.sku, low.customer_id, low.category) == (item.sku, "alice", "tools")
     assert (recovered.kind, recovered.quantity) == (RECOVERED, 6)
     assert recovered.cursor > low.cursor
     assert watcher.nothing_within(0.5)
+    watcher.stream.cancel()
+
+
+def test_a_watch_without_a_cursor_starts_at_the_end_of_the_ledger(items_stub):
+    create(items_stub, quantity=1, low_stock_threshold=2)  # low from the start: an event before the watch
+    item = create(items_stub, quantity=5, low_stock_threshold=2)
+    watcher = Watcher(items_stub, pb.WatchLowStockRequest())
+
+    # The server takes the ledger's end when it gets to the call: change stock until the watch
+    # is live, then the first event it sends must be a new one.
+    deadline = time.monotonic() + 10
+    while watcher.events.empty():
+        assert time.monotonic() < deadline, "the watch sent nothing"
+        adjust(items_stub, item.id, -3)  # 2: low
+        adjust(items_stub, item.id, +3)  # 5: recovered
+        time.sleep(0.05)
+
+    assert watcher.next().item_id == item.id
     watcher.stream.cancel()
 
 
