@@ -60,13 +60,11 @@ def build_engine(settings: InventorySettings) -> Engine:
     if url.drivername == "postgresql":
         # SQLAlchemy 2.1 picks psycopg 3 for a bare postgresql:// URL; we ship psycopg2.
         url = url.set(drivername="postgresql+psycopg2")
-    # No pre-ping (a round trip per call): a connection found broken fails its call with
-    # UNAVAILABLE (reads are retried by the clients' retry policy) and the pool replaces it.
     # TCP keepalives find a connection cut without a word within seconds, not hours.
     connect_args = ({"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
                      "tcp_user_timeout": 10_000} if url.drivername.startswith("postgresql") else {})
     engine = create_engine(url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size,
-                           connect_args=connect_args)
+                           pool_pre_ping=settings.db_pool_pre_ping, connect_args=connect_args)
     return prepare_engine(engine)
 
 

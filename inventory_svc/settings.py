@@ -25,6 +25,11 @@ class InventorySettings:
     max_workers: int = 16
     # As many as worker threads, so that no call waits for, or opens, a connection.
     db_pool_size: int = 16
+    # Test each pooled connection with a round trip before a call uses it, so that a call
+    # after a database restart or failover finds a fresh one instead of failing. Off saves
+    # that round trip per call; then the one call that meets a dead connection answers
+    # UNAVAILABLE (reads are retried by the clients) and the pool renews every connection.
+    db_pool_pre_ping: bool = True
     # SIGTERM: report NOT_SERVING for drain_s while still serving, so balancers move away,
     # then refuse new calls and give in-flight ones grace_s to finish.
     shutdown_drain_s: float = 0.0
@@ -59,6 +64,7 @@ class InventorySettings:
             pin_cpus=read.bool("PIN_CPUS", cls.pin_cpus),
             max_workers=read.int("MAX_WORKERS", cls.max_workers, minimum=1),
             db_pool_size=read.int("DB_POOL_SIZE", cls.db_pool_size, minimum=1),
+            db_pool_pre_ping=read.bool("DB_POOL_PRE_PING", cls.db_pool_pre_ping),
             shutdown_drain_s=read.float("SHUTDOWN_DRAIN_S", cls.shutdown_drain_s),
             shutdown_grace_s=read.float("SHUTDOWN_GRACE_S", cls.shutdown_grace_s),
             log_level=read.str("LOG_LEVEL", cls.log_level),

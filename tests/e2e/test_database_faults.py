@@ -1,15 +1,16 @@
-"""Database connections cut from outside (a PostgreSQL restart or failover does this): the
-call that meets a dead connection answers UNAVAILABLE, never INTERNAL, nothing is half
-done, and the next call works on a fresh connection."""
+"""Database connections cut from outside (a PostgreSQL restart or failover does this): with
+pre-ping (the default) the next call gets a fresh connection; without, the call that meets
+a dead connection answers UNAVAILABLE, never INTERNAL, nothing is half done, and the next
+call works on a fresh connection."""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import grpc
 import psycopg2
-import pytest
 from sqlalchemy.engine import make_url
 
 from inventory.v1 import inventory_pb2 as pb
@@ -28,16 +29,30 @@ def cut_every_connection(database_url: str) -> None:
                        "WHERE datname = %s AND pid <> pg_backend_pid()", (url.database,))
 
 
-@pytest.fixture
-def address(postgres_url: str) -> Iterator[str]:
+@contextmanager
+def serving_on_one_connection(postgres_url: str, pre_ping: bool) -> Iterator[str]:
     settings = InventorySettings(database_url=postgres_url, listen_address="127.0.0.1:0", auth=TEST_AUTH,
-                                 max_workers=1, db_pool_size=1)  # one connection: the test knows which one dies
+                                 max_workers=1, db_pool_size=1,  # one connection: the test knows which one dies
+                                 db_pool_pre_ping=pre_ping)
     with migrated_engine(settings) as engine, serving(settings, engine) as running:
         yield f"127.0.0.1:{running.port}"
 
 
-def test_a_cut_connection_is_unavailable_once_then_the_service_recovers(address, postgres_url):
-    with authorized_channel(address, mint()) as channel:
+def test_with_pre_ping_a_call_after_every_connection_was_cut_gets_a_fresh_one(postgres_url):
+    with serving_on_one_connection(postgres_url, pre_ping=True) as address, \
+            authorized_channel(address, mint()) as channel:
+        items = inventory_pb2_grpc.ItemServiceStub(channel)
+        item = create(items, quantity=5)
+        cut_every_connection(postgres_url)
+
+        assert items.AdjustQuantity(pb.AdjustQuantityRequest(id=item.id, delta=3)).item.quantity == 8
+        cut_every_connection(postgres_url)
+        assert items.GetItem(pb.GetItemRequest(id=item.id)).item.quantity == 8
+
+
+def test_without_pre_ping_a_cut_connection_is_unavailable_once_then_the_service_recovers(postgres_url):
+    with serving_on_one_connection(postgres_url, pre_ping=False) as address, \
+            authorized_channel(address, mint()) as channel:
         items = inventory_pb2_grpc.ItemServiceStub(channel)
         item = create(items, quantity=5)
         cut_every_connection(postgres_url)
@@ -52,13 +67,15 @@ def test_a_cut_connection_is_unavailable_once_then_the_service_recovers(address,
         assert items.GetItem(pb.GetItemRequest(id=item.id)).item.quantity == 5
 
 
-def test_the_typed_client_retries_a_read_that_met_a_cut_connection(address, postgres_url):
-    with authorized_channel(address, mint()) as channel:
-        item = create(inventory_pb2_grpc.ItemServiceStub(channel), quantity=5)
-    with InventoryClient.connect(address, mint) as client:
-        cut_every_connection(postgres_url)
+def test_the_typed_client_retries_a_read_that_met_a_cut_connection(postgres_url):
+    # Without pre-ping, so that the read does meet the dead connection.
+    with serving_on_one_connection(postgres_url, pre_ping=False) as address:
+        with authorized_channel(address, mint()) as channel:
+            item = create(inventory_pb2_grpc.ItemServiceStub(channel), quantity=5)
+        with InventoryClient.connect(address, mint) as client:
+            cut_every_connection(postgres_url)
 
-        assert client.get_item(item.id).quantity == 5  # the channel's retry policy hid the UNAVAILABLE
+            assert client.get_item(item.id).quantity == 5  # the channel's retry policy hid the UNAVAILABLE
 
 
 def test_a_sqlite_writer_stuck_behind_another_is_unavailable_and_writes_nothing(tmp_path, monkeypatch):

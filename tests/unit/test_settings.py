@@ -86,3 +86,8 @@ def test_pin_cpus_reads_true_or_false(raw, pinned):
 def test_pin_cpus_refuses_anything_else():
     with pytest.raises(SettingsError, match="INVENTORY_PIN_CPUS"):
         InventorySettings.from_env({"JWT_SECRET": SECRET, "INVENTORY_PIN_CPUS": "sometimes"})
+
+
+def test_pool_pre_ping_is_on_unless_turned_off():
+    assert InventorySettings.from_env({"JWT_SECRET": SECRET}).db_pool_pre_ping
+    assert not InventorySettings.from_env({"JWT_SECRET": SECRET, "INVENTORY_DB_POOL_PRE_PING": "false"}).db_pool_pre_ping
