@@ -16,6 +16,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Computed,
     ColumnElement,
     Connection,
     DateTime,
@@ -88,8 +89,8 @@ class Base(DeclarativeBase):
 
 # The low-stock filter as each database renders it (see _CONDITION_FOR_FILTER), so that the planner
 # matches the partial index below to the query.
-LOW_STOCK_PREDICATE_POSTGRESQL = "is_active = true AND quantity <= low_stock_threshold"
-LOW_STOCK_PREDICATE_SQLITE = "is_active = 1 AND quantity <= low_stock_threshold"
+LOW_STOCK_PREDICATE_POSTGRESQL = "is_low_stock"
+LOW_STOCK_PREDICATE_SQLITE = "is_low_stock = 1"
 
 
 class ItemRow(Base):
@@ -101,9 +102,9 @@ class ItemRow(Base):
         Index("ix_items_category_id", "category", "id"),
         Index("ix_items_brand_id", "brand", "id"),
         Index("ix_items_price_nanos", "price_nanos"),
-        Index("ix_items_quantity", "quantity"),
         Index("ix_items_is_active", "is_active"),
-        # ListLowStockItems and low_stock_only compare two columns, which no plain index serves.
+        # No index holds quantity, so that a stock change is a HOT update on PostgreSQL (no
+        # index entries written): the low-stock index filters on a column computed from it.
         Index("ix_items_low_stock_id", "id", postgresql_where=text(LOW_STOCK_PREDICATE_POSTGRESQL),
               sqlite_where=text(LOW_STOCK_PREDICATE_SQLITE)),
         # Ids are never reused, so a client never mistakes a new item for a deleted one.
@@ -129,6 +130,8 @@ class ItemRow(Base):
     create_time: Mapped[datetime] = mapped_column(UtcDateTime)
     update_time: Mapped[datetime] = mapped_column(UtcDateTime)
     version: Mapped[int] = mapped_column(Integer)
+    # Changes only when an item crosses its threshold (or is (de)activated); never written.
+    is_low_stock: Mapped[bool] = mapped_column(Boolean, Computed("is_active AND quantity <= low_stock_threshold"))
 
 
 class StockMovementRow(Base):
@@ -229,12 +232,14 @@ def _row_values(fields: ItemFields) -> dict[str, Any]:
     }
 
 
-# The order of items' columns, as every `select(items)` and `returning(*items.c)` gives them.
+# The columns an Item is read from, in the order _item_from_row unpacks them (is_low_stock
+# is derived, and an Item derives it itself).
 ITEM_COLUMNS = (
     "id", "sku", "name", "description", "category", "brand", "currency_code", "price_nanos", "cost_nanos",
     "quantity", "low_stock_threshold", "max_quantity", "is_active", "weight_kg", "dimensions", "customer_id",
     "create_time", "update_time", "version",
 )
+_ITEM = tuple(items.c[name] for name in ITEM_COLUMNS)
 
 
 def _item_from_row(row: Any) -> Item:
@@ -273,8 +278,9 @@ _CONDITION_FOR_FILTER: dict[str, Callable[[Any], ColumnElement[bool]]] = {
     "min_quantity": lambda c: c.quantity >= bindparam("min_quantity"),
     "max_quantity": lambda c: c.quantity <= bindparam("max_quantity"),
     "in_stock_only": lambda c: c.quantity > 0,
-    # An inactive item never counts as low on stock; literal, so that the partial index matches.
-    "low_stock_only": lambda c: and_(c.is_active == true(), c.quantity <= c.low_stock_threshold),
+    # is_low_stock leaves inactive items out. The bare column renders as each database's index
+    # predicate (LOW_STOCK_PREDICATE_*), so that the planner uses the partial index.
+    "low_stock_only": lambda c: c.is_low_stock,
     "low_stock_at_most": lambda c: c.quantity <= bindparam("low_stock_at_most"),
 }
 _FLAG_FILTERS = frozenset({"in_stock_only", "low_stock_only"})  # conditions without a parameter
@@ -320,14 +326,14 @@ def _where(shape: tuple[str, ...]) -> ColumnElement[bool]:
 
 @functools.lru_cache(maxsize=256)
 def _page_statement(shape: tuple[str, ...]) -> Select[Any]:
-    return (select(items).where(_where(shape), items.c.id > bindparam("after_id"))
+    return (select(*_ITEM).where(_where(shape), items.c.id > bindparam("after_id"))
             .order_by(items.c.id).limit(bindparam("limit")))
 
 
 @functools.lru_cache(maxsize=256)
 def _counted_first_page_statement(shape: tuple[str, ...]) -> Select[Any]:
     """The first page with the number of all matches in its last column, from one scan."""
-    return (select(items, func.count().over()).where(_where(shape))
+    return (select(*_ITEM, func.count().over()).where(_where(shape))
             .order_by(items.c.id).limit(bindparam("limit")))
 
 
@@ -349,14 +355,14 @@ def _is_unique_violation(error: IntegrityError) -> bool:
 
 
 # The statements of the hottest calls, built once (see _CONDITION_FOR_FILTER for why).
-_GET_ITEM = select(items).where(items.c.id == bindparam("item_id"))
+_GET_ITEM = select(*_ITEM).where(items.c.id == bindparam("item_id"))
 _ADD_TO_QUANTITY = (
     update(items)
     .where(items.c.id == bindparam("item_id"), items.c.quantity >= bindparam("at_least"),
            items.c.quantity <= bindparam("at_most"))
     .values(quantity=items.c.quantity + bindparam("delta"), update_time=bindparam("now"),
             version=items.c.version + 1)
-    .returning(*items.c)
+    .returning(*_ITEM)
 )
 _ADD_MOVEMENT = insert(stock_movements)
 
@@ -372,7 +378,7 @@ class SqlItemRepository:
         statement = (
             insert(items)
             .values(**_row_values(fields), create_time=now, update_time=now, version=1)
-            .returning(*items.c)
+            .returning(*_ITEM)
         )
         _lock_id_order(self._connection, ITEM_IDS_LOCK)
         try:
@@ -391,11 +397,11 @@ class SqlItemRepository:
 
     def get_for_update(self, item_id: int) -> Item | None:
         """The item, locked until the transaction ends (SQLite's write transactions lock it all)."""
-        row = self._connection.execute(select(items).where(items.c.id == item_id).with_for_update()).first()
+        row = self._connection.execute(select(*_ITEM).where(items.c.id == item_id).with_for_update()).first()
         return _item_from_row(row) if row else None
 
     def get_many(self, item_ids: Iterable[int]) -> dict[int, Item]:
-        rows = self._connection.execute(select(items).where(items.c.id.in_(set(item_ids))))
+        rows = self._connection.execute(select(*_ITEM).where(items.c.id.in_(set(item_ids))))
         return {row.id: _item_from_row(row) for row in rows}
 
     def list_page(self, query: ItemQuery, after_id: int, limit: int) -> list[Item]:
@@ -431,7 +437,7 @@ class SqlItemRepository:
             update(items)
             .where(items.c.id == item_id, items.c.version == expected_version)
             .values(**_row_values(fields), update_time=_utcnow(), version=items.c.version + 1)
-            .returning(*items.c)
+            .returning(*_ITEM)
         )
         try:
             with self._connection.begin_nested():
@@ -447,7 +453,7 @@ class SqlItemRepository:
         statement = delete(items).where(items.c.id == item_id)
         if expected_version is not None:
             statement = statement.where(items.c.version == expected_version)
-        row = self._connection.execute(statement.returning(*items.c)).first()
+        row = self._connection.execute(statement.returning(*_ITEM)).first()
         return _item_from_row(row) if row else None
 
     def add_to_quantity(self, item_id: int, delta: int, ceiling: int) -> Item | None:
@@ -463,7 +469,7 @@ class SqlItemRepository:
             update(items)
             .where(items.c.id == item_id)
             .values(quantity=quantity, update_time=_utcnow(), version=items.c.version + 1)
-            .returning(*items.c)
+            .returning(*_ITEM)
         )
         row = self._connection.execute(statement).first()
         return _item_from_row(row) if row else None
