@@ -225,6 +225,16 @@ class ServiceProcess:
         return stdout
 
 
+def eventually(predicate: Callable[[], object], timeout_s: float) -> bool:
+    """Whether `predicate` turns true within `timeout_s`, asked every 50 ms."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def _serving(address: str) -> bool:
     # A health call on a connection of its own each time (channels otherwise share one, with
     # its reconnect backoff), and no grpc.channel_ready_future, whose polling thread raises

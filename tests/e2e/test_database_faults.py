@@ -38,25 +38,29 @@ def serving_on_one_connection(postgres_url: str, pre_ping: bool) -> Iterator[str
         yield f"127.0.0.1:{running.port}"
 
 
-def test_with_pre_ping_a_call_after_every_connection_was_cut_gets_a_fresh_one(postgres_url):
-    with serving_on_one_connection(postgres_url, pre_ping=True) as address, \
+@contextmanager
+def an_item_whose_connection_was_cut(
+    postgres_url: str, pre_ping: bool,
+) -> Iterator[tuple[inventory_pb2_grpc.ItemServiceStub, pb.Item]]:
+    """A stub of a server on one connection, and an item made through it; then every database
+    connection is cut."""
+    with serving_on_one_connection(postgres_url, pre_ping) as address, \
             authorized_channel(address, mint()) as channel:
         items = inventory_pb2_grpc.ItemServiceStub(channel)
         item = create(items, quantity=5)
         cut_every_connection(postgres_url)
+        yield items, item
 
+
+def test_with_pre_ping_a_call_after_every_connection_was_cut_gets_a_fresh_one(postgres_url):
+    with an_item_whose_connection_was_cut(postgres_url, pre_ping=True) as (items, item):
         assert items.AdjustQuantity(pb.AdjustQuantityRequest(id=item.id, delta=3)).item.quantity == 8
         cut_every_connection(postgres_url)
         assert items.GetItem(pb.GetItemRequest(id=item.id)).item.quantity == 8
 
 
 def test_without_pre_ping_a_cut_connection_is_unavailable_once_then_the_service_recovers(postgres_url):
-    with serving_on_one_connection(postgres_url, pre_ping=False) as address, \
-            authorized_channel(address, mint()) as channel:
-        items = inventory_pb2_grpc.ItemServiceStub(channel)
-        item = create(items, quantity=5)
-        cut_every_connection(postgres_url)
-
+    with an_item_whose_connection_was_cut(postgres_url, pre_ping=False) as (items, item):
         error = rpc_error(items.AdjustQuantity, pb.AdjustQuantityRequest(id=item.id, delta=3))
 
         assert error.code() == grpc.StatusCode.UNAVAILABLE

@@ -18,7 +18,7 @@ from inventory_svc.demo import seed_demo_items
 from inventory_svc.server import build_item_service
 from inventory_svc.settings import InventorySettings
 from crm_svc.settings import CrmSettings
-from tests.helpers import TEST_AUTH, grpcurl, migrated_engine, mint, serving, serving_crm
+from tests.helpers import TEST_AUTH, eventually, grpcurl, migrated_engine, mint, serving, serving_crm
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -132,13 +132,6 @@ def json_documents(text: str) -> list[dict]:
     return documents
 
 
-def wait_for(condition, what: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"waited {timeout_s} s for {what}"
-        time.sleep(0.05)
-
-
 def readme_watch_blocks() -> tuple[str, str]:
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("### Watching low stock"):]
@@ -170,11 +163,11 @@ def test_readme_watch_example_shows_the_event_and_the_ledger(tmp_path):
         reader = threading.Thread(target=lambda: watched.extend(watcher.stdout), daemon=True)
         reader.start()
         try:
-            wait_for(lambda: ledger_reads, "grpcurl's watch to start")
+            assert eventually(lambda: ledger_reads, 30), "grpcurl's watch did not start"
             runs = [subprocess.run(["bash", "-euo", "pipefail", "-c", adjust_block.replace("127.0.0.1:50051", port)],
                                    cwd=ROOT, env=env, capture_output=True, text=True, timeout=60) for _ in range(2)]
             assert all(run.returncode == 0 for run in runs), runs[-1].stderr
-            wait_for(lambda: "BECAME_LOW" in "".join(watched), "the event in grpcurl's output")
+            assert eventually(lambda: "BECAME_LOW" in "".join(watched), 30), "no event in grpcurl's output"
             time.sleep(0.5)  # room for a wrong second event to show
         finally:
             os.killpg(watcher.pid, signal.SIGTERM)

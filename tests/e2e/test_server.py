@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -17,7 +16,7 @@ from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
 from inventory_svc.server import ITEM_SERVICE_NAME, build_engine, build_item_service, build_server
 from inventory_svc.settings import InventorySettings
-from tests.helpers import TEST_AUTH, authorized_channel, free_port, mint, rpc_error
+from tests.helpers import TEST_AUTH, authorized_channel, eventually, free_port, mint, rpc_error
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,15 +58,6 @@ def test_unexpected_error_is_internal_without_internals(tmp_path):
     assert "items" not in str(error.trailing_metadata())
 
 
-def _wait_for(predicate, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def _health_status(address: str) -> int | None:
     try:
         with grpc.insecure_channel(address) as channel:
@@ -93,11 +83,11 @@ def test_sigterm_reports_not_serving_then_exits_cleanly(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        assert _wait_for(lambda: _health_status(address) == health_pb2.HealthCheckResponse.SERVING, 20)
+        assert eventually(lambda: _health_status(address) == health_pb2.HealthCheckResponse.SERVING, 20)
 
         server.send_signal(signal.SIGTERM)
 
-        assert _wait_for(lambda: _health_status(address) == health_pb2.HealthCheckResponse.NOT_SERVING, 3)
+        assert eventually(lambda: _health_status(address) == health_pb2.HealthCheckResponse.NOT_SERVING, 3)
         assert server.wait(timeout=15) == 0
     finally:
         server.kill()
