@@ -1,7 +1,8 @@
-"""A stock change rewrites only its row, not every index on items (a HOT update on
-PostgreSQL): quantity leaves every index. It was in two: ix_items_quantity, and the
-predicate of the low-stock partial index. Either made each AdjustQuantity insert a new entry
-into all thirteen indexes of items, the four trigram indexes included, which cost
+"""Stock changes as HOT updates on PostgreSQL: no index holds quantity any more.
+
+A stock change now rewrites only its row, not every index on items. Quantity was in two:
+ix_items_quantity, and the predicate of the low-stock partial index. Either made each
+AdjustQuantity insert a new entry into all thirteen indexes of items, the four trigram indexes included, which cost
 PostgreSQL more CPU than the change itself and grew those indexes' pending lists until
 searches slowed to twice their time. The low-stock index now filters on a generated
 column, is_low_stock, which changes only when an item crosses its threshold.
