@@ -5,6 +5,7 @@ The only module that knows every piece.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -18,10 +19,11 @@ from crm_svc.servicer import ROLE_FOR_METHOD, CustomerItemsServicer
 from crm_svc.settings import CrmSettings
 from inventory_svc.client import InventoryClient
 from inventory_svc.servicer import READ_ROLE
-from servicekit.auth import JwtAuthInterceptor, TokenIssuer, TokenVerifier
+from servicekit.auth import TokenIssuer, TokenVerifier
 from servicekit.client import MintedServiceToken, TokenFile
 from servicekit.logging import configure_logging
 from servicekit.observability import ClientMetricsInterceptor, ServerMetrics, metrics_served
+from servicekit.pipeline import Authorizer
 from servicekit.server import (
     RunningServer, finish_server, new_server, serve_until_signalled, stay_on_assigned_cpu, supervise_workers,
 )
@@ -56,25 +58,26 @@ def connect_inventory(
     )
 
 
-def build_server(
+async def build_server(
     settings: CrmSettings, items: CustomerItemsService, *, metrics: ServerMetrics | None = None,
     tracing: Tracing | None = None,
 ) -> RunningServer:
-    auth = JwtAuthInterceptor(TokenVerifier(settings.auth), ROLE_FOR_METHOD)
-    server = new_server(settings.max_workers, metrics or ServerMetrics(), auth, tracing)
+    """Call on the event loop that will serve."""
+    authorizer = Authorizer(TokenVerifier(settings.auth), ROLE_FOR_METHOD)
+    server = new_server(metrics or ServerMetrics(), authorizer, settings.limits, tracing)
     crm_pb2_grpc.add_CustomerItemsServiceServicer_to_server(CustomerItemsServicer(items), server)
-    return finish_server(server, settings.listen_address, [CRM_SERVICE_NAME])
+    return await finish_server(server, settings.listen_address, [CRM_SERVICE_NAME])
 
 
-def serve(settings: CrmSettings) -> None:
+async def serve(settings: CrmSettings) -> None:
     metrics = ServerMetrics()
     with metrics_served(settings.metrics_address, metrics.registry), \
             tracing_started(settings.traces_exporter, "crm") as tracing, \
             connect_inventory(settings, metrics, tracing) as inventory:
-        running = build_server(settings, CustomerItemsService(inventory), metrics=metrics, tracing=tracing)
+        running = await build_server(settings, CustomerItemsService(inventory), metrics=metrics, tracing=tracing)
         log.info("crm calls inventory at %s", settings.inventory_target)
-        serve_until_signalled(running, "crm", settings.listen_address,
-                              settings.shutdown_drain_s, settings.shutdown_grace_s)
+        await serve_until_signalled(running, "crm", settings.listen_address,
+                                    settings.shutdown_drain_s, settings.shutdown_grace_s)
 
 
 def main() -> None:
@@ -85,7 +88,7 @@ def main() -> None:
                                    settings.listen_address, settings.metrics_address, pin_cpus=settings.pin_cpus,
                                    stop_timeout_s=settings.shutdown_drain_s + settings.shutdown_grace_s + 5))
     stay_on_assigned_cpu(os.environ)
-    serve(settings)
+    asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

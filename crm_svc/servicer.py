@@ -5,6 +5,8 @@ The customer is the verified token subject, handed over by the auth interceptor.
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from crm.v1 import crm_pb2 as pb
@@ -48,17 +50,19 @@ class CustomerItemsServicer(crm_pb2_grpc.CustomerItemsServiceServicer):
     def __init__(self, items: CustomerItemsService) -> None:
         self._items = items
 
-    def ListMyItems(self, request: pb.ListMyItemsRequest, context: grpc.ServicerContext) -> pb.ListMyItemsResponse:
-        page = self._items.list_my_items(_customer_id(), request.page_size, request.page_token)
+    async def ListMyItems(self, request: pb.ListMyItemsRequest, context: grpc.ServicerContext) -> pb.ListMyItemsResponse:
+        page = await asyncio.to_thread(self._items.list_my_items, _customer_id(), request.page_size, request.page_token)
         return pb.ListMyItemsResponse(**_page_reply(page))
 
-    def GetMyItem(self, request: pb.GetMyItemRequest, context: grpc.ServicerContext) -> pb.GetMyItemResponse:
-        return pb.GetMyItemResponse(item=customer_item_to_proto(self._items.get_my_item(_customer_id(), request.id)))
+    async def GetMyItem(self, request: pb.GetMyItemRequest, context: grpc.ServicerContext) -> pb.GetMyItemResponse:
+        item = await asyncio.to_thread(self._items.get_my_item, _customer_id(), request.id)
+        return pb.GetMyItemResponse(item=customer_item_to_proto(item))
 
-    def SearchMyItems(
+    async def SearchMyItems(
         self, request: pb.SearchMyItemsRequest, context: grpc.ServicerContext
     ) -> pb.SearchMyItemsResponse:
-        page = self._items.search_my_items(
-            _customer_id(), request.query, request.category, request.brand, request.page_size, request.page_token
+        page = await asyncio.to_thread(
+            self._items.search_my_items,
+            _customer_id(), request.query, request.category, request.brand, request.page_size, request.page_token,
         )
         return pb.SearchMyItemsResponse(**_page_reply(page))

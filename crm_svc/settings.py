@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from servicekit.auth import AuthSettings
+from servicekit.server import ServerLimits
 from servicekit.settings import EnvReader
 
 
@@ -27,7 +28,6 @@ class CrmSettings:
     # only for a server whose cores are its own (a cpuset, a dedicated machine); on a shared
     # node every pod would crowd onto the same first cores.
     pin_cpus: bool = False
-    max_workers: int = 16
     shutdown_drain_s: float = 0.0
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
@@ -40,6 +40,7 @@ class CrmSettings:
     # Mints the CRM's own token towards inventory (CRM_INVENTORY_JWT_*, else JWT_*): inventory's
     # issuer, audience and a key it trusts. Unused when inventory_token_file is set.
     inventory_auth: AuthSettings = field(default_factory=AuthSettings)
+    limits: ServerLimits = field(default_factory=ServerLimits)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "CrmSettings":
@@ -53,7 +54,7 @@ class CrmSettings:
             service_token_lifetime_s=read.float("SERVICE_TOKEN_LIFETIME_S", cls.service_token_lifetime_s),
             processes=read.int("PROCESSES", cls.processes, minimum=1),
             pin_cpus=read.bool("PIN_CPUS", cls.pin_cpus),
-            max_workers=read.int("MAX_WORKERS", cls.max_workers, minimum=1),
+            limits=ServerLimits.from_env(read),
             shutdown_drain_s=read.float("SHUTDOWN_DRAIN_S", cls.shutdown_drain_s),
             shutdown_grace_s=read.float("SHUTDOWN_GRACE_S", cls.shutdown_grace_s),
             log_level=read.str("LOG_LEVEL", cls.log_level),

@@ -5,9 +5,11 @@ The only module that knows every piece, and the only caller of create_engine.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
+from concurrent.futures import Executor, ThreadPoolExecutor
 from functools import partial
 
 from prometheus_client import Counter, Gauge
@@ -17,14 +19,16 @@ from sqlalchemy.pool import Pool
 
 from inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from inventory_svc import migrations
+from inventory_svc.async_service import AsyncItemService
 from inventory_svc.item_cache import ItemCache
 from inventory_svc.repository import PostgresChangeListener, SqlUnitOfWork, prepare_engine
 from inventory_svc.service import ItemService, LowStockSignal
 from inventory_svc.servicer import ROLE_FOR_METHOD, ItemServicer
 from inventory_svc.settings import InventorySettings
-from servicekit.auth import JwtAuthInterceptor, TokenVerifier
+from servicekit.auth import TokenVerifier
 from servicekit.logging import configure_logging
 from servicekit.observability import ServerMetrics, metrics_served
+from servicekit.pipeline import Authorizer
 from servicekit.server import (
     Periodic, RunningServer, finish_server, new_server, serve_until_signalled, stay_on_assigned_cpu, supervise_workers,
 )
@@ -78,25 +82,32 @@ def build_item_service(
         low_stock_signal=signal,
         request_id_ttl_s=settings.request_id_ttl_s,
         max_watchers=settings.max_watchers,
-        watch_poll_s=settings.watch_poll_s,
+        max_watches_per_subject=settings.max_watches_per_subject,
         item_cache=item_cache,
     )
 
 
-def build_server(
-    settings: InventorySettings, items: ItemService, *, metrics: ServerMetrics | None = None,
+def database_threads(settings: InventorySettings) -> ThreadPoolExecutor:
+    """The threads that run database work: one per connection the pool may lend out."""
+    return ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="db")
+
+
+async def build_server(
+    settings: InventorySettings, items: ItemService, executor: Executor, *, metrics: ServerMetrics | None = None,
     tracing: Tracing | None = None, require_auth: bool = True,
 ) -> RunningServer:
-    """`require_auth=False` exists only so that scripts/bench can measure what auth costs."""
-    auth = JwtAuthInterceptor(TokenVerifier(settings.auth), ROLE_FOR_METHOD) if require_auth else None
-    server = new_server(settings.max_workers, metrics or ServerMetrics(), auth, tracing)
-    inventory_pb2_grpc.add_ItemServiceServicer_to_server(ItemServicer(items), server)
-    running = finish_server(server, settings.listen_address, [ITEM_SERVICE_NAME])
+    """Call on the event loop that will serve. `require_auth=False` exists only so that
+    scripts/bench can measure what auth costs."""
+    authorizer = Authorizer(TokenVerifier(settings.auth), ROLE_FOR_METHOD) if require_auth else None
+    server = new_server(metrics or ServerMetrics(), authorizer, settings.limits, tracing)
+    servicer = ItemServicer(AsyncItemService(items, executor, watch_poll_s=settings.watch_poll_s))
+    inventory_pb2_grpc.add_ItemServiceServicer_to_server(servicer, server)
+    running = await finish_server(server, settings.listen_address, [ITEM_SERVICE_NAME])
     running.on_shutdown.append(items.stop_watchers)
     return running
 
 
-def serve(settings: InventorySettings) -> None:
+async def serve(settings: InventorySettings) -> None:
     engine = build_engine(settings)
     metrics = ServerMetrics()
     watch_pool(metrics, engine.pool, settings.db_pool_size)
@@ -118,15 +129,17 @@ def serve(settings: InventorySettings) -> None:
         ))
     for task in background:
         task.start()
+    executor = database_threads(settings)
     try:
         with metrics_served(settings.metrics_address, metrics.registry), \
                 tracing_started(settings.traces_exporter, "inventory") as tracing:
-            running = build_server(settings, items, metrics=metrics, tracing=tracing)
-            serve_until_signalled(running, "inventory", settings.listen_address,
-                                  settings.shutdown_drain_s, settings.shutdown_grace_s)
+            running = await build_server(settings, items, executor, metrics=metrics, tracing=tracing)
+            await serve_until_signalled(running, "inventory", settings.listen_address,
+                                        settings.shutdown_drain_s, settings.shutdown_grace_s)
     finally:
         for task in background:
             task.stop()
+        executor.shutdown(wait=True)
         engine.dispose()
 
 
@@ -138,7 +151,7 @@ def main() -> None:
                                    settings.listen_address, settings.metrics_address, pin_cpus=settings.pin_cpus,
                                    stop_timeout_s=settings.shutdown_drain_s + settings.shutdown_grace_s + 5))
     stay_on_assigned_cpu(os.environ)
-    serve(settings)
+    asyncio.run(serve(settings))
 
 
 def migrate_main() -> None:

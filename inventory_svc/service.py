@@ -5,8 +5,9 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from dataclasses import replace
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from inventory_svc.domain import (
     CLIENT_REASONS,
@@ -115,42 +116,51 @@ def _canonical_request_id(request_id: str) -> str:
 
 
 class LowStockSignal:
-    """Wakes the low-stock watchers of this process when the ledger may hold new events:
-    called after a local commit and, on PostgreSQL, for every replica's commit."""
+    """Tells this process's low-stock watchers that the ledger may hold new events: called
+    after a local commit and, on PostgreSQL, for every replica's commit (from any thread)."""
 
     def __init__(self) -> None:
-        self._condition = threading.Condition()
-        self.generation = 0
+        self._subscribers: list[Callable[[], None]] = []
         self.closed = False
 
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        """`callback` runs on every notification, in the notifying thread."""
+        self._subscribers.append(callback)
+
     def notify(self) -> None:
-        with self._condition:
-            self.generation += 1
-            self._condition.notify_all()
+        for callback in self._subscribers:
+            callback()
 
     def close(self) -> None:
         self.closed = True
         self.notify()
 
-    def wait(self, seen_generation: int, timeout_s: float) -> None:
-        with self._condition:
-            self._condition.wait_for(lambda: self.generation != seen_generation, timeout_s)
+
+@dataclass
+class LowStockWatch:
+    """One open watch: its filters, how far it has read, and whose it is."""
+
+    customer_id: str
+    category: str
+    cursor: int
+    subject: str
 
 
 class ItemService:
     def __init__(
         self, unit_of_work: UnitOfWorkFactory, *, low_stock_signal: LowStockSignal | None = None,
-        request_id_ttl_s: float = DEFAULT_REQUEST_ID_TTL_S, max_watchers: int = 8, watch_poll_s: float = 1.0,
+        request_id_ttl_s: float = DEFAULT_REQUEST_ID_TTL_S, max_watchers: int = 8, max_watches_per_subject: int = 2,
         item_cache: ItemCache | None = None,
     ) -> None:
-        """`watch_poll_s`: a watcher re-reads the ledger at least this often, signalled or not.
-        `item_cache` answers GetItem while its invalidation is live (see item_cache)."""
+        """`item_cache` answers GetItem while its invalidation is live (see item_cache)."""
         self._unit_of_work = unit_of_work
         self._cache = item_cache or ItemCache(capacity=0)
         self._signal = low_stock_signal or LowStockSignal()
         self._request_id_ttl_s = request_id_ttl_s
-        self._watcher_slots = threading.BoundedSemaphore(max_watchers)
-        self._watch_poll_s = watch_poll_s
+        self._max_watchers = max_watchers
+        self._max_watches_per_subject = max_watches_per_subject
+        self._watchers: defaultdict[str, int] = defaultdict(int)
+        self._watchers_lock = threading.Lock()
 
     def _replay(self, uow: UnitOfWork, request_id: str, method: str, *request: object) -> Item | None:
         """Claims `request_id` for this request; returns the first result if it was used already."""
@@ -212,39 +222,61 @@ class ItemService:
         next_token = encode_page_token(PagePosition(page[-1].id), fingerprint) if len(found) > limit else ""
         return Page(page, next_token)
 
-    def watch_low_stock(
-        self, customer_id: str, category: str, after_cursor: int | None, is_active: Callable[[], bool]
-    ) -> Iterator[StockMovement]:
-        """Low-stock events from the ledger as they are committed, until `is_active` turns
-        false or the server shuts down."""
+    def open_watch(
+        self, customer_id: str, category: str, after_cursor: int | None, subject: str = ""
+    ) -> LowStockWatch:
+        """Takes a watcher slot (per replica and per token subject) for a watch from
+        `after_cursor`, or from now; close_watch gives it back."""
         if after_cursor is not None and after_cursor < 0:
             raise InvalidField("after_cursor", "must be zero or more")
         ItemQuery(customer_id=customer_id, category=category).check()
-        if not self._watcher_slots.acquire(blocking=False):
-            raise ResourceExhausted("too many low-stock watchers on this replica: try another or later")
+        with self._watchers_lock:
+            if sum(self._watchers.values()) >= self._max_watchers:
+                raise ResourceExhausted("too many low-stock watchers on this replica: try another or later")
+            if self._watchers[subject] >= self._max_watches_per_subject:
+                raise ResourceExhausted(f"this token's subject has {self._max_watches_per_subject} watches open "
+                                        "already: close one first")
+            self._watchers[subject] += 1
         try:
             if after_cursor is None:
                 with self._unit_of_work() as uow:
                     after_cursor = uow.movements.latest_low_stock_event_id()
-            cursor = after_cursor
-            while is_active() and not self._signal.closed:
-                seen = self._signal.generation
-                with self._unit_of_work() as uow:
-                    events = uow.movements.low_stock_events(cursor, customer_id, category, WATCH_BATCH)
-                for event in events:
-                    yield event
-                    cursor = event.id
-                if len(events) < WATCH_BATCH:
-                    self._signal.wait(seen, self._watch_poll_s)
-        finally:
-            self._watcher_slots.release()
+        except BaseException:
+            self._release_watcher(subject)
+            raise
+        return LowStockWatch(customer_id, category, after_cursor, subject)
+
+    def next_low_stock_events(self, watch: LowStockWatch) -> list[StockMovement]:
+        """The watch's next events (up to WATCH_BATCH, oldest first), moving its cursor past them."""
+        with self._unit_of_work() as uow:
+            events = uow.movements.low_stock_events(watch.cursor, watch.customer_id, watch.category, WATCH_BATCH)
+        if events:
+            watch.cursor = events[-1].id
+        return events
+
+    def close_watch(self, watch: LowStockWatch) -> None:
+        self._release_watcher(watch.subject)
+
+    def _release_watcher(self, subject: str) -> None:
+        with self._watchers_lock:
+            self._watchers[subject] -= 1
+            if not self._watchers[subject]:
+                del self._watchers[subject]
+
+    @property
+    def watchers_stopped(self) -> bool:
+        return self._signal.closed
+
+    def subscribe_to_low_stock(self, callback: Callable[[], None]) -> None:
+        """`callback` runs whenever the ledger may hold new low-stock events."""
+        self._signal.subscribe(callback)
 
     def stop_watchers(self) -> None:
         """Server shutdown: every watch stream ends cleanly."""
         self._signal.close()
 
     def wake_watchers(self) -> None:
-        """The ledger may hold new events (or a watcher's caller went away): look now."""
+        """The ledger may hold new events: look now."""
         self._signal.notify()
 
     def purge_expired_request_ids(self) -> int:
@@ -253,9 +285,13 @@ class ItemService:
             uow.commit()
         return purged
 
-    def get_item(self, item_id: int) -> Item:
+    def cached_item(self, item_id: int) -> Item | None:
+        """The item if the cache holds it: no database, nothing that blocks."""
         _check_id(item_id, "id")
-        cached = self._cache.get(item_id)
+        return self._cache.get(item_id)
+
+    def get_item(self, item_id: int) -> Item:
+        cached = self.cached_item(item_id)
         if cached is not None:
             return cached
         generation, read_at = self._cache.generation(), time.monotonic()

@@ -5,9 +5,9 @@ Errors are raised, never caught here: servicekit.status maps them to statuses.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
-import grpc
+import grpc.aio
 
 from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
@@ -21,7 +21,7 @@ from inventory_svc.convert import (
     reason_from_proto,
 )
 from inventory_svc.domain import Page
-from inventory_svc.service import ItemService
+from inventory_svc.async_service import AsyncItemService
 from servicekit.auth import current_principal
 
 
@@ -50,44 +50,44 @@ def _page_reply(page: Page) -> dict[str, object]:
 
 
 class ItemServicer(inventory_pb2_grpc.ItemServiceServicer):
-    def __init__(self, items: ItemService) -> None:
+    def __init__(self, items: AsyncItemService) -> None:
         self._items = items
 
-    def CreateItem(self, request: pb.CreateItemRequest, context: grpc.ServicerContext) -> pb.CreateItemResponse:
-        item = self._items.create_item(
+    async def CreateItem(self, request: pb.CreateItemRequest, context: grpc.aio.ServicerContext) -> pb.CreateItemResponse:
+        item = await self._items.create_item(
             item_fields_from_proto(request.item), principal=_principal(), request_id=request.request_id
         )
         return pb.CreateItemResponse(item=item_to_proto(item))
 
-    def GetItem(self, request: pb.GetItemRequest, context: grpc.ServicerContext) -> pb.GetItemResponse:
-        return pb.GetItemResponse(item=item_to_proto(self._items.get_item(request.id)))
+    async def GetItem(self, request: pb.GetItemRequest, context: grpc.aio.ServicerContext) -> pb.GetItemResponse:
+        return pb.GetItemResponse(item=item_to_proto(await self._items.get_item(request.id)))
 
-    def ListItems(self, request: pb.ListItemsRequest, context: grpc.ServicerContext) -> pb.ListItemsResponse:
-        page = self._items.list_items(query_from_request(request), request.page_size, request.page_token)
+    async def ListItems(self, request: pb.ListItemsRequest, context: grpc.aio.ServicerContext) -> pb.ListItemsResponse:
+        page = await self._items.list_items(query_from_request(request), request.page_size, request.page_token)
         return pb.ListItemsResponse(**_page_reply(page))
 
-    def UpdateItem(self, request: pb.UpdateItemRequest, context: grpc.ServicerContext) -> pb.UpdateItemResponse:
+    async def UpdateItem(self, request: pb.UpdateItemRequest, context: grpc.aio.ServicerContext) -> pb.UpdateItemResponse:
         changes = changes_from_update(request.item, request.update_mask)
-        item = self._items.update_item(request.item.id, changes, request.item.etag, principal=_principal())
+        item = await self._items.update_item(request.item.id, changes, request.item.etag, principal=_principal())
         return pb.UpdateItemResponse(item=item_to_proto(item))
 
-    def DeleteItem(self, request: pb.DeleteItemRequest, context: grpc.ServicerContext) -> pb.DeleteItemResponse:
-        self._items.delete_item(request.id, request.etag, principal=_principal())
+    async def DeleteItem(self, request: pb.DeleteItemRequest, context: grpc.aio.ServicerContext) -> pb.DeleteItemResponse:
+        await self._items.delete_item(request.id, request.etag, principal=_principal())
         return pb.DeleteItemResponse()
 
-    def ListCustomerItems(
-        self, request: pb.ListCustomerItemsRequest, context: grpc.ServicerContext
+    async def ListCustomerItems(
+        self, request: pb.ListCustomerItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListCustomerItemsResponse:
-        page = self._items.list_customer_items(
+        page = await self._items.list_customer_items(
             request.customer_id, request.include_inactive, request.page_size, request.page_token
         )
         return pb.ListCustomerItemsResponse(**_page_reply(page))
 
-    def AdjustQuantity(
-        self, request: pb.AdjustQuantityRequest, context: grpc.ServicerContext
+    async def AdjustQuantity(
+        self, request: pb.AdjustQuantityRequest, context: grpc.aio.ServicerContext
     ) -> pb.AdjustQuantityResponse:
         change = request.WhichOneof("change")
-        item = self._items.adjust_quantity(
+        item = await self._items.adjust_quantity(
             request.id,
             delta=request.delta if change == "delta" else None,
             set_to=request.set_quantity if change == "set_quantity" else None,
@@ -98,35 +98,34 @@ class ItemServicer(inventory_pb2_grpc.ItemServiceServicer):
         )
         return pb.AdjustQuantityResponse(item=item_to_proto(item))
 
-    def ListLowStockItems(
-        self, request: pb.ListLowStockItemsRequest, context: grpc.ServicerContext
+    async def ListLowStockItems(
+        self, request: pb.ListLowStockItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListLowStockItemsResponse:
-        page = self._items.list_low_stock_items(
+        page = await self._items.list_low_stock_items(
             request.threshold if request.HasField("threshold") else None,
             request.page_size,
             request.page_token,
         )
         return pb.ListLowStockItemsResponse(**_page_reply(page))
 
-    def BatchGetItems(self, request: pb.BatchGetItemsRequest, context: grpc.ServicerContext) -> pb.BatchGetItemsResponse:
-        return pb.BatchGetItemsResponse(items=[item_to_proto(item) for item in self._items.batch_get_items(request.ids)])
+    async def BatchGetItems(self, request: pb.BatchGetItemsRequest, context: grpc.aio.ServicerContext) -> pb.BatchGetItemsResponse:
+        return pb.BatchGetItemsResponse(items=[item_to_proto(item) for item in await self._items.batch_get_items(request.ids)])
 
-    def ListStockMovements(
-        self, request: pb.ListStockMovementsRequest, context: grpc.ServicerContext
+    async def ListStockMovements(
+        self, request: pb.ListStockMovementsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListStockMovementsResponse:
-        page = self._items.list_stock_movements(request.item_id, request.page_size, request.page_token)
+        page = await self._items.list_stock_movements(request.item_id, request.page_size, request.page_token)
         return pb.ListStockMovementsResponse(
             movements=[movement_to_proto(movement) for movement in page.items], next_page_token=page.next_page_token
         )
 
-    def WatchLowStock(
-        self, request: pb.WatchLowStockRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.WatchLowStockResponse]:
-        context.add_callback(self._items.wake_watchers)
+    async def WatchLowStock(
+        self, request: pb.WatchLowStockRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchLowStockResponse]:
         events = self._items.watch_low_stock(
             request.customer_id, request.category,
             request.after_cursor if request.HasField("after_cursor") else None,
-            context.is_active,
+            subject=_principal(),
         )
-        for event in events:
+        async for event in events:
             yield low_stock_event_to_proto(event)

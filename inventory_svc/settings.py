@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from servicekit.auth import AuthSettings
+from servicekit.server import ServerLimits
 from servicekit.settings import EnvReader
 
 DEFAULT_DATABASE_URL = "sqlite:///var/inventory.db"
@@ -22,8 +23,9 @@ class InventorySettings:
     # only for a server whose cores are its own (a cpuset, a dedicated machine); on a shared
     # node every pod would crowd onto the same first cores.
     pin_cpus: bool = False
+    # Threads that run database work, per process (calls themselves are coroutines).
     max_workers: int = 16
-    # As many as worker threads, so that no call waits for, or opens, a connection.
+    # As many as those threads, so that no call waits for, or opens, a connection.
     db_pool_size: int = 16
     # Test each pooled connection with a round trip before a call uses it, so that a call
     # after a database restart or failover finds a fresh one instead of failing. Off saves
@@ -38,8 +40,9 @@ class InventorySettings:
     # Idempotency keys (request_id) are kept this long, and purged this often.
     request_id_ttl_s: float = 24 * 3600.0
     request_id_purge_interval_s: float = 600.0
-    # Low-stock watch streams each hold a worker thread: at most this many per replica.
-    max_watchers: int = 8
+    # Low-stock watch streams open at once, per process, and per token subject in it.
+    max_watchers: int = 64
+    max_watches_per_subject: int = 4
     # A watcher re-reads the ledger at least this often even when no notification came.
     watch_poll_s: float = 1.0
     # Items kept in memory for GetItem, per process (PostgreSQL only; 0 turns it off).
@@ -51,6 +54,7 @@ class InventorySettings:
     # OpenTelemetry spans: none, console or otlp (OTEL_EXPORTER_OTLP_ENDPOINT says where).
     traces_exporter: str = "none"
     auth: AuthSettings = field(default_factory=AuthSettings)
+    limits: ServerLimits = field(default_factory=ServerLimits)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, serving: bool = True) -> "InventorySettings":
@@ -71,10 +75,12 @@ class InventorySettings:
             request_id_ttl_s=read.float("REQUEST_ID_TTL_S", cls.request_id_ttl_s),
             request_id_purge_interval_s=read.float("REQUEST_ID_PURGE_INTERVAL_S", cls.request_id_purge_interval_s),
             max_watchers=read.int("MAX_WATCHERS", cls.max_watchers, minimum=1),
+            max_watches_per_subject=read.int("MAX_WATCHES_PER_SUBJECT", cls.max_watches_per_subject, minimum=1),
             watch_poll_s=read.float("WATCH_POLL_S", cls.watch_poll_s),
             item_cache_size=read.int("ITEM_CACHE_SIZE", cls.item_cache_size),
             item_cache_max_age_s=read.float("ITEM_CACHE_MAX_AGE_S", cls.item_cache_max_age_s),
             metrics_address=read.str("METRICS_ADDRESS", cls.metrics_address),
             traces_exporter=read.str("OTEL_TRACES_EXPORTER", cls.traces_exporter),
             auth=AuthSettings.from_env(env, "INVENTORY", check=serving),
+            limits=ServerLimits.from_env(read),
         )

@@ -3,7 +3,7 @@
 Every RPC but health checking and reflection needs `authorization: Bearer <JWT>`. The
 algorithm is pinned by configuration, never taken from the token's header, so `alg: none`
 and HS/RS confusion are refused. The verified principal reaches servicers through the
-`current_principal` ContextVar, never re-parsed from metadata.
+`current_principal` ContextVar (set by servicekit.pipeline), never re-parsed from metadata.
 """
 
 from __future__ import annotations
@@ -12,14 +12,12 @@ import threading
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+import math
+from typing import Any, Iterable, Mapping
 
-import grpc
 import jwt
 from cryptography.hazmat.primitives import serialization
-from grpc_interceptor.server import ServerInterceptor
 
-from servicekit.call_context import call_with, current_call
 from servicekit.errors import PermissionDenied, Unauthenticated
 from servicekit.settings import EnvReader, SettingsError
 
@@ -121,6 +119,7 @@ _UNAUTHENTICATED_REASONS: tuple[tuple[type[Exception], str], ...] = (
 _CACHE_LIMIT = 4096
 # The subject is recorded with every change it makes (the ledger's principal column).
 MAX_SUBJECT_LENGTH = 255
+MAX_EXPIRY = 253402300799  # 9999-12-31T23:59:59Z: a later expiry is no real one
 
 
 class TokenVerifier:
@@ -143,7 +142,7 @@ class TokenVerifier:
         with self._lock:
             if len(self._verified) >= _CACHE_LIMIT:
                 self._verified.clear()
-            self._verified[token] = (principal, float(claims["exp"]))
+            self._verified[token] = (principal, claims["exp"])
         return principal
 
     def _decode(self, token: str) -> dict[str, Any]:
@@ -162,6 +161,11 @@ class TokenVerifier:
         except jwt.InvalidTokenError as error:
             reason = next(text for kind, text in _UNAUTHENTICATED_REASONS if isinstance(error, kind))
             raise Unauthenticated(reason) from None
+        # PyJWT compares exp as an int of any size; kept as a float here, 10**400 would overflow.
+        expiry = claims["exp"]
+        if not (isinstance(expiry, (int, float)) and math.isfinite(expiry) and expiry <= MAX_EXPIRY):
+            raise Unauthenticated("token expiry is out of range")
+        claims["exp"] = float(expiry)
         if not isinstance(claims["sub"], str) or not claims["sub"]:
             raise Unauthenticated("token subject is empty")
         if len(claims["sub"]) > MAX_SUBJECT_LENGTH:
@@ -224,28 +228,3 @@ def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str:
                 raise Unauthenticated("authorization metadata must be 'Bearer <token>'")
             return token.strip()
     raise Unauthenticated("missing authorization metadata: 'Bearer <token>'")
-
-
-class JwtAuthInterceptor(ServerInterceptor):
-    """Checks the bearer token and the permission each method needs; fails closed: a
-    method missing from `permission_for_method` is denied to everybody."""
-
-    def __init__(self, verifier: TokenVerifier, permission_for_method: Mapping[str, str]) -> None:
-        self._verifier = verifier
-        self._permission_for_method = permission_for_method
-
-    def intercept(
-        self, method: Callable[..., Any], request_or_iterator: Any,
-        context: grpc.ServicerContext, method_name: str,
-    ) -> Any:
-        if method_name.startswith(PUBLIC_METHOD_PREFIXES):
-            return method(request_or_iterator, context)
-        principal = self._verifier.verify(bearer_token(context.invocation_metadata()))
-        call = current_call.get(None)
-        if call is not None:
-            call.subject = principal.subject
-        required = self._permission_for_method.get(method_name)
-        if required is None or required not in principal.roles:
-            raise PermissionDenied(f"this call needs the {required or 'unknown'} role")
-        return call_with(current_principal, principal, method, request_or_iterator, context)
-

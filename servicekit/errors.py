@@ -27,6 +27,15 @@ class InvalidField(DomainError):
         self.reason = reason
 
 
+class MalformedRequest(InvalidField):
+    """The request's bytes are no valid message of its type: no field can be named."""
+
+    def __init__(self, reason: str) -> None:
+        DomainError.__init__(self, reason)
+        self.field = ""
+        self.reason = reason
+
+
 class FailedPrecondition(DomainError):
     pass
 
@@ -43,12 +52,18 @@ class PermissionDenied(DomainError):
     pass
 
 
-class ResourceExhausted(DomainError):
+class RetryLater(DomainError):
+    """An error worth retrying after `retry_after_s` (sent as a google.rpc.RetryInfo)."""
+
+    retry_after_s = 1.0
+
+
+class ResourceExhausted(RetryLater):
     pass
 
 
-class Unavailable(DomainError):
-    pass
+class Unavailable(RetryLater):
+    retry_after_s = 0.1
 
 
 class DeadlineExceeded(DomainError):

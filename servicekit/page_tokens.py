@@ -25,7 +25,9 @@ _CONTEXT = b"page-token-v2"
 # rolling deploy a replica may be handed a token from one not yet replaced.
 _V1_LAYOUT = struct.Struct(">Q8s8s")  # after_id, query fingerprint, checksum
 _V1_CONTEXT = b"page-token-v1"
-MAX_ID = 2**63 - 1  # ids are signed 64-bit: the checksum is unkeyed, so a forged token may say more
+# The checksum is unkeyed, so a forged token may say more than was ever issued.
+MAX_ID = 2**63 - 1  # ids are signed 64-bit
+MAX_TOTAL = 2**31 - 1  # total_size is an int32 in every reply
 
 
 class PagePosition(NamedTuple):
@@ -67,7 +69,7 @@ def decode_page_token(token: str, fingerprint: bytes, field: str = "page_token")
             expected = _checksum(position, token_fingerprint)
     except (binascii.Error, ValueError, struct.error):
         raise InvalidField(field, "is not a page token issued by this service") from None
-    if checksum != expected or position.after_id > MAX_ID:
+    if checksum != expected or position.after_id > MAX_ID or (position.total or 0) > MAX_TOTAL:
         raise InvalidField(field, "is not a page token issued by this service")
     if token_fingerprint != fingerprint:
         raise InvalidField(field, "belongs to a different query: keep every other field as on the first page")

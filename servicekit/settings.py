@@ -71,6 +71,20 @@ class EnvReader:
             raise SettingsError(f"{key} must be zero or more, got {raw!r}")
         return value
 
+    def subject_caps(self, name: str) -> dict[str, int]:
+        """`subject=N,other=M`: a whole number per token subject."""
+        found = self._lookup(name)
+        if not found:
+            return {}
+        key, raw = found
+        caps: dict[str, int] = {}
+        for entry in raw.split(","):
+            subject, _, number = entry.strip().partition("=")
+            if not (subject and number.strip().isdigit() and int(number) > 0):
+                raise SettingsError(f"{key} must read like 'crm=256,reports=4', got {raw!r}")
+            caps[subject] = int(number)
+        return caps
+
     def bool(self, name: str, default: bool) -> bool:
         found = self._lookup(name)
         if not found:

@@ -1,20 +1,13 @@
-"""One table from errors to gRPC statuses, and the interceptor that applies it."""
+"""One table from errors to gRPC statuses (servicekit.pipeline applies it to every call)."""
 
 from __future__ import annotations
 
-import inspect
-import logging
-from typing import Any, Callable, Iterator, NoReturn
-
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_interceptor.server import ServerInterceptor
 from grpc_status import rpc_status
 
 from servicekit import errors
-
-log = logging.getLogger(__name__)
 
 STATUS_FOR_ERROR: dict[type[errors.DomainError], grpc.StatusCode] = {
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
@@ -42,65 +35,25 @@ def status_code_for(error: errors.DomainError) -> grpc.StatusCode:
 def to_rpc_status(error: errors.DomainError) -> grpc.Status:
     code = status_code_for(error)
     status = status_pb2.Status(code=code.value[0], message=str(error))
-    if isinstance(error, errors.InvalidField):
+    if isinstance(error, errors.InvalidField) and error.field:
         violation = error_details_pb2.BadRequest.FieldViolation(
             field=error.field, description=error.reason
         )
-        detail = any_pb2.Any()
-        detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
-        status.details.append(detail)
+        _add_detail(status, error_details_pb2.BadRequest(field_violations=[violation]))
+    if isinstance(error, errors.RetryLater):
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(error.retry_after_s * 1e9))
+        _add_detail(status, error_details_pb2.RetryInfo(retry_delay=delay))
     return rpc_status.to_status(status)
+
+
+def _add_detail(status: status_pb2.Status, detail: object) -> None:
+    packed = any_pb2.Any()
+    packed.Pack(detail)  # type: ignore[arg-type]
+    status.details.append(packed)
 
 
 def internal_status() -> grpc.Status:
     return rpc_status.to_status(
         status_pb2.Status(code=code_pb2.INTERNAL, message=INTERNAL_MESSAGE)
     )
-
-
-class StatusMappingInterceptor(ServerInterceptor):
-    """Turns raised errors into statuses; anything unexpected becomes a bare INTERNAL.
-
-    First in the server's interceptor list, so that it also maps what later
-    interceptors (auth) raise.
-    """
-
-    def intercept(
-        self, method: Callable[..., Any], request_or_iterator: Any,
-        context: grpc.ServicerContext, method_name: str,
-    ) -> Any:
-        try:
-            result = method(request_or_iterator, context)
-        except Exception as error:
-            self._abort(error, context, method_name)
-        if inspect.isgenerator(result):
-            return self._mapped_stream(result, context, method_name)  # a server-streaming method
-        return result
-
-    def _mapped_stream(self, stream: Iterator[Any], context: grpc.ServicerContext, method_name: str) -> Iterator[Any]:
-        try:
-            yield from stream
-        except Exception as error:
-            self._abort(error, context, method_name)
-
-    @staticmethod
-    def _abort(error: Exception, context: grpc.ServicerContext, method_name: str) -> NoReturn:
-        if isinstance(error, errors.DomainError):
-            _abort_with(context, to_rpc_status(error))
-        if _is_abort(error, context):
-            raise error  # context.abort() inside the handler: the status is already set
-        log.error("unexpected error in %s", method_name, exc_info=error)
-        _abort_with(context, internal_status())
-
-
-def _abort_with(context: grpc.ServicerContext, status: grpc.Status) -> NoReturn:
-    # Setting the code first lets wrappers of the context (OpenTelemetry's) record it;
-    # abort_with_status alone passes them by.
-    context.set_code(status.code)
-    context.set_details(status.details)
-    context.abort_with_status(status)
-
-
-def _is_abort(error: Exception, context: grpc.ServicerContext) -> bool:
-    # grpc signals context.abort() by raising a bare Exception after setting the code.
-    return type(error) is Exception and context.code() not in (None, grpc.StatusCode.OK)

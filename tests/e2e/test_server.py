@@ -14,9 +14,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
-from inventory_svc.server import ITEM_SERVICE_NAME, build_engine, build_item_service, build_server
+from inventory_svc.server import ITEM_SERVICE_NAME, build_engine
 from inventory_svc.settings import InventorySettings
-from tests.helpers import TEST_AUTH, authorized_channel, eventually, free_port, mint, rpc_error
+from tests.helpers import TEST_AUTH, authorized_channel, eventually, free_port, mint, rpc_error, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,14 +43,11 @@ def test_unexpected_error_is_internal_without_internals(tmp_path):
         database_url=f"sqlite:///{tmp_path / 'unmigrated.db'}", listen_address="127.0.0.1:0", auth=TEST_AUTH
     )
     engine = build_engine(settings)
-    running = build_server(settings, build_item_service(engine))
-    running.server.start()
     try:
-        with authorized_channel(f"127.0.0.1:{running.port}", mint()) as channel:
+        with serving(settings, engine) as running, authorized_channel(f"127.0.0.1:{running.port}", mint()) as channel:
             stub = inventory_pb2_grpc.ItemServiceStub(channel)
             error = rpc_error(stub.GetItem, pb.GetItemRequest(id=1))
     finally:
-        running.server.stop(None).wait()
         engine.dispose()
 
     assert error.code() == grpc.StatusCode.INTERNAL

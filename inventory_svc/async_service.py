@@ -1,0 +1,112 @@
+"""The item service's use cases as coroutines, for the grpc.aio servicer.
+
+ItemService and its storage are synchronous (SQLAlchemy Core over psycopg2 or sqlite3): each
+use case runs in a bounded thread pool, sized to the connection pool, so that a database call
+never blocks the event loop and no call waits for a connection. What needs no database (a
+cached item) is answered on the loop itself. docs/performance.md compares this with the
+asyncio drivers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Executor
+from typing import Any, Callable, Mapping, TypeVar
+
+from inventory_svc.domain import Item, ItemFields, ItemQuery, MovementReason, Page, StockMovement
+from inventory_svc.service import WATCH_BATCH, ItemService
+from servicekit.call_context import current_call
+from servicekit.errors import DeadlineExceeded
+
+Result = TypeVar("Result")
+
+
+def _unless_expired(function: Callable[..., Result], *args: Any, **kwargs: Any) -> Result:
+    """Runs in the pool: a call whose caller gave up while it queued does no work."""
+    call = current_call.get(None)
+    if call is not None and call.time_remaining() <= 0:
+        raise DeadlineExceeded("the deadline passed before the call could start")
+    return function(*args, **kwargs)
+
+
+class AsyncItemService:
+    def __init__(self, items: ItemService, executor: Executor, *, watch_poll_s: float = 1.0) -> None:
+        """`watch_poll_s`: a watcher re-reads the ledger at least this often, signalled or not.
+        Build it on the event loop that serves the calls."""
+        self._items = items
+        self._executor = executor
+        self._watch_poll_s = watch_poll_s
+        self._loop = asyncio.get_running_loop()
+        self._low_stock_news = asyncio.Event()
+        items.subscribe_to_low_stock(lambda: self._loop.call_soon_threadsafe(self._announce_low_stock))
+
+    def _announce_low_stock(self) -> None:
+        # Each wait holds the event of its own read: waking those and starting a new one
+        # means a notice that arrives during a read is never missed.
+        self._low_stock_news.set()
+        self._low_stock_news = asyncio.Event()
+
+    async def _run(self, function: Callable[..., Result], *args: Any, **kwargs: Any) -> Result:
+        # The pool's threads see this call's context (deadline, request id), as the loop does.
+        work = functools.partial(contextvars.copy_context().run, _unless_expired, function, *args, **kwargs)
+        return await self._loop.run_in_executor(self._executor, work)
+
+    async def get_item(self, item_id: int) -> Item:
+        cached = self._items.cached_item(item_id)
+        if cached is not None:
+            return cached
+        return await self._run(self._items.get_item, item_id)
+
+    async def create_item(self, fields: ItemFields, *, principal: str, request_id: str) -> Item:
+        return await self._run(self._items.create_item, fields, principal=principal, request_id=request_id)
+
+    async def batch_get_items(self, item_ids: Sequence[int]) -> list[Item]:
+        return await self._run(self._items.batch_get_items, item_ids)
+
+    async def list_items(self, query: ItemQuery, page_size: int, page_token: str) -> Page:
+        return await self._run(self._items.list_items, query, page_size, page_token)
+
+    async def list_customer_items(self, customer_id: str, include_inactive: bool, page_size: int,
+                                  page_token: str) -> Page:
+        return await self._run(self._items.list_customer_items, customer_id, include_inactive, page_size, page_token)
+
+    async def list_low_stock_items(self, threshold: int | None, page_size: int, page_token: str) -> Page:
+        return await self._run(self._items.list_low_stock_items, threshold, page_size, page_token)
+
+    async def list_stock_movements(self, item_id: int, page_size: int, page_token: str) -> Page[StockMovement]:
+        return await self._run(self._items.list_stock_movements, item_id, page_size, page_token)
+
+    async def update_item(self, item_id: int, changes: Mapping[str, Any], etag: str, *, principal: str) -> Item:
+        return await self._run(self._items.update_item, item_id, changes, etag, principal=principal)
+
+    async def delete_item(self, item_id: int, etag: str, *, principal: str) -> None:
+        await self._run(self._items.delete_item, item_id, etag, principal=principal)
+
+    async def adjust_quantity(
+        self, item_id: int, *, delta: int | None, set_to: int | None, reason: MovementReason | None, note: str,
+        principal: str, request_id: str,
+    ) -> Item:
+        return await self._run(self._items.adjust_quantity, item_id, delta=delta, set_to=set_to, reason=reason,
+                               note=note, principal=principal, request_id=request_id)
+
+    async def watch_low_stock(
+        self, customer_id: str, category: str, after_cursor: int | None, *, subject: str
+    ) -> AsyncIterator[StockMovement]:
+        """Low-stock events from the ledger as they are committed, until the caller goes
+        away (the stream is cancelled) or the server shuts down."""
+        watch = await self._run(self._items.open_watch, customer_id, category, after_cursor, subject)
+        try:
+            while not self._items.watchers_stopped:
+                news = self._low_stock_news
+                events = await self._run(self._items.next_low_stock_events, watch)
+                for event in events:
+                    yield event
+                if len(events) < WATCH_BATCH:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(news.wait(), self._watch_poll_s)
+        finally:
+            self._items.close_watch(watch)
