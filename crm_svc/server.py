@@ -16,8 +16,7 @@ from crm.v1 import crm_pb2, crm_pb2_grpc
 from crm_svc.service import CustomerItemsService
 from crm_svc.servicer import ROLE_FOR_METHOD, CustomerItemsServicer
 from crm_svc.settings import CrmSettings
-from inventory_svc.client import InventoryClient
-from inventory_svc.servicer import READ_ROLE
+from inventory_client import READ_ROLE, InventoryClient
 from servicekit.auth import JwtAuthInterceptor, TokenIssuer, TokenVerifier
 from servicekit.client import MintedServiceToken, TokenFile
 from servicekit.logging import configure_logging

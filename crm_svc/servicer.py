@@ -9,10 +9,9 @@ import grpc
 
 from crm.v1 import crm_pb2 as pb
 from crm.v1 import crm_pb2_grpc
-from crm_svc.domain import CustomerItem, CustomerPage
 from crm_svc.service import CustomerItemsService
-from inventory_svc.convert import money_to_proto, timestamp_to_proto
 from servicekit.auth import current_principal
+from servicekit.client import Page
 
 CUSTOMER_ROLE = "customer"
 _CRM_SERVICE = pb.DESCRIPTOR.services_by_name["CustomerItemsService"]
@@ -20,24 +19,8 @@ _CRM_SERVICE = pb.DESCRIPTOR.services_by_name["CustomerItemsService"]
 ROLE_FOR_METHOD = {f"/{_CRM_SERVICE.full_name}/{method.name}": CUSTOMER_ROLE for method in _CRM_SERVICE.methods}
 
 
-def customer_item_to_proto(item: CustomerItem) -> pb.CustomerItem:
-    message = pb.CustomerItem(
-        id=item.id, sku=item.sku, name=item.name, description=item.description, category=item.category,
-        brand=item.brand, price=money_to_proto(item.price), quantity=item.quantity, dimensions=item.dimensions,
-    )
-    if item.weight_kg is not None:
-        message.weight_kg = item.weight_kg
-    if item.update_time is not None:
-        message.update_time.CopyFrom(timestamp_to_proto(item.update_time))
-    return message
-
-
-def _page_reply(page: CustomerPage) -> dict[str, object]:
-    return {
-        "items": [customer_item_to_proto(item) for item in page.items],
-        "next_page_token": page.next_page_token,
-        "total_size": page.total_size,
-    }
+def _page_reply(page: Page[pb.CustomerItem]) -> dict[str, object]:
+    return {"items": page.items, "next_page_token": page.next_page_token, "total_size": page.total_size}
 
 
 def _customer_id() -> str:
@@ -53,7 +36,7 @@ class CustomerItemsServicer(crm_pb2_grpc.CustomerItemsServiceServicer):
         return pb.ListMyItemsResponse(**_page_reply(page))
 
     def GetMyItem(self, request: pb.GetMyItemRequest, context: grpc.ServicerContext) -> pb.GetMyItemResponse:
-        return pb.GetMyItemResponse(item=customer_item_to_proto(self._items.get_my_item(_customer_id(), request.id)))
+        return pb.GetMyItemResponse(item=self._items.get_my_item(_customer_id(), request.id))
 
     def SearchMyItems(
         self, request: pb.SearchMyItemsRequest, context: grpc.ServicerContext
