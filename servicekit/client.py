@@ -275,29 +275,32 @@ Client = TypeVar("Client", bound="ServiceClient")
 AsyncClient = TypeVar("AsyncClient", bound="AsyncServiceClient")
 
 
-class _Contract:
-    """What a typed client says of its service: the stub class, the service's full name and
-    the methods safe to retry."""
+class _ClientBase:
+    """What a typed client says of its service (the stub class, the service's full name and
+    the methods safe to retry), and what it holds: the channel, the stub, the caller."""
 
     stub_class: Callable[[Any], Any]
     service_name: str
     idempotent_methods: tuple[str, ...]
+    _caller_class: Callable[[float], Any]
+
+    def __init__(self, channel: Any, *, timeout_s: float = 5.0) -> None:
+        self._channel = channel
+        self._stub = self.stub_class(channel)
+        self._call = self._caller_class(timeout_s)
+        self._stream = self._call.stream
 
     @classmethod
     def channel_options(cls) -> list[tuple[str, Any]]:
         return [*CHANNEL_OPTIONS, ("grpc.service_config", service_config(cls.service_name, cls.idempotent_methods))]
 
 
-class ServiceClient(_Contract):
-    """Base of the typed clients: one long-lived channel, the stub, the caller.
+class ServiceClient(_ClientBase):
+    """Base of the typed clients: one long-lived grpc.Channel, the stub, the caller.
 
     A subclass names its stub class, its service and the methods safe to retry."""
 
-    def __init__(self, channel: grpc.Channel, *, timeout_s: float = 5.0) -> None:
-        self._channel = channel
-        self._stub = self.stub_class(channel)
-        self._call = RpcCaller(timeout_s)
-        self._stream = self._call.stream
+    _caller_class = RpcCaller
 
     @classmethod
     def connect(
@@ -322,14 +325,10 @@ class ServiceClient(_Contract):
         self.close()
 
 
-class AsyncServiceClient(_Contract):
+class AsyncServiceClient(_ClientBase):
     """ServiceClient over a grpc.aio channel: the same contract, coroutines for calls."""
 
-    def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float = 5.0) -> None:
-        self._channel = channel
-        self._stub = self.stub_class(channel)
-        self._call = AsyncRpcCaller(timeout_s)
-        self._stream = self._call.stream
+    _caller_class = AsyncRpcCaller
 
     @classmethod
     def connect(
