@@ -8,18 +8,23 @@ import asyncio
 import inspect
 import itertools
 import re
+import time
 from collections.abc import Iterator
+from concurrent import futures
 from typing import Any
 
+import grpc
 import pytest
 
 from crm.v1 import crm_pb2
 from crm_svc.client import CrmClient
 from inventory.v1 import inventory_pb2 as pb
+from inventory.v1 import inventory_pb2_grpc
 from inventory_client import AsyncInventoryClient, InventoryClient, ItemFilter, money
 from servicekit.errors import (
     AlreadyExists, Conflict, DeadlineExceeded, FailedPrecondition, InvalidField, NotFound, PermissionDenied,
 )
+from servicekit.call_context import CallContext, current_call
 from tests.helpers import mint
 
 ITEM_SERVICE = pb.DESCRIPTOR.services_by_name["ItemService"]
@@ -264,6 +269,60 @@ def test_a_client_with_a_read_only_token_cannot_write(client_kind, inventory_add
         assert reader.list_items().total_size == 0
     finally:
         reader.close()
+
+
+class RecordingInventory(inventory_pb2_grpc.ItemServiceServicer):
+    """Records what a call brings (metadata, deadline), which the real server keeps to itself."""
+
+    def __init__(self) -> None:
+        self.metadata: list[tuple[str, str]] = []
+        self.time_remaining: float | None = None
+
+    def GetItem(self, request, context):
+        self.metadata = [(key, value) for key, value in context.invocation_metadata() if not key.startswith("grpc-")]
+        self.time_remaining = context.time_remaining()
+        return pb.GetItemResponse(item=pb.Item(id=request.id))
+
+
+@pytest.fixture
+def recording_inventory():
+    servicer = RecordingInventory()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    inventory_pb2_grpc.add_ItemServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}", servicer
+    server.stop(grace=None)
+
+
+def test_a_call_made_while_serving_one_carries_its_token_request_id_and_remaining_time(client_kind,
+                                                                                     recording_inventory):
+    address, servicer = recording_inventory
+    client = connected(client_kind, address, lambda: "the-token")
+    reset = current_call.set(CallContext(deadline=time.monotonic() + 3, request_id="req-7"))
+    try:
+        client.get_item(1)
+    finally:
+        current_call.reset(reset)
+        client.close()
+
+    assert [pair for pair in servicer.metadata if pair[0] in ("authorization", "x-request-id")] == [
+        ("x-request-id", "req-7"), ("authorization", "Bearer the-token")]
+    assert servicer.time_remaining is not None and servicer.time_remaining <= 3.1
+
+
+def test_a_call_made_after_the_serving_calls_deadline_is_deadline_exceeded_unsent(client_kind, recording_inventory):
+    address, servicer = recording_inventory
+    client = connected(client_kind, address, lambda: "the-token")
+    reset = current_call.set(CallContext(deadline=time.monotonic() - 1, request_id="late"))
+    try:
+        with pytest.raises(DeadlineExceeded):
+            client.get_item(1)
+    finally:
+        current_call.reset(reset)
+        client.close()
+
+    assert servicer.metadata == []
 
 
 def test_crm_client_reaches_exactly_the_customers_own_items(inventory_address, crm_address):
