@@ -11,18 +11,17 @@ import os
 import sys
 from typing import Callable
 
-import grpc
+import grpc.aio
 
 from crm.v1 import crm_pb2, crm_pb2_grpc
 from crm_svc.service import CustomerItemsService
 from crm_svc.servicer import ROLE_FOR_METHOD, CustomerItemsServicer
 from crm_svc.settings import CrmSettings
-from inventory_svc.client import InventoryClient
-from inventory_svc.servicer import READ_ROLE
+from inventory_client import READ_ROLE, AsyncInventoryClient
 from servicekit.auth import TokenIssuer, TokenVerifier
 from servicekit.client import MintedServiceToken, TokenFile
 from servicekit.logging import configure_logging
-from servicekit.observability import ClientMetricsInterceptor, ServerMetrics, metrics_served
+from servicekit.observability import AsyncClientMetricsInterceptor, ServerMetrics, metrics_served
 from servicekit.pipeline import Authorizer
 from servicekit.server import (
     RunningServer, finish_server, new_server, serve_until_signalled, stay_on_assigned_cpu, supervise_workers,
@@ -46,15 +45,14 @@ def service_token(settings: CrmSettings) -> Callable[[], str]:
 
 def connect_inventory(
     settings: CrmSettings, metrics: ServerMetrics | None = None, tracing: Tracing | None = None,
-) -> InventoryClient:
-    def instrument(channel: grpc.Channel) -> grpc.Channel:
-        if metrics is not None:
-            channel = grpc.intercept_channel(channel, ClientMetricsInterceptor(metrics))
-        return tracing.instrument_channel(channel) if tracing is not None else channel
-
-    return InventoryClient.connect(
+) -> AsyncInventoryClient:
+    """Call on the event loop that will use it (a grpc.aio channel belongs to its loop)."""
+    interceptors: list[grpc.aio.ClientInterceptor] = [AsyncClientMetricsInterceptor(metrics)] if metrics else []
+    if tracing is not None:
+        interceptors += tracing.aio_client_interceptors
+    return AsyncInventoryClient.connect(
         settings.inventory_target, service_token(settings), timeout_s=settings.inventory_timeout_s,
-        instrument=instrument,
+        interceptors=interceptors,
     )
 
 
@@ -72,12 +70,12 @@ async def build_server(
 async def serve(settings: CrmSettings) -> None:
     metrics = ServerMetrics()
     with metrics_served(settings.metrics_address, metrics.registry), \
-            tracing_started(settings.traces_exporter, "crm") as tracing, \
-            connect_inventory(settings, metrics, tracing) as inventory:
-        running = await build_server(settings, CustomerItemsService(inventory), metrics=metrics, tracing=tracing)
-        log.info("crm calls inventory at %s", settings.inventory_target)
-        await serve_until_signalled(running, "crm", settings.listen_address,
-                                    settings.shutdown_drain_s, settings.shutdown_grace_s)
+            tracing_started(settings.traces_exporter, "crm") as tracing:
+        async with connect_inventory(settings, metrics, tracing) as inventory:
+            running = await build_server(settings, CustomerItemsService(inventory), metrics=metrics, tracing=tracing)
+            log.info("crm calls inventory at %s", settings.inventory_target)
+            await serve_until_signalled(running, "crm", settings.listen_address,
+                                        settings.shutdown_drain_s, settings.shutdown_grace_s)
 
 
 def main() -> None:

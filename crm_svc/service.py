@@ -1,4 +1,8 @@
-"""Use cases of the CRM: a customer's own items, answered by the inventory service."""
+"""Use cases of the CRM: a customer's own items, answered by the inventory service.
+
+The service is written against the Inventory protocol (AsyncInventoryClient's methods), and maps
+inventory.v1.Item straight to crm.v1.CustomerItem: no model of inventory's own in between.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +11,54 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
-from crm_svc.domain import CustomerItem, CustomerPage, check_customer_id, customer_view, visible_to
-from inventory_svc.domain import Item, ItemQuery, Page
+from crm.v1 import crm_pb2
+from inventory.v1 import inventory_pb2
+from inventory_client import ItemFilter, Page
 from servicekit.client import CredentialsMissing
 from servicekit.errors import NotFound, PermissionDenied, Unauthenticated, Unavailable
 
 log = logging.getLogger(__name__)
 
+MAX_CUSTOMER_ID_LENGTH = 100  # as long as an item's customer_id may be
+
 
 class Inventory(Protocol):
-    """What the CRM needs of the inventory service (InventoryClient provides it)."""
+    """What the CRM needs of the inventory service (AsyncInventoryClient provides it)."""
 
-    def get_item(self, item_id: int) -> Item: ...
-    def list_items(self, query: ItemQuery = ..., page_size: int = ..., page_token: str = ...) -> Page: ...
-    def list_customer_items(
-        self, customer_id: str, *, include_inactive: bool = ..., page_size: int = ..., page_token: str = ...
-    ) -> Page: ...
+    async def get_item(self, item_id: int) -> inventory_pb2.Item: ...
+    async def list_items(
+        self, where: ItemFilter | None = ..., *, page_size: int = ..., page_token: str = ...,
+    ) -> Page[inventory_pb2.Item]: ...
+    async def list_customer_items(
+        self, customer_id: str, *, include_inactive: bool = ..., page_size: int = ..., page_token: str = ...,
+    ) -> Page[inventory_pb2.Item]: ...
 
 
-def _customer_page(page: Page) -> CustomerPage:
-    return CustomerPage([customer_view(item) for item in page.items], page.next_page_token, page.total_size)
+def check_customer_id(customer_id: str) -> None:
+    """A customer token's subject names the customer: one that no item could name is refused
+    as such, not as a field of a request the customer never wrote."""
+    if not customer_id.strip() or len(customer_id) > MAX_CUSTOMER_ID_LENGTH or "\x00" in customer_id:
+        raise PermissionDenied("this token's subject is not a customer id")
+
+
+def visible_to(item: inventory_pb2.Item, customer_id: str) -> bool:
+    """A customer sees their own active items, and nothing else."""
+    is_active = item.is_active if item.HasField("is_active") else True
+    return item.customer_id == customer_id and is_active
+
+
+def customer_view(item: inventory_pb2.Item) -> crm_pb2.CustomerItem:
+    """What a customer sees of an item: no cost, thresholds, reorder ceiling, owner or etag."""
+    return crm_pb2.CustomerItem(
+        id=item.id, sku=item.sku, name=item.name, description=item.description, category=item.category,
+        brand=item.brand, price=item.price, quantity=item.quantity, dimensions=item.dimensions,
+        weight_kg=item.weight_kg if item.HasField("weight_kg") else None,
+        update_time=item.update_time if item.HasField("update_time") else None,
+    )
+
+
+def _customer_page(page: Page[inventory_pb2.Item]) -> Page[crm_pb2.CustomerItem]:
+    return Page([customer_view(item) for item in page.items], page.next_page_token, page.total_size)
 
 
 @contextmanager
@@ -48,25 +80,25 @@ class CustomerItemsService:
     def __init__(self, inventory: Inventory) -> None:
         self._inventory = inventory
 
-    def list_my_items(self, customer_id: str, page_size: int, page_token: str) -> CustomerPage:
+    async def list_my_items(self, customer_id: str, page_size: int, page_token: str) -> Page[crm_pb2.CustomerItem]:
         check_customer_id(customer_id)
         with _inventory_errors():
-            page = self._inventory.list_customer_items(customer_id, page_size=page_size, page_token=page_token)
+            page = await self._inventory.list_customer_items(customer_id, page_size=page_size, page_token=page_token)
         return _customer_page(page)
 
-    def get_my_item(self, customer_id: str, item_id: int) -> CustomerItem:
+    async def get_my_item(self, customer_id: str, item_id: int) -> crm_pb2.CustomerItem:
         check_customer_id(customer_id)
         with _inventory_errors():
-            item = self._inventory.get_item(item_id)  # NotFound passes through as it is
+            item = await self._inventory.get_item(item_id)  # NotFound passes through as it is
         if not visible_to(item, customer_id):
             raise NotFound(f"item {item_id} not found")  # the same words as a missing item
         return customer_view(item)
 
-    def search_my_items(
-        self, customer_id: str, text: str, category: str, brand: str, page_size: int, page_token: str
-    ) -> CustomerPage:
+    async def search_my_items(
+        self, customer_id: str, text: str, category: str, brand: str, page_size: int, page_token: str,
+    ) -> Page[crm_pb2.CustomerItem]:
         check_customer_id(customer_id)
-        query = ItemQuery(customer_id=customer_id, is_active=True, text=text, category=category, brand=brand)
+        where = ItemFilter(customer_id=customer_id, is_active=True, query=text, category=category, brand=brand)
         with _inventory_errors():
-            page = self._inventory.list_items(query, page_size=page_size, page_token=page_token)
+            page = await self._inventory.list_items(where, page_size=page_size, page_token=page_token)
         return _customer_page(page)

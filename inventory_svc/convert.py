@@ -1,8 +1,8 @@
-"""Protobuf <-> domain translation for inventory.v1, shared by the servicer and the client."""
+"""Protobuf <-> domain translation for inventory.v1, for the servicer (clients use the messages)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from google.protobuf import field_mask_pb2, timestamp_pb2
@@ -15,7 +15,6 @@ from inventory_svc.domain import (
     Item,
     ItemFields,
     ItemQuery,
-    LowStockChange,
     Money,
     MovementReason,
     StockMovement,
@@ -145,62 +144,6 @@ def query_from_request(request: pb.ListItemsRequest) -> ItemQuery:
     )
 
 
-def timestamp_from_proto(message: timestamp_pb2.Timestamp) -> datetime:
-    """The inverse of timestamp_to_proto, by the same arithmetic (Timestamp.ToDatetime is slow)."""
-    return _EPOCH + timedelta(seconds=message.seconds, microseconds=message.nanos // 1000)
-
-
-def money_from_reply(message: money_pb2.Money, currency_code: str = "") -> Money:
-    """A service's own amount, trusted as sent (money_from_proto checks a client's); without a
-    currency code of its own it is in `currency_code`."""
-    return Money(message.currency_code or currency_code, message.units * NANOS_PER_UNIT + message.nanos)
-
-
-def item_from_proto(message: pb.Item) -> Item:
-    """The inverse of item_to_proto, for clients: the server's reply is trusted as it is
-    (what it sends passed its own checks), so this only translates; a page of 50 items
-    crosses here on every CRM listing."""
-    currency_code = message.price.currency_code
-    return Item(
-        sku=message.sku, name=message.name, description=message.description, category=message.category,
-        brand=message.brand, price=money_from_reply(message.price),
-        cost=money_from_reply(message.cost, currency_code) if message.HasField("cost") else None,
-        quantity=message.quantity, low_stock_threshold=message.low_stock_threshold,
-        max_quantity=message.max_quantity if message.HasField("max_quantity") else None,
-        is_active=message.is_active if message.HasField("is_active") else True,
-        weight_kg=message.weight_kg if message.HasField("weight_kg") else None,
-        dimensions=message.dimensions, customer_id=message.customer_id,
-        id=message.id, create_time=timestamp_from_proto(message.create_time),
-        update_time=timestamp_from_proto(message.update_time), version=int(message.etag or 0),
-    )
-
-
-def fields_to_proto(fields: ItemFields) -> pb.Item:
-    message = pb.Item()
-    _set_present(message, {name: getattr(fields, name) for name in MUTABLE_FIELDS})
-    return message
-
-
-def update_to_proto(item_id: int, changes: Mapping[str, Any], etag: str) -> pb.UpdateItemRequest:
-    """The UpdateItemRequest that changes exactly the fields in `changes`."""
-    message = pb.Item(id=item_id, etag=etag)
-    _set_present(message, changes)
-    return pb.UpdateItemRequest(item=message, update_mask=field_mask_pb2.FieldMask(paths=sorted(changes)))
-
-
-def query_to_request(query: ItemQuery, page_size: int, page_token: str) -> pb.ListItemsRequest:
-    request = pb.ListItemsRequest(
-        page_size=page_size, page_token=page_token, category=query.category, brand=query.brand,
-        customer_id=query.customer_id, name_contains=query.name_contains, query=query.text,
-        in_stock_only=query.in_stock_only, low_stock_only=query.low_stock_only,
-    )
-    _set_present(request, {
-        "is_active": query.is_active, "min_price": query.min_price, "max_price": query.max_price,
-        "min_quantity": query.min_quantity, "max_quantity": query.max_quantity,
-    })
-    return request
-
-
 _REASON_PREFIX = "STOCK_MOVEMENT_REASON_"
 
 
@@ -212,14 +155,6 @@ def reason_from_proto(value: int) -> MovementReason | None:
         return MovementReason[pb.StockMovementReason.Name(value).removeprefix(_REASON_PREFIX)]
     except ValueError:
         raise InvalidField("reason", f"{value} is not a StockMovementReason") from None
-
-
-def reason_from_reply(value: int) -> MovementReason:
-    """A reason a service sent; one this client does not know yet (a newer server's) reads as OTHER."""
-    try:
-        return MovementReason[pb.StockMovementReason.Name(value).removeprefix(_REASON_PREFIX)]
-    except (ValueError, KeyError):
-        return MovementReason.OTHER
 
 
 def reason_to_proto(reason: MovementReason) -> int:
@@ -234,30 +169,10 @@ def movement_to_proto(movement: StockMovement) -> pb.StockMovement:
     )
 
 
-def movement_from_proto(message: pb.StockMovement) -> StockMovement:
-    """For clients: the fields a StockMovement message carries (the rest stay empty)."""
-    return StockMovement(
-        id=message.id, item_id=message.item_id, sku="", delta=message.delta, quantity_after=message.quantity_after,
-        reason=reason_from_reply(message.reason),
-        low_stock_change=LowStockChange.NONE, low_stock_threshold=0, customer_id="", category="",
-        note=message.note, principal=message.principal, request_id=message.request_id,
-        create_time=timestamp_from_proto(message.create_time),
-    )
-
-
 def low_stock_event_to_proto(event: StockMovement) -> pb.WatchLowStockResponse:
     return pb.WatchLowStockResponse(
         cursor=event.id, kind=event.low_stock_change.value, item_id=event.item_id, sku=event.sku,
         quantity=event.quantity_after, low_stock_threshold=event.low_stock_threshold,
         customer_id=event.customer_id, category=event.category, event_time=timestamp_to_proto(event.create_time),
         reason=reason_to_proto(event.reason),
-    )
-
-
-def low_stock_event_from_proto(message: pb.WatchLowStockResponse) -> StockMovement:
-    return StockMovement(
-        id=message.cursor, item_id=message.item_id, sku=message.sku, delta=0, quantity_after=message.quantity,
-        reason=reason_from_reply(message.reason), low_stock_change=LowStockChange(message.kind),
-        low_stock_threshold=message.low_stock_threshold, customer_id=message.customer_id,
-        category=message.category, create_time=timestamp_from_proto(message.event_time),
     )

@@ -11,6 +11,7 @@ import grpc.aio
 
 from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
+from inventory_client.roles import READ_ROLE, WRITE_ROLE
 from inventory_svc.convert import (
     changes_from_update,
     item_fields_from_proto,
@@ -25,8 +26,6 @@ from inventory_svc.async_service import AsyncItemService
 from servicekit.auth import current_principal
 
 
-READ_ROLE = "inventory.read"
-WRITE_ROLE = "inventory.write"
 _ITEM_SERVICE = pb.DESCRIPTOR.services_by_name["ItemService"]
 _WRITES = frozenset({"CreateItem", "UpdateItem", "DeleteItem", "AdjustQuantity"})  # all else reads
 # The role each RPC needs; the auth interceptor denies any method missing here.

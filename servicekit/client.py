@@ -1,6 +1,6 @@
-"""Client-side plumbing the typed clients share: the bearer token on every call, service
-tokens that renew themselves, a deadline on every call, and statuses turned back into
-the errors of servicekit.errors at the boundary."""
+"""Client-side plumbing the typed clients share, synchronous and asyncio (grpc.aio) alike:
+the bearer token on every call, service tokens that renew themselves, a deadline on every
+call, and statuses turned back into the errors of servicekit.errors at the boundary."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ import os
 import threading
 import time
 from collections import namedtuple
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
 
 import grpc
+import grpc.aio
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -23,6 +26,7 @@ from servicekit.status import STATUS_FOR_ERROR
 
 log = logging.getLogger(__name__)
 Reply = TypeVar("Reply")
+Element = TypeVar("Element")
 
 _ERROR_FOR_STATUS = {code: error for error, code in STATUS_FOR_ERROR.items()}
 
@@ -54,11 +58,30 @@ def service_config(service: str, idempotent_methods: Iterable[str]) -> str:
     })
 
 
+@dataclass(frozen=True, slots=True)
+class Page(Generic[Element]):
+    """One page of a listing: the reply's own repeated field (no copy), the token of the
+    next page ("" on the last one) and, where the listing counts them, the matches in all."""
+
+    items: Sequence[Element]
+    next_page_token: str
+    total_size: int = 0
+
+    @classmethod
+    def of(cls, reply: Any) -> "Page[Any]":
+        """The page of a List reply with `items`, `next_page_token` and `total_size`."""
+        return cls(reply.items, reply.next_page_token, reply.total_size)
+
+
 class _CallDetails(
     namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
     grpc.ClientCallDetails,
 ):
     pass
+
+
+def bearer_metadata(token: Callable[[], str]) -> tuple[str, str]:
+    return ("authorization", f"Bearer {token()}")
 
 
 class BearerTokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
@@ -71,7 +94,7 @@ class BearerTokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamC
         self._token = token
 
     def _details(self, details: grpc.ClientCallDetails) -> _CallDetails:
-        metadata = [*(details.metadata or ()), ("authorization", f"Bearer {self._token()}")]
+        metadata = [*(details.metadata or ()), bearer_metadata(self._token)]
         return _CallDetails(
             details.method, details.timeout, metadata, details.credentials,
             details.wait_for_ready, details.compression,
@@ -82,6 +105,35 @@ class BearerTokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamC
 
     def intercept_unary_stream(self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, request: Any) -> Any:
         return continuation(self._details(details), request)
+
+
+class _AsyncBearerToken:
+    def __init__(self, token: Callable[[], str]) -> None:
+        self._token = token
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), bearer_metadata(self._token))
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready,
+        )
+
+
+class _AsyncUnaryBearerToken(_AsyncBearerToken, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails,
+                                    request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+
+class _AsyncStreamBearerToken(_AsyncBearerToken, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails,
+                                     request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+
+def async_bearer_token_interceptors(token: Callable[[], str]) -> list[grpc.aio.ClientInterceptor]:
+    """BearerTokenInterceptor for grpc.aio channels, which take one kind of call per
+    interceptor object: one for unary calls, one for server streams."""
+    return [_AsyncUnaryBearerToken(token), _AsyncStreamBearerToken(token)]
 
 
 class MintedServiceToken:
@@ -152,16 +204,29 @@ def error_from_rpc(error: grpc.RpcError) -> errors.DomainError:
     return kind(message)
 
 
+def call_bounds(timeout: float | None) -> tuple[float | None, tuple[tuple[str, str], ...]]:
+    """The deadline of a call made while serving one (the serving call's remaining time,
+    capped at `timeout`, or `timeout` when there is no serving call), and the metadata
+    that forwards its request id."""
+    call = current_call.get(None)
+    if call is None:
+        return timeout, ()
+    remaining = call.time_remaining()
+    if remaining <= 0:
+        raise errors.DeadlineExceeded("the caller's deadline has passed")
+    timeout = remaining if timeout is None else min(timeout, remaining)
+    return timeout, ((REQUEST_ID_METADATA, call.request_id),)
+
+
 class RpcCaller:
-    """Makes calls with a deadline (the serving call's remaining time, capped at
-    `timeout_s`, or `timeout_s` when there is no serving call), the request id forwarded,
-    and errors translated at the boundary."""
+    """Makes calls with the deadline and request id of call_bounds, and errors translated
+    at the boundary."""
 
     def __init__(self, timeout_s: float) -> None:
         self._timeout_s = timeout_s
 
     def __call__(self, method: Callable[..., Reply], request: Any) -> Reply:
-        timeout, metadata = self._bounds(self._timeout_s)
+        timeout, metadata = call_bounds(self._timeout_s)
         try:
             return method(request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as error:
@@ -170,7 +235,7 @@ class RpcCaller:
     def stream(self, method: Callable[..., Iterable[Reply]], request: Any, timeout_s: float | None) -> Iterator[Reply]:
         """A server stream, open until `timeout_s` (or the serving call's deadline) if any,
         which then raises DeadlineExceeded; closing the iterator cancels the call."""
-        timeout, metadata = self._bounds(timeout_s)
+        timeout, metadata = call_bounds(timeout_s)
         call = method(request, timeout=timeout, metadata=metadata)
         try:
             yield from call
@@ -179,35 +244,63 @@ class RpcCaller:
         finally:
             call.cancel()  # frees the server's stream at once when the reader stops early
 
-    @staticmethod
-    def _bounds(timeout: float | None) -> tuple[float | None, tuple[tuple[str, str], ...]]:
-        call = current_call.get(None)
-        if call is None:
-            return timeout, ()
-        remaining = call.time_remaining()
-        if remaining <= 0:
-            raise errors.DeadlineExceeded("the caller's deadline has passed")
-        timeout = remaining if timeout is None else min(timeout, remaining)
-        return timeout, ((REQUEST_ID_METADATA, call.request_id),)
+
+class AsyncRpcCaller:
+    """RpcCaller for grpc.aio stubs: the same deadline, request id and errors."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+
+    async def __call__(self, method: Callable[..., Awaitable[Reply]], request: Any) -> Reply:
+        timeout, metadata = call_bounds(self._timeout_s)
+        try:
+            return await method(request, timeout=timeout, metadata=metadata)
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
+
+    async def stream(self, method: Callable[..., Any], request: Any, timeout_s: float | None) -> AsyncIterator[Any]:
+        """As RpcCaller.stream; closing the async iterator (aclose) cancels the call."""
+        timeout, metadata = call_bounds(timeout_s)
+        call = method(request, timeout=timeout, metadata=metadata)
+        try:
+            async for reply in call:
+                yield reply
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
+        finally:
+            call.cancel()
 
 
 Client = TypeVar("Client", bound="ServiceClient")
+AsyncClient = TypeVar("AsyncClient", bound="AsyncServiceClient")
 
 
-class ServiceClient:
-    """Base of the typed clients: one long-lived channel, the stub, the caller.
+class _ClientBase:
+    """What a typed client says of its service (the stub class, the service's full name and
+    the methods safe to retry), and what it holds: the channel, the stub, the caller."""
+
+    stub_class: Callable[[Any], Any]
+    service_name: str
+    idempotent_methods: tuple[str, ...]
+    _caller_class: Callable[[float], Any]
+
+    def __init__(self, channel: Any, *, timeout_s: float = 5.0) -> None:
+        self._channel = channel
+        self._stub = self.stub_class(channel)
+        self._call = self._caller_class(timeout_s)
+        self._stream = self._call.stream
+
+    @classmethod
+    def channel_options(cls) -> list[tuple[str, Any]]:
+        return [*CHANNEL_OPTIONS, ("grpc.service_config", service_config(cls.service_name, cls.idempotent_methods))]
+
+
+class ServiceClient(_ClientBase):
+    """Base of the typed clients: one long-lived grpc.Channel, the stub, the caller.
 
     A subclass names its stub class, its service and the methods safe to retry."""
 
-    stub_class: Callable[[grpc.Channel], Any]
-    service_name: str
-    idempotent_methods: tuple[str, ...]
-
-    def __init__(self, channel: grpc.Channel, *, timeout_s: float = 5.0) -> None:
-        self._channel = channel
-        self._stub = self.stub_class(channel)
-        self._call = RpcCaller(timeout_s)
-        self._stream = self._call.stream
+    _caller_class = RpcCaller
 
     @classmethod
     def connect(
@@ -217,9 +310,7 @@ class ServiceClient:
         """A channel to `target` (host:port, or dns:///name:port to spread calls over every
         address of a headless service), with the token on every call; `instrument` wraps the
         channel with metrics or tracing."""
-        channel = grpc.insecure_channel(target, options=[
-            *CHANNEL_OPTIONS, ("grpc.service_config", service_config(cls.service_name, cls.idempotent_methods)),
-        ])
+        channel = grpc.insecure_channel(target, options=cls.channel_options())
         if instrument is not None:
             channel = instrument(channel)
         return cls(grpc.intercept_channel(channel, BearerTokenInterceptor(token)), timeout_s=timeout_s)
@@ -232,3 +323,31 @@ class ServiceClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class AsyncServiceClient(_ClientBase):
+    """ServiceClient over a grpc.aio channel: the same contract, coroutines for calls."""
+
+    _caller_class = AsyncRpcCaller
+
+    @classmethod
+    def connect(
+        cls: type[AsyncClient], target: str, token: Callable[[], str], *, timeout_s: float = 5.0,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+    ) -> AsyncClient:
+        """As ServiceClient.connect, on a grpc.aio channel; `interceptors` (grpc.aio client
+        interceptors, e.g. OpenTelemetry's aio_client_interceptors()) add metrics or
+        tracing, and see the token."""
+        channel = grpc.aio.insecure_channel(
+            target, options=cls.channel_options(), interceptors=[*async_bearer_token_interceptors(token), *interceptors],
+        )
+        return cls(channel, timeout_s=timeout_s)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self: AsyncClient) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

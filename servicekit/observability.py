@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import grpc
+import grpc.aio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 
@@ -82,13 +83,20 @@ def log_call(method_name: str, code: str, elapsed_s: float, subject: str) -> Non
         })
 
 
-class ClientMetricsInterceptor(grpc.UnaryUnaryClientInterceptor):
+class AsyncClientMetricsInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
     """Counts the unary calls a service makes to another, by the status they ended with."""
 
     def __init__(self, metrics: ServerMetrics) -> None:
         self._handled = metrics.client_handled
+        self._series: dict[tuple[str, grpc.StatusCode], Any] = {}
 
-    def intercept_unary_unary(self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, request: Any) -> Any:
-        outcome = continuation(details, request)
-        self._handled.labels(*split_method(details.method), outcome.code().name).inc()
-        return outcome
+    async def intercept_unary_unary(self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails,
+                                    request: Any) -> Any:
+        call = await continuation(details, request)
+        code = await call.code()
+        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        series = self._series.get((method, code))
+        if series is None:
+            series = self._series[(method, code)] = self._handled.labels(*split_method(method), code.name)
+        series.inc()
+        return call

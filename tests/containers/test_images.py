@@ -214,3 +214,17 @@ def test_stop_ends_the_server_gracefully_well_within_the_kill_timeout(services, 
     assert exit_code == "0", logs
     assert "stopping on SIGTERM" in logs
     assert took_s < STOP_TIMEOUT_S / 2, f"stopping {kind} took {took_s:.1f} s"
+
+
+def test_the_crm_image_holds_no_inventory_server_code_and_no_database_driver(images):
+    # The image's own python, with its own site-packages: what a CRM container could import.
+    probe = ("import importlib.util, sys; "
+             "found = [m for m in ('inventory_svc', 'sqlalchemy', 'psycopg2', 'alembic') if importlib.util.find_spec(m)]; "
+             "import inventory_client, crm_svc.server; print(found)")
+    result = podman("run", "--rm", "--no-healthcheck", "--entrypoint", "python", IMAGES["crm"], "-c", probe)
+    files = podman("run", "--rm", "--no-healthcheck", "--entrypoint", "find", IMAGES["crm"], "/opt/venv",
+                   "-name", "inventory_svc*")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    assert (files.returncode, files.stdout) == (0, "")

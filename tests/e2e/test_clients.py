@@ -1,19 +1,33 @@
-"""The typed Python clients: every RPC covered, domain values in and out, errors as exceptions."""
+"""The typed Python clients against a real server: every RPC of inventory.v1.ItemService
+through both InventoryClient and AsyncInventoryClient (each test runs with each), errors as
+servicekit exceptions, and the CRM's client."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import itertools
 import re
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
 
+import grpc
 import pytest
 
 from crm.v1 import crm_pb2
 from crm_svc.client import CrmClient
-from inventory.v1 import inventory_pb2
-from inventory_svc.client import InventoryClient
-from inventory_svc.domain import ItemFields, ItemQuery, LowStockChange, Money
-from servicekit.errors import AlreadyExists, Conflict, FailedPrecondition, InvalidField, NotFound, PermissionDenied
+from inventory.v1 import inventory_pb2 as pb
+from inventory.v1 import inventory_pb2_grpc
+from inventory_client import AsyncInventoryClient, InventoryClient, ItemFilter, money
+from servicekit.errors import (
+    AlreadyExists, Conflict, DeadlineExceeded, FailedPrecondition, InvalidField, NotFound, PermissionDenied,
+)
+from servicekit.call_context import CallContext, current_call
 from tests.helpers import mint
+
+ITEM_SERVICE = pb.DESCRIPTOR.services_by_name["ItemService"]
 
 
 def snake_case(name: str) -> str:
@@ -23,7 +37,8 @@ def snake_case(name: str) -> str:
 @pytest.mark.parametrize(
     ("client_class", "service"),
     [
-        (InventoryClient, inventory_pb2.DESCRIPTOR.services_by_name["ItemService"]),
+        (InventoryClient, ITEM_SERVICE),
+        (AsyncInventoryClient, ITEM_SERVICE),
         (CrmClient, crm_pb2.DESCRIPTOR.services_by_name["CustomerItemsService"]),
     ],
 )
@@ -33,72 +48,291 @@ def test_each_client_has_a_method_for_every_rpc_of_its_contract(client_class, se
     assert missing == []
 
 
+def parameters(client_class: type, name: str) -> list[inspect.Parameter]:
+    return list(inspect.signature(getattr(client_class, name)).parameters.values())
+
+
+def test_the_asyncio_client_has_the_same_parameters_as_the_synchronous_one():
+    names = [snake_case(method.name) for method in ITEM_SERVICE.methods]
+    differing = [name for name in names
+                 if parameters(InventoryClient, name) != parameters(AsyncInventoryClient, name)]
+
+    assert differing == []
+
+
+def test_the_asyncio_clients_unary_methods_are_coroutines():
+    unary = [snake_case(method.name) for method in ITEM_SERVICE.methods if not method.server_streaming]
+
+    assert [name for name in unary if not inspect.iscoroutinefunction(getattr(AsyncInventoryClient, name))] == []
+
+
+class Blocking:
+    """Drives an AsyncInventoryClient from a synchronous test, on one event loop kept for the
+    client's life (a grpc.aio channel belongs to the loop it was made on): the same test code
+    then runs against both clients."""
+
+    def __init__(self, address: str, token: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._client = self._run(self._connect(address, token))
+
+    @staticmethod
+    async def _connect(address: str, token: Any) -> AsyncInventoryClient:
+        return AsyncInventoryClient.connect(address, token)
+
+    def _run(self, awaitable: Any) -> Any:
+        return self._loop.run_until_complete(awaitable)
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+        if name == "watch_low_stock":
+            return lambda **kwargs: self._iterate(method(**kwargs))
+        return lambda *args, **kwargs: self._run(method(*args, **kwargs))
+
+    def _iterate(self, events: Any) -> Iterator[Any]:
+        try:
+            while True:
+                try:
+                    yield self._run(anext(events))
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._run(events.aclose())
+
+    def close(self) -> None:
+        self._run(self._client.close())
+        self._loop.close()
+
+
+def connected(kind: str, address: str, token: Any) -> Any:
+    return InventoryClient.connect(address, token) if kind == "sync" else Blocking(address, token)
+
+
+@pytest.fixture(params=["sync", "asyncio"])
+def client_kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture
-def inventory(inventory_address):
-    with InventoryClient.connect(inventory_address, token=mint) as client:
-        yield client
+def inventory(client_kind, inventory_address):
+    client = connected(client_kind, inventory_address, mint)
+    yield client
+    client.close()
 
 
-def widget(**overrides) -> ItemFields:
-    values = dict(sku="W-1", name="Widget", price=Money("USD", 2_500_000_000), quantity=3, low_stock_threshold=1,
-                  customer_id="alice", cost=Money("USD", 1_000_000_000), weight_kg=0.5, max_quantity=9)
+def widget(**overrides: Any) -> pb.Item:
+    values = dict(sku="W-1", name="Widget", price=money("USD", "2.50"), quantity=3, low_stock_threshold=1,
+                  customer_id="alice", cost=money("USD", "1"), weight_kg=0.5, max_quantity=9)
     values.update(overrides)
-    return ItemFields(**values)
+    return pb.Item(**values)
 
 
-def test_inventory_client_round_trips_every_call(inventory):
-    created = inventory.create_item(widget())
-    assert created.writable_fields == widget()
+def test_create_item_returns_the_stored_item_and_get_item_reads_it(inventory):
+    created = inventory.create_item(widget(), request_id="5a0e8f2c-0d3f-4a55-9d0e-1b1d3c2a7f01")
+
+    assert (created.sku, created.price, created.cost, created.weight_kg) == ("W-1", money("USD", "2.5"),
+                                                                            money("USD", "1"), 0.5)
+    assert created.id > 0 and created.etag
     assert inventory.get_item(created.id) == created
 
+
+def test_list_items_returns_the_items_matching_the_filter(inventory):
+    lamp = inventory.create_item(widget(sku="L-1", name="Lamp", category="lights"))
+    inventory.create_item(widget(sku="C-1", name="Chair", category="seats"))
+
+    page = inventory.list_items(ItemFilter(category="lights", min_price=money("USD", "2")), page_size=10)
+
+    assert ([item.id for item in page.items], page.total_size, page.next_page_token) == ([lamp.id], 1, "")
+
+
+def test_list_items_pages_with_the_next_page_token(inventory):
+    ids = [inventory.create_item(widget(sku=f"W-{n}")).id for n in range(3)]
+
+    first = inventory.list_items(page_size=2)
+    second = inventory.list_items(page_size=2, page_token=first.next_page_token)
+
+    assert [item.id for item in [*first.items, *second.items]] == ids
+    assert second.next_page_token == ""
+
+
+def test_update_item_changes_and_clears_only_the_named_fields(inventory):
+    created = inventory.create_item(widget())
+
     updated = inventory.update_item(created.id, {"name": "Gadget", "weight_kg": None}, etag=created.etag)
-    assert (updated.name, updated.weight_kg, updated.version) == ("Gadget", None, created.version + 1)
 
-    assert inventory.adjust_quantity(created.id, delta=-2).quantity == 1
-    assert inventory.adjust_quantity(created.id, set_to=7).quantity == 7
-    assert [i.id for i in inventory.list_items(ItemQuery(text="gadg")).items] == [created.id]
-    assert [i.id for i in inventory.list_customer_items("alice").items] == [created.id]
-    assert [i.id for i in inventory.list_low_stock_items(threshold=7).items] == [created.id]
-    assert inventory.batch_get_items([created.id]) == [inventory.get_item(created.id)]
-    assert [m.delta for m in inventory.list_stock_movements(created.id).items] == [6, -2, 3]  # newest first
-    events = inventory.watch_low_stock(after_cursor=0, timeout_s=10)
-    assert [(e.item_id, e.low_stock_change) for e in itertools.islice(events, 2)] == [
-        (created.id, LowStockChange.BECAME_LOW), (created.id, LowStockChange.RECOVERED),
-    ]
-    events.close()
+    assert (updated.name, updated.HasField("weight_kg"), updated.sku) == ("Gadget", False, "W-1")
+    assert inventory.get_item(created.id) == updated
 
-    inventory.delete_item(created.id)
+
+def test_delete_item_removes_it(inventory):
+    created = inventory.create_item(widget())
+
+    inventory.delete_item(created.id, etag=created.etag)
+
     with pytest.raises(NotFound):
         inventory.get_item(created.id)
 
 
-def test_inventory_client_raises_domain_errors(inventory):
-    created = inventory.create_item(widget())
+def test_list_customer_items_lists_that_customers_active_items_unless_asked_for_all(inventory):
+    own = inventory.create_item(widget())
+    retired = inventory.create_item(widget(sku="W-2", is_active=False))
+    inventory.create_item(widget(sku="W-3", customer_id="bob"))
+
+    assert [item.id for item in inventory.list_customer_items("alice").items] == [own.id]
+    assert [item.id for item in inventory.list_customer_items("alice", include_inactive=True).items] == [
+        own.id, retired.id]
+
+
+def test_adjust_quantity_adds_a_delta_or_sets_a_quantity(inventory):
+    created = inventory.create_item(widget(quantity=3))
+
+    assert inventory.adjust_quantity(created.id, delta=-2, reason=pb.STOCK_MOVEMENT_REASON_SALE).quantity == 1
+    assert inventory.adjust_quantity(created.id, set_to=7).quantity == 7
+    assert inventory.get_item(created.id).quantity == 7
+
+
+def test_list_low_stock_items_uses_the_given_threshold(inventory):
+    few = inventory.create_item(widget(quantity=2, low_stock_threshold=0))
+    inventory.create_item(widget(sku="W-2", quantity=8, low_stock_threshold=0))
+
+    assert [item.id for item in inventory.list_low_stock_items(threshold=5).items] == [few.id]
+
+
+def test_batch_get_items_returns_the_items_in_the_order_asked(inventory):
+    first = inventory.create_item(widget())
+    second = inventory.create_item(widget(sku="W-2"))
+
+    assert [item.id for item in inventory.batch_get_items([second.id, first.id])] == [second.id, first.id]
+
+
+def test_list_stock_movements_lists_them_newest_first(inventory):
+    created = inventory.create_item(widget(quantity=3))
+    inventory.adjust_quantity(created.id, delta=-2, note="sold two")
+
+    page = inventory.list_stock_movements(created.id, page_size=10)
+
+    assert [(m.delta, m.note) for m in page.items] == [(-2, "sold two"), (3, "")]
+
+
+def test_watch_low_stock_streams_events_from_the_cursor(inventory):
+    created = inventory.create_item(widget(quantity=3, low_stock_threshold=1))
+    inventory.adjust_quantity(created.id, delta=-2)
+    inventory.adjust_quantity(created.id, set_to=7)
+
+    events = inventory.watch_low_stock(customer_id="alice", after_cursor=0, timeout_s=10)
+    seen = [(event.item_id, event.kind) for event in itertools.islice(events, 2)]
+    events.close()
+
+    assert seen == [(created.id, pb.LOW_STOCK_EVENT_KIND_BECAME_LOW), (created.id, pb.LOW_STOCK_EVENT_KIND_RECOVERED)]
+
+
+def test_watch_low_stock_ends_with_deadline_exceeded_at_its_timeout(inventory):
+    with pytest.raises(DeadlineExceeded):
+        list(inventory.watch_low_stock(after_cursor=0, timeout_s=0.3))
+
+
+def test_a_second_item_with_the_same_sku_is_already_exists(inventory):
+    inventory.create_item(widget())
 
     with pytest.raises(AlreadyExists):
         inventory.create_item(widget())
+    assert inventory.list_items().total_size == 1
+
+
+def test_an_invalid_field_is_named_in_the_error(inventory):
     with pytest.raises(InvalidField) as invalid:
-        inventory.create_item(widget(sku="W-2", name=""))
+        inventory.create_item(widget(name=""))
+
     assert invalid.value.field == "item.name"
+
+
+def test_stock_below_zero_is_failed_precondition_and_changes_nothing(inventory):
+    created = inventory.create_item(widget(quantity=3))
+
     with pytest.raises(FailedPrecondition):
         inventory.adjust_quantity(created.id, delta=-100)
+    assert inventory.get_item(created.id).quantity == 3
+
+
+def test_an_update_with_a_stale_etag_is_conflict(inventory):
+    created = inventory.create_item(widget())
+
     with pytest.raises(Conflict):
         inventory.update_item(created.id, {"name": "x"}, etag="999")
+    assert inventory.get_item(created.id).name == "Widget"
 
 
-def test_inventory_client_with_a_read_only_token_cannot_write(inventory_address):
-    with InventoryClient.connect(inventory_address, token=lambda: mint(roles=("inventory.read",))) as reader:
+def test_a_client_with_a_read_only_token_cannot_write(client_kind, inventory_address):
+    reader = connected(client_kind, inventory_address, lambda: mint(roles=("inventory.read",)))
+    try:
         with pytest.raises(PermissionDenied):
             reader.create_item(widget())
+        assert reader.list_items().total_size == 0
+    finally:
+        reader.close()
 
 
-def test_crm_client_reaches_exactly_the_customers_own_items(inventory, crm_address):
-    own = inventory.create_item(widget())
-    other = inventory.create_item(widget(sku="W-9", customer_id="bob"))
+class RecordingInventory(inventory_pb2_grpc.ItemServiceServicer):
+    """Records what a call brings (metadata, deadline), which the real server keeps to itself."""
+
+    def __init__(self) -> None:
+        self.metadata: list[tuple[str, str]] = []
+        self.time_remaining: float | None = None
+
+    def GetItem(self, request, context):
+        self.metadata = [(key, value) for key, value in context.invocation_metadata() if not key.startswith("grpc-")]
+        self.time_remaining = context.time_remaining()
+        return pb.GetItemResponse(item=pb.Item(id=request.id))
+
+
+@pytest.fixture
+def recording_inventory():
+    servicer = RecordingInventory()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    inventory_pb2_grpc.add_ItemServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}", servicer
+    server.stop(grace=None)
+
+
+def test_a_call_made_while_serving_one_carries_its_token_request_id_and_remaining_time(client_kind,
+                                                                                     recording_inventory):
+    address, servicer = recording_inventory
+    client = connected(client_kind, address, lambda: "the-token")
+    reset = current_call.set(CallContext(deadline=time.monotonic() + 3, request_id="req-7"))
+    try:
+        client.get_item(1)
+    finally:
+        current_call.reset(reset)
+        client.close()
+
+    assert [pair for pair in servicer.metadata if pair[0] in ("authorization", "x-request-id")] == [
+        ("x-request-id", "req-7"), ("authorization", "Bearer the-token")]
+    assert servicer.time_remaining is not None and servicer.time_remaining <= 3.1
+
+
+def test_a_call_made_after_the_serving_calls_deadline_is_deadline_exceeded_unsent(client_kind, recording_inventory):
+    address, servicer = recording_inventory
+    client = connected(client_kind, address, lambda: "the-token")
+    reset = current_call.set(CallContext(deadline=time.monotonic() - 1, request_id="late"))
+    try:
+        with pytest.raises(DeadlineExceeded):
+            client.get_item(1)
+    finally:
+        current_call.reset(reset)
+        client.close()
+
+    assert servicer.metadata == []
+
+
+def test_crm_client_reaches_exactly_the_customers_own_items(inventory_address, crm_address):
+    with InventoryClient.connect(inventory_address, token=mint) as inventory:
+        own = inventory.create_item(widget())
+        other = inventory.create_item(widget(sku="W-9", customer_id="bob"))
 
     with CrmClient.connect(crm_address, token=lambda: mint(subject="alice", roles=("customer",))) as crm:
         assert [item.id for item in crm.list_my_items().items] == [own.id]
-        assert crm.get_my_item(own.id).price == Money("USD", 2_500_000_000)
+        assert crm.get_my_item(own.id).price == money("USD", "2.50")
         assert [item.sku for item in crm.search_my_items("w-", category="").items] == ["W-1"]
         with pytest.raises(NotFound):
             crm.get_my_item(other.id)

@@ -15,8 +15,8 @@ from sqlalchemy.engine import make_url
 
 from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
+from inventory_client import InventoryClient
 from inventory_svc import repository
-from inventory_svc.client import InventoryClient
 from inventory_svc.settings import InventorySettings
 from tests.helpers import TEST_AUTH, authorized_channel, create, migrated_engine, mint, rpc_error, serving
 

@@ -1,0 +1,87 @@
+"""InventoryClient: inventory.v1.ItemService over a synchronous grpc.Channel."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from inventory.v1 import inventory_pb2 as pb
+from inventory_client import requests
+from inventory_client.requests import ItemFilter, ItemServiceContract
+from servicekit.client import Page, ServiceClient
+
+
+class InventoryClient(ItemServiceContract, ServiceClient):
+    """One method per RPC of inventory.v1.ItemService, returning the reply's messages.
+
+    Make one with InventoryClient.connect(target, token) and keep it: it owns a long-lived
+    channel. Every call carries the bearer token and a deadline (the remaining time of the
+    call being served, when there is one, capped at `timeout_s`) and forwards its request
+    id; reads are retried on UNAVAILABLE by the channel; failures raise servicekit.errors.
+    """
+
+    def create_item(self, item: pb.Item, *, request_id: str = "") -> pb.Item:
+        """Creates `item` (its writable fields; id, times and etag are the server's) and
+        returns it as stored. Pass a request_id (a UUID) to make a retry of this call safe."""
+        return self._call(self._stub.CreateItem, requests.create_item(item, request_id)).item
+
+    def get_item(self, item_id: int) -> pb.Item:
+        """The item; NotFound when there is none with this id."""
+        return self._call(self._stub.GetItem, pb.GetItemRequest(id=item_id)).item
+
+    def list_items(self, where: ItemFilter | None = None, *, page_size: int = 0, page_token: str = "") -> Page[pb.Item]:
+        """A page of the items matching `where` (all items when None), by id."""
+        return Page.of(self._call(self._stub.ListItems, requests.list_items(where, page_size, page_token)))
+
+    def update_item(self, item_id: int, changes: Mapping[str, Any], *, etag: str = "") -> pb.Item:
+        """Sets the fields named in `changes` (a None value clears one; money fields take a
+        google.type.Money) and returns the item; with `etag`, Conflict if it changed since."""
+        return self._call(self._stub.UpdateItem, requests.update_item(item_id, changes, etag)).item
+
+    def delete_item(self, item_id: int, *, etag: str = "") -> None:
+        """Deletes the item; with `etag`, Conflict if it changed since."""
+        self._call(self._stub.DeleteItem, pb.DeleteItemRequest(id=item_id, etag=etag))
+
+    def list_customer_items(
+        self, customer_id: str, *, include_inactive: bool = False, page_size: int = 0, page_token: str = "",
+    ) -> Page[pb.Item]:
+        """A page of one customer's items (active ones only unless include_inactive)."""
+        request = requests.list_customer_items(customer_id, include_inactive, page_size, page_token)
+        return Page.of(self._call(self._stub.ListCustomerItems, request))
+
+    def adjust_quantity(
+        self, item_id: int, *, delta: int | None = None, set_to: int | None = None, reason: int = 0,
+        note: str = "", request_id: str = "",
+    ) -> pb.Item:
+        """Adds `delta` to the stock, or sets it to `set_to` (give one); `reason` is an
+        inventory_pb2.StockMovementReason. Pass a request_id (a UUID) to make a retry safe."""
+        request = requests.adjust_quantity(item_id, delta, set_to, reason, note, request_id)
+        return self._call(self._stub.AdjustQuantity, request).item
+
+    def list_low_stock_items(
+        self, *, threshold: int | None = None, page_size: int = 0, page_token: str = "",
+    ) -> Page[pb.Item]:
+        """A page of the items at or below their own low-stock threshold, or `threshold`."""
+        request = requests.list_low_stock_items(threshold, page_size, page_token)
+        return Page.of(self._call(self._stub.ListLowStockItems, request))
+
+    def batch_get_items(self, item_ids: Sequence[int]) -> Sequence[pb.Item]:
+        """The items, in the order of `item_ids`; NotFound when one is missing."""
+        return self._call(self._stub.BatchGetItems, requests.batch_get_items(item_ids)).items
+
+    def list_stock_movements(
+        self, item_id: int, *, page_size: int = 0, page_token: str = "",
+    ) -> Page[pb.StockMovement]:
+        """A page of the item's stock movements, newest first (no total_size)."""
+        request = requests.list_stock_movements(item_id, page_size, page_token)
+        return requests.movements_page(self._call(self._stub.ListStockMovements, request))
+
+    def watch_low_stock(
+        self, *, customer_id: str = "", category: str = "", after_cursor: int | None = None,
+        timeout_s: float | None = None,
+    ) -> Iterator[pb.WatchLowStockResponse]:
+        """Low-stock events as they happen (`kind` says which; `cursor` is where to resume
+        with after_cursor). Runs until `timeout_s`, then raises DeadlineExceeded, or forever
+        when None; closing the iterator ends the stream."""
+        request = requests.watch_low_stock(customer_id, category, after_cursor)
+        return self._stream(self._stub.WatchLowStock, request, timeout_s)
