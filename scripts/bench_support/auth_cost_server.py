@@ -1,4 +1,4 @@
-"""The inventory server with or without its JWT interceptor, to measure what auth costs
+"""The inventory server with or without its token check, to measure what auth costs
 (the authentication issue asks for the ratio). Run as a process by the benchmark:
 
     python scripts/bench_support/auth_cost_server.py 127.0.0.1:PORT on|off 127.0.0.1:METRICS_PORT
@@ -6,17 +6,20 @@
 Settings come from the environment as for inventory-server (INVENTORY_DATABASE_URL,
 JWT_SECRET_FILE, ...). Both variants are wired alike: one process, no item cache (so that
 every GetItem reads the database), on the first core when INVENTORY_PIN_CPUS is on, metrics
-on METRICS_PORT (so that the benchmark counts their non-OK calls); only the interceptor
+on METRICS_PORT (so that the benchmark counts their non-OK calls); only the token check
 differs. The services themselves have no switch to turn auth off: this script is the only way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
+from concurrent.futures import Executor
 
-from inventory_svc.server import build_engine, build_item_service, build_server
+from inventory_svc.server import build_engine, build_item_service, build_server, database_threads
+from inventory_svc.service import ItemService
 from inventory_svc.settings import InventorySettings
 from servicekit.logging import configure_logging
 from servicekit.observability import ServerMetrics, metrics_served
@@ -36,13 +39,19 @@ def main() -> None:
     configure_logging(settings.log_level)
     engine = build_engine(settings)
     metrics = ServerMetrics()
-    with metrics_served(metrics_address, metrics.registry):
-        running = build_server(settings, build_item_service(engine, settings), metrics=metrics,
-                               require_auth=auth == "on")
-        running.server.start()
-        signal.signal(signal.SIGTERM, lambda *_: running.server.stop(1))
-        running.server.wait_for_termination()
+    with metrics_served(metrics_address, metrics.registry), database_threads(settings) as executor:
+        asyncio.run(serve(settings, build_item_service(engine, settings), executor, metrics, auth == "on"))
     engine.dispose()
+
+
+async def serve(settings: InventorySettings, items: ItemService, executor: Executor, metrics: ServerMetrics,
+                require_auth: bool) -> None:
+    running = await build_server(settings, items, executor, metrics=metrics, require_auth=require_auth)
+    await running.server.start()
+    stopping = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
+    await stopping.wait()
+    await running.server.stop(1)
 
 
 if __name__ == "__main__":
