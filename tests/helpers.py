@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -34,6 +36,7 @@ from inventory_svc.server import build_engine, build_item_service, build_server,
 from inventory_svc.settings import InventorySettings
 from servicekit.auth import AuthSettings, TokenIssuer
 from servicekit.client import BearerTokenInterceptor
+from servicekit.page_tokens import PagePosition, encode_page_token
 from servicekit.server import RunningServer, ServerThread
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +100,13 @@ def rpc_error(call: Callable[..., Any], *args: Any, **kwargs: Any) -> grpc.RpcEr
     except grpc.RpcError as error:
         return error
     raise AssertionError("the call succeeded but an error status was expected")
+
+
+def page_token_with_total(token: str, total: int) -> str:
+    """`token` with another total, sealed again: what a client could forge."""
+    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    after_id, _, fingerprint, _ = struct.unpack(">QI8s8s", raw)
+    return encode_page_token(PagePosition(after_id, total), fingerprint)
 
 
 def bad_request_fields(error: grpc.RpcError) -> list[str]:

@@ -69,6 +69,7 @@ def test_call_without_token_is_unauthenticated(inventory_address):
         (lambda: hs256(exp=int(time.time()) - 3600, iat=int(time.time()) - 7200, nbf=None), "token has expired"),
         (lambda: hs256(nbf=int(time.time()) + 3600), "token is not valid yet"),
         (lambda: hs256(exp=None), "token lacks a required claim"),
+        (lambda: hs256(exp=10**400), "token expiry is out of range"),
         (lambda: hs256(sub=None), "token lacks a required claim"),
         (lambda: hs256(sub="x" * 256), "token subject is longer than 255 characters"),
         (lambda: jwt.encode(claims(), None, algorithm="none"), "token algorithm is not accepted"),
@@ -76,7 +77,7 @@ def test_call_without_token_is_unauthenticated(inventory_address):
         (lambda: hs256(roles={"inventory.read": True}), "token roles claim is malformed"),
         (lambda: "not.a.jwt", "token is malformed"),
     ],
-    ids=["other-key", "other-audience", "other-issuer", "expired", "not-yet-valid", "no-exp", "no-sub", "long-sub",
+    ids=["other-key", "other-audience", "other-issuer", "expired", "not-yet-valid", "no-exp", "huge-exp", "no-sub", "long-sub",
          "alg-none", "roles-number", "roles-object", "malformed"],
 )
 @pytest.mark.parametrize("service", ["inventory", "crm"])

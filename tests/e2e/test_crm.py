@@ -7,7 +7,7 @@ import grpc
 
 from crm.v1 import crm_pb2 as crm
 from crm.v1 import crm_pb2_grpc
-from tests.helpers import authorized_channel, bad_request_fields, create, mint, rpc_error, usd
+from tests.helpers import authorized_channel, bad_request_fields, create, mint, page_token_with_total, rpc_error, usd
 
 
 @pytest.fixture
@@ -135,6 +135,18 @@ def test_a_page_token_of_another_customer_is_invalid_argument(as_customer, items
     bobs_token = as_customer("bob").ListMyItems(crm.ListMyItemsRequest(page_size=1)).next_page_token
 
     error = rpc_error(as_customer("alice").ListMyItems, crm.ListMyItemsRequest(page_size=1, page_token=bobs_token))
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(error) == ["page_token"]
+
+
+def test_a_forged_page_token_whose_total_passes_int32_is_invalid_argument(as_customer, items_stub):
+    for _ in range(2):
+        create(items_stub, customer_id="alice")
+    token = as_customer("alice").ListMyItems(crm.ListMyItemsRequest(page_size=1)).next_page_token
+
+    error = rpc_error(as_customer("alice").ListMyItems,
+                      crm.ListMyItemsRequest(page_size=1, page_token=page_token_with_total(token, 2**31)))
 
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_request_fields(error) == ["page_token"]

@@ -13,7 +13,7 @@ from google.protobuf import field_mask_pb2
 from inventory.v1 import inventory_pb2 as pb
 from inventory_svc.domain import ItemFields, Money
 from inventory_svc.repository import SqlUnitOfWork
-from tests.helpers import bad_request_fields, create, money, new_item, rpc_error, usd
+from tests.helpers import bad_request_fields, create, money, new_item, page_token_with_total, rpc_error, usd
 
 
 def get(stub, item_id: int) -> pb.Item:
@@ -288,6 +288,16 @@ def _first_page_token(stub, **filters) -> str:
     token = stub.ListItems(pb.ListItemsRequest(page_size=1, **filters)).next_page_token
     assert token
     return token
+
+
+def test_page_token_whose_total_passes_int32_is_invalid_argument(items_stub):
+    # Sealed with a valid checksum (the checksum is unkeyed): only the total is out of range.
+    forged = page_token_with_total(_first_page_token(items_stub), 2**31)
+
+    error = rpc_error(items_stub.ListItems, pb.ListItemsRequest(page_size=1, page_token=forged))
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(error) == ["page_token"]
 
 
 def test_tampered_page_token_is_invalid_argument(items_stub):
