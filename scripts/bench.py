@@ -19,6 +19,7 @@ notes printed under the table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -29,11 +30,12 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager
 
 import grpc
 from google.protobuf.message import Message
@@ -82,6 +84,9 @@ class Workload:
     # +1 or -1 per body: AdjustQuantity runs an exact number of calls and checks the stock after.
     deltas: dict[int, tuple[int, int]] = field(default_factory=dict)  # body index -> (item id, delta)
     note: str = ""
+    # Other load held on the server while the cell runs (a context manager taking the cell's
+    # seconds): what the measured calls must be served through.
+    background: Callable[[float], ContextManager[Any]] | None = None
 
 
 @dataclass
@@ -225,6 +230,25 @@ def page_token_for(address: str, token: str, request: pb.ListItemsRequest, page:
         return current.page_token
 
 
+def competing_load(address: str, load: h2load.Load, in_flight: int, workdir: Path) -> Callable[[float], ContextManager[Any]]:
+    """Another client's calls (`load` at `in_flight`, from its own h2load) for as long as a cell runs."""
+    @contextmanager
+    def running(seconds: float) -> Iterator[None]:
+        body = workdir / "competing-body.bin"
+        body.write_bytes(load.bodies[0])
+        command = ["h2load", f"--data={body}", "-c", "1", "-t", "1", "-m", str(in_flight),
+                   f"--duration={seconds + 2:g}s", "-H", "content-type: application/grpc", "-H", "te: trailers",
+                   "-H", f"authorization: Bearer {load.token}", f"http://{address}{load.path}"]
+        popen = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            time.sleep(0.5)  # its calls are in flight before the measured ones start
+            yield
+        finally:
+            output = popen.communicate()[0]
+            say(f"    competing load: {h2load.summary(output)}")
+    return running
+
+
 def build_workloads(args: argparse.Namespace, fixtures: data.Fixtures, tokens: dict[str, str],
                     processes: dict[str, Process]) -> list[Workload]:
     frame = h2load.grpc_frame
@@ -267,6 +291,13 @@ def build_workloads(args: argparse.Namespace, fixtures: data.Fixtures, tokens: d
                    pb.GetItemResponse, get_item, (name,),
                    note="one process, no item cache: every call reads the database; only the JWT interceptor differs")
           for name in (AUTH_ON, AUTH_OFF)),
+        Workload("GetItem of subject B, subject A searching", "inventory",
+                 h2load.Load(ITEM_SERVICE + "GetItem", [frame(pb.GetItemRequest(id=i)) for i in fixtures.item_ids],
+                             inventory_token), pb.GetItemResponse, get_item, ("inventory",),
+                 background=competing_load(processes["inventory"].address, h2load.Load(
+                     ITEM_SERVICE + "ListItems", [frame(pb.ListItemsRequest(query=args.search, page_size=500))],
+                     tokens["other subject"]), 16, VAR / "work"),
+                 note="while another token subject keeps 16 searches of 500 items in flight (its errors not counted)"),
         Workload("ListItems category", "inventory",
                  h2load.Load(ITEM_SERVICE + "ListItems", list_bodies, inventory_token), pb.ListItemsResponse,
                  page_of(PAGE_SIZE), ("inventory",), note="page 1 of 50, one category per h2load process"),
@@ -328,8 +359,8 @@ def spot_check(workload: Workload, address: str) -> str:
 # ---------------------------------------------------------------------------- measuring
 
 
-def _errors(servers: list[Process], deltas: list[dict[tuple[str, str, str], int] | None], cut_at_end: int
-            ) -> tuple[int | None, dict[str, int], int, int]:
+def _errors(servers: list[Process], deltas: list[dict[tuple[str, str, str], int] | None], cut_at_end: int,
+            only_method: str | None = None) -> tuple[int | None, dict[str, int], int, int]:
     """(non-OK calls of the first server, every server's non-OK calls by method and code, OK
     calls of the first server, calls cut at the end) from the servers' metrics; None when a
     server has none. The first server is the one called: a CRM call that failed in inventory
@@ -341,6 +372,8 @@ def _errors(servers: list[Process], deltas: list[dict[tuple[str, str, str], int]
     errors = ok = cut = 0
     for index, (process, delta) in enumerate(zip(servers, deltas)):
         for (_service, method, code), count in (delta or {}).items():
+            if only_method is not None and method != only_method:
+                continue  # a competing load's calls, not the measured ones
             if code == "OK":
                 ok += count if index == 0 else 0
                 continue
@@ -385,11 +418,12 @@ def measure(args: argparse.Namespace, workload: Workload, in_flight: int, proces
             output = VAR / "profiles" / f"{_slug(workload.name)}-{in_flight}-{process.name}.txt"
             output.parent.mkdir(parents=True, exist_ok=True)
             spies.append((process.name, output, profile.start(process.pid, seconds, output)))
-    if workload.deltas:
-        result = h2load.run(target.address, workload.load, in_flight, workdir, calls=calls, **run)
-    else:
-        result = h2load.run(target.address, workload.load, in_flight, workdir, duration_s=args.duration,
-                            warmup_s=args.warmup, **run)
+    with workload.background(args.warmup + args.duration) if workload.background else contextlib.nullcontext():
+        if workload.deltas:
+            result = h2load.run(target.address, workload.load, in_flight, workdir, calls=calls, **run)
+        else:
+            result = h2load.run(target.address, workload.load, in_flight, workdir, duration_s=args.duration,
+                                warmup_s=args.warmup, **run)
     wall = time.monotonic() - started
     h2load.settle(1.1 if counters else 0.3)  # PostgreSQL publishes a busy backend's counts once a second
     busy_after = machine_busy_ticks()
@@ -407,7 +441,8 @@ def measure(args: argparse.Namespace, workload: Workload, in_flight: int, proces
         errors, by_code, ok = result.failed, {}, result.calls
     else:
         # A cell of exactly counted calls (AdjustQuantity) waits for every answer: nothing is cut.
-        errors, by_code, ok, cut = _errors(servers, deltas, 0 if workload.deltas else in_flight)
+        measured_method = workload.load.path.rsplit("/", 1)[1] if workload.background else None
+        errors, by_code, ok, cut = _errors(servers, deltas, 0 if workload.deltas else in_flight, measured_method)
         if errors is not None:
             errors += result.failed
     cores = cpu_used / wall
@@ -489,12 +524,19 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return f"{value:,.{digits}f}"
 
 
+NULL_AIO = "null server (grpc.aio) GetItem"
+
+
 def table(rows: list[Row], earlier: dict[str, dict[int, float]] | None = None) -> str:
-    header = ["workload", "in flight", "calls/s", "p50 ms", "p99 ms", "errors", "server CPU µs/call",
+    """Each row also as a share of the null grpc.aio server at the same calls in flight: the
+    machine's ceiling for a gRPC call in Python, measured in the same run."""
+    ceiling = {r.in_flight: r.calls_per_s for r in rows if r.workload == NULL_AIO}
+    header = ["workload", "in flight", "calls/s", "÷ null aio", "p50 ms", "p99 ms", "errors", "server CPU µs/call",
               "PostgreSQL CPU µs/call", "new DB conns", "machine busy %", "h2load CPU %"]
     if earlier is not None:
         header += ["earlier calls/s", "now / earlier"]
     body = [[r.workload + (" (profiled)" if r.profiled else ""), str(r.in_flight), _fmt(r.calls_per_s, 0),
+             _fmt(r.calls_per_s / ceiling[r.in_flight]) if ceiling.get(r.in_flight) else "n/a",
              _fmt(r.p50_ms), _fmt(r.p99_ms), "n/a" if r.errors is None else str(r.errors),
              _fmt(r.server_cpu_us_per_call, 0), _fmt(r.db_cpu_us_per_call, 0),
              "n/a" if r.db_sessions_opened is None else str(r.db_sessions_opened), _fmt(r.machine_busy_percent, 0), _fmt(r.h2load_cpu_percent, 0)]
@@ -575,6 +617,7 @@ def main() -> None:
     env.setdefault("CRM_PIN_CPUS", str(args.pin_cpus).lower())
     issuer = TokenIssuer(AuthSettings(secret=secret_file.read_text().strip()))
     tokens = {"inventory": issuer.mint("bench", INVENTORY_ROLES, 6 * 3600),
+              "other subject": issuer.mint("bench-other", INVENTORY_ROLES, 6 * 3600),
               "customer": issuer.mint(BENCH_CUSTOMER, ["customer"], 6 * 3600)}
 
     database = prepare_database(args, env)

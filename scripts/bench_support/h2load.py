@@ -145,6 +145,12 @@ def _rate(output: str) -> float:
     return 0.0
 
 
+def summary(output: str) -> str:
+    """h2load's own count of a run's calls, in a few words."""
+    return (f"{_count(output, 'requests:', 'succeeded')} calls answered HTTP 200 "
+            f"({_count(output, 'requests:', 'failed')} failed) at {_rate(output):,.0f}/s")
+
+
 def percentile(values: list[float], fraction: float) -> float:
     """The nearest-rank percentile."""
     if not values:
