@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.type import money_pb2
@@ -65,26 +65,30 @@ def timestamp_to_proto(value: datetime) -> timestamp_pb2.Timestamp:
                                    nanos=since_epoch.microseconds * 1000)
 
 
+def _item_values(item: Item) -> dict[str, Any]:
+    """An item's fields as pb.Item's keyword arguments (None leaves an optional field unset)."""
+    return {
+        "id": item.id, "sku": item.sku, "name": item.name, "description": item.description,
+        "category": item.category, "brand": item.brand, "price": money_to_proto(item.price),
+        "cost": money_to_proto(item.cost) if item.cost is not None else None,
+        "quantity": item.quantity, "low_stock_threshold": item.low_stock_threshold,
+        "max_quantity": item.max_quantity, "is_active": item.is_active, "weight_kg": item.weight_kg,
+        "dimensions": item.dimensions, "customer_id": item.customer_id,
+        "create_time": timestamp_to_proto(item.create_time), "update_time": timestamp_to_proto(item.update_time),
+        "etag": item.etag,
+    }
+
+
 def item_to_proto(item: Item) -> pb.Item:
-    message = pb.Item(
-        id=item.id,
-        sku=item.sku,
-        name=item.name,
-        description=item.description,
-        category=item.category,
-        brand=item.brand,
-        price=money_to_proto(item.price),
-        quantity=item.quantity,
-        low_stock_threshold=item.low_stock_threshold,
-        is_active=item.is_active,
-        dimensions=item.dimensions,
-        customer_id=item.customer_id,
-        create_time=timestamp_to_proto(item.create_time),
-        update_time=timestamp_to_proto(item.update_time),
-        etag=item.etag,
-    )
-    _set_present(message, {"cost": item.cost, "max_quantity": item.max_quantity, "weight_kg": item.weight_kg})
-    return message
+    return pb.Item(**_item_values(item))
+
+
+def add_items(repeated: Any, items: Iterable[Item]) -> None:
+    """Appends each item to a reply's repeated Item field, built in place: a message built
+    first and then appended would be copied."""
+    add = repeated.add
+    for item in items:
+        add(**_item_values(item))
 
 
 def _field_value(message: pb.Item, name: str, prefix: str) -> Any:

@@ -6,6 +6,7 @@ Errors are raised, never caught here: servicekit.status maps them to statuses.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 import grpc.aio
 
@@ -13,6 +14,7 @@ from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
 from inventory_client.roles import READ_ROLE, WRITE_ROLE
 from inventory_svc.convert import (
+    add_items,
     changes_from_update,
     item_fields_from_proto,
     item_to_proto,
@@ -35,17 +37,19 @@ ROLE_FOR_METHOD = {
 }
 
 
+Reply = TypeVar("Reply", pb.ListItemsResponse, pb.ListCustomerItemsResponse, pb.ListLowStockItemsResponse)
+
+
 def _principal() -> str:
     principal = current_principal.get(None)
     return principal.subject if principal else ""
 
 
-def _page_reply(page: Page) -> dict[str, object]:
-    return {
-        "items": [item_to_proto(item) for item in page.items],
-        "next_page_token": page.next_page_token,
-        "total_size": page.total_size,
-    }
+def _page_reply(reply: Reply, page: Page) -> Reply:
+    add_items(reply.items, page.items)
+    reply.next_page_token = page.next_page_token
+    reply.total_size = page.total_size
+    return reply
 
 
 class ItemServicer(inventory_pb2_grpc.ItemServiceServicer):
@@ -63,7 +67,7 @@ class ItemServicer(inventory_pb2_grpc.ItemServiceServicer):
 
     async def ListItems(self, request: pb.ListItemsRequest, context: grpc.aio.ServicerContext) -> pb.ListItemsResponse:
         page = await self._items.list_items(query_from_request(request), request.page_size, request.page_token)
-        return pb.ListItemsResponse(**_page_reply(page))
+        return _page_reply(pb.ListItemsResponse(), page)
 
     async def UpdateItem(self, request: pb.UpdateItemRequest, context: grpc.aio.ServicerContext) -> pb.UpdateItemResponse:
         changes = changes_from_update(request.item, request.update_mask)
@@ -80,7 +84,7 @@ class ItemServicer(inventory_pb2_grpc.ItemServiceServicer):
         page = await self._items.list_customer_items(
             request.customer_id, request.include_inactive, request.page_size, request.page_token
         )
-        return pb.ListCustomerItemsResponse(**_page_reply(page))
+        return _page_reply(pb.ListCustomerItemsResponse(), page)
 
     async def AdjustQuantity(
         self, request: pb.AdjustQuantityRequest, context: grpc.aio.ServicerContext
@@ -105,10 +109,12 @@ class ItemServicer(inventory_pb2_grpc.ItemServiceServicer):
             request.page_size,
             request.page_token,
         )
-        return pb.ListLowStockItemsResponse(**_page_reply(page))
+        return _page_reply(pb.ListLowStockItemsResponse(), page)
 
     async def BatchGetItems(self, request: pb.BatchGetItemsRequest, context: grpc.aio.ServicerContext) -> pb.BatchGetItemsResponse:
-        return pb.BatchGetItemsResponse(items=[item_to_proto(item) for item in await self._items.batch_get_items(request.ids)])
+        reply = pb.BatchGetItemsResponse()
+        add_items(reply.items, await self._items.batch_get_items(request.ids))
+        return reply
 
     async def ListStockMovements(
         self, request: pb.ListStockMovementsRequest, context: grpc.aio.ServicerContext
