@@ -824,6 +824,13 @@ class SqlUnitOfWork:
             self._on_low_stock_events()
 
 
+def _reason(error: BaseException) -> str:
+    """The first line of what went wrong with the database, without the statement or a traceback."""
+    cause = getattr(error, "orig", None) or error
+    first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    return f"{type(cause).__name__}: {first_line}" if first_line else type(cause).__name__
+
+
 class ListenerSilent(ConnectionError):
     """The listener's own probe did not come back: its notifications cannot be trusted."""
 
@@ -851,6 +858,7 @@ class PostgresChangeListener:
         self._probe_interval_s = probe_interval_s
         self._probe_deadline_s = probe_deadline_s
         self._stopping = threading.Event()
+        self._outage_logged = False
         self._thread = threading.Thread(target=self._run, name="change-listener", daemon=True)
 
     def start(self) -> None:
@@ -861,13 +869,28 @@ class PostgresChangeListener:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        database_errors = (DBAPIError, ListenerSilent, OSError, self._engine.dialect.loaded_dbapi.Error)
         while not self._stopping.is_set():
             try:
                 self._listen()
+            except database_errors as error:
+                # An outage is one WARNING with its reason; the attempts that fail while it
+                # lasts are DEBUG, and listening again is INFO.
+                if self._outage_logged:
+                    log.debug("change listener still cannot listen (%s): retrying", _reason(error))
+                else:
+                    self._outage_logged = True
+                    log.warning("change listener lost its connection (%s): reconnecting", _reason(error))
             except Exception:
-                log.warning("change listener lost its connection: reconnecting", exc_info=True)
-                self._on_low_stock()  # a watcher re-reads the ledger, so nothing missed meanwhile is lost
-                self._stopping.wait(1)
+                log.exception("change listener failed: restarting it")
+            self._on_low_stock()  # a watcher re-reads the ledger, so nothing missed meanwhile is lost
+            self._stopping.wait(1)
+
+    def _listening_again(self) -> None:
+        if self._outage_logged:
+            self._outage_logged = False
+            log.info("change listener listens again")
+        self._on_listening()
 
     def _listen(self) -> None:
         connection = self._engine.raw_connection()
@@ -895,7 +918,7 @@ class PostgresChangeListener:
                         last_echo = time.monotonic()
                         if not listening:
                             listening = True
-                            self._on_listening()
+                            self._listening_again()
                     elif notification.channel == ITEM_CHANGES_CHANNEL:
                         if notification.payload == ALL_ITEMS:
                             self._on_all_items_changed()
@@ -905,7 +928,12 @@ class PostgresChangeListener:
                     self._on_low_stock()
         finally:
             self._on_lost()
-            connection.close()  # detached: this closes the database connection itself
+            # Detached, so closing is ours; not through connection.close(), whose rollback
+            # would fail on a lost connection and be logged as an ERROR with a traceback.
+            try:
+                dbapi_connection.close()
+            finally:
+                connection.invalidate()
 
 
 def _lower(value: Any) -> Any:

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import grpc
-import psycopg2
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
@@ -19,35 +17,10 @@ from inventory.v1 import inventory_pb2_grpc
 from inventory_svc.server import watch_pool
 from inventory_svc.settings import InventorySettings
 from servicekit.observability import ServerMetrics
-from tests.e2e.test_database_faults import cut_every_connection
+from tests.e2e.test_database_faults import admin_of, connections_refused, cut_every_connection
 from tests.helpers import TEST_AUTH, authorized_channel, create, migrated_engine, mint, rpc_error, serving
 
 POOL_SIZE = 2  # build_engine allows as many again as overflow
-
-
-@contextmanager
-def admin_of(database_url: str) -> Iterator[psycopg2.extensions.cursor]:
-    url = make_url(database_url)
-    connection = psycopg2.connect(host=url.host, port=url.port, user=url.username, dbname="postgres")
-    connection.autocommit = True
-    try:
-        with connection.cursor() as cursor:
-            yield cursor
-    finally:
-        connection.close()
-
-
-@contextmanager
-def connections_refused(database_url: str) -> Iterator[None]:
-    """The database refuses every new connection, as a full server does ("too many clients").
-    (Its CONNECTION LIMIT would not stop the tests' superuser; ALLOW_CONNECTIONS does.)"""
-    name = make_url(database_url).database
-    with admin_of(database_url) as cursor:
-        cursor.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-        try:
-            yield
-        finally:
-            cursor.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
 
 
 def connections_seen_by_the_database(database_url: str) -> int:
