@@ -48,6 +48,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -767,9 +768,13 @@ class SqlUnitOfWork:
 
     def __enter__(self) -> "SqlUnitOfWork":
         try:
-            self._connection = self._engine.connect()
-        except OperationalError as error:
+            self._connection = self._engine.connect()  # with pre-ping, its round trip happens here
+        except DBAPIError as error:
+            # Refused ("too many clients already", a database that accepts no connections),
+            # unreachable, or lost again at once: none of it was this call's doing.
             raise Unavailable("the database cannot be reached; try again") from error
+        except PoolTimeout as error:
+            raise Unavailable("every database connection of this replica is in use; try again") from error
         self._autocommit_driver = None
         if self._for_write and not self._at_once:
             self._connection.execution_options(**{_WRITE_OPTION: True})

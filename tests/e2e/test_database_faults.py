@@ -12,6 +12,8 @@ from contextlib import contextmanager
 
 import grpc
 import psycopg2
+import pytest
+from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
 from inventory.v1 import inventory_pb2 as pb
@@ -19,6 +21,7 @@ from inventory.v1 import inventory_pb2_grpc
 from inventory_svc import repository
 from inventory_svc.client import InventoryClient
 from inventory_svc.settings import InventorySettings
+from servicekit.errors import Unavailable
 from tests.helpers import (
     TEST_AUTH, authorized_channel, create, eventually, migrated_engine, mint, rpc_error, service_env, service_process,
     serving,
@@ -162,3 +165,17 @@ def test_a_database_outage_logs_one_warning_with_its_reason_and_no_traceback(pos
     assert len(warnings) == 1
     assert warnings[0].startswith("change listener lost its connection (OperationalError: ")
     assert not [line for line in lines if "exception" in line]
+
+
+def test_a_call_that_finds_every_pooled_connection_in_use_is_unavailable(database_url):
+    # An engine of its own with a short pool timeout: a server waits the default 30 s.
+    url = make_url(database_url)
+    url = url.set(drivername="postgresql+psycopg2") if url.drivername == "postgresql" else url
+    engine = repository.prepare_engine(create_engine(url, pool_size=1, max_overflow=0, pool_timeout=0.1))
+    try:
+        with engine.connect(), pytest.raises(Unavailable) as raised, repository.SqlUnitOfWork(engine):
+            pass
+    finally:
+        engine.dispose()
+
+    assert str(raised.value) == "every database connection of this replica is in use; try again"
