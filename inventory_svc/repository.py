@@ -32,10 +32,15 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     bindparam,
+    case,
     delete,
     event,
     func,
+    exists,
+    false as false_,
     insert,
+    literal,
+    not_,
     or_,
     select,
     text,
@@ -43,6 +48,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -356,14 +362,14 @@ def _is_unique_violation(error: IntegrityError) -> bool:
 
 # The statements of the hottest calls, built once (see _CONDITION_FOR_FILTER for why).
 _GET_ITEM = select(*_ITEM).where(items.c.id == bindparam("item_id"))
-_ADD_TO_QUANTITY = (
+_ADD_TO_QUANTITY_UNRETURNED = (
     update(items)
     .where(items.c.id == bindparam("item_id"), items.c.quantity >= bindparam("at_least"),
            items.c.quantity <= bindparam("at_most"))
     .values(quantity=items.c.quantity + bindparam("delta"), update_time=bindparam("now"),
             version=items.c.version + 1)
-    .returning(*_ITEM)
 )
+_ADD_TO_QUANTITY = _ADD_TO_QUANTITY_UNRETURNED.returning(*_ITEM)
 _ADD_MOVEMENT = insert(stock_movements)
 
 
@@ -550,6 +556,13 @@ def _item_to_json(item: Item) -> str:
 
 def _item_from_json(text: str) -> Item:
     values = json.loads(text)
+    if isinstance(values, list):
+        # Written by PostgreSQL itself (see SqlWritesAtOnce): the row's ITEM_COLUMNS in order,
+        # its times as ISO 8601 without a zone (they are stored in UTC).
+        row = dict(zip(ITEM_COLUMNS, values))
+        for name in ("create_time", "update_time"):
+            row[name] = datetime.fromisoformat(row[name]).replace(tzinfo=timezone.utc)
+        return _item_from_row(tuple(row[name] for name in ITEM_COLUMNS))
     values["price"] = Money(*values["price"])
     values["cost"] = Money(*values["cost"]) if values["cost"] else None
     for name in ("create_time", "update_time"):
@@ -593,6 +606,133 @@ class SqlRequestIdRepository:
         return self._connection.execute(delete(request_ids).where(request_ids.c.create_time < cutoff)).rowcount
 
 
+def _is_unique_violation_of_anything(error: DBAPIError) -> bool:
+    return isinstance(error, IntegrityError) and _is_unique_violation(error)
+
+
+def _ledger_insert(changed: Any, delta: ColumnElement[Any], reason: ColumnElement[Any]) -> Any:
+    """The ledger row of each row of `changed` (which has ITEM_COLUMNS and low_stock_change),
+    as a CTE. A low-stock event first takes LOW_STOCK_EVENT_IDS_LOCK, so that event ids
+    increase in commit order: the row's id (its sequence default) is computed only after
+    its WHERE held, and the EXISTS holds only once the lock is taken. A row that crosses no
+    threshold takes no lock."""
+    event_ids_locked = (select(func.pg_advisory_xact_lock(LOW_STOCK_EVENT_IDS_LOCK))
+                        .select_from(changed).where(changed.c.low_stock_change != int(LowStockChange.NONE))
+                        .cte("event_ids_locked"))
+    columns = ("item_id", "sku", "delta", "quantity_after", "reason", "low_stock_change", "low_stock_threshold",
+               "customer_id", "category", "note", "principal", "request_id", "create_time")
+    rows = select(
+        changed.c.id, changed.c.sku, delta, changed.c.quantity, reason, changed.c.low_stock_change,
+        changed.c.low_stock_threshold, changed.c.customer_id, changed.c.category,
+        bindparam("note", type_=String()), bindparam("principal", type_=String()),
+        bindparam("request_id", type_=String()), changed.c.update_time,
+    ).where(or_(changed.c.low_stock_change == int(LowStockChange.NONE), exists(event_ids_locked.select())))
+    return (insert(stock_movements).from_select(columns, rows)
+            .returning(stock_movements.c.low_stock_change).cte("recorded"))
+
+
+def _write_at_once(changed: Any, recorded: Any, *, with_request_id: bool) -> Select[Any]:
+    """The one statement of a write: the changed row, its ledger row, a NOTIFY to every
+    replica when it is a low-stock event, and, `with_request_id`, the request_id's record
+    with its result (a request_id used before fails the statement: nothing is changed)."""
+    notified = (select(func.pg_notify(LOW_STOCK_CHANNEL, ""))
+                .select_from(recorded).where(recorded.c.low_stock_change != int(LowStockChange.NONE))
+                .cte("notified"))
+    statement = select(*(changed.c[name] for name in ITEM_COLUMNS),
+                       select(func.count()).select_from(notified).scalar_subquery().label("low_stock_events"))
+    if with_request_id:
+        response = func.json_build_array(*(changed.c[name] for name in ITEM_COLUMNS)).cast(Text)
+        claimed = insert(request_ids).from_select(
+            ("request_id", "method", "fingerprint", "response", "create_time"),
+            select(bindparam("request_id", type_=String()), bindparam("method", type_=String()),
+                   bindparam("fingerprint", type_=String()), response, changed.c.update_time),
+        ).cte("claimed")
+        statement = statement.add_cte(claimed)
+    return statement
+
+
+def _low_stock_change(is_low: ColumnElement[bool], was_low: ColumnElement[bool]) -> ColumnElement[int]:
+    return case((and_(is_low, not_(was_low)), int(LowStockChange.BECAME_LOW)),
+                (and_(was_low, not_(is_low)), int(LowStockChange.RECOVERED)),
+                else_=int(LowStockChange.NONE))
+
+
+@functools.lru_cache(maxsize=2)
+def _add_to_quantity_at_once(with_request_id: bool) -> Select[Any]:
+    delta = bindparam("delta")
+    was_low = and_(items.c.is_active, items.c.quantity - delta <= items.c.low_stock_threshold)
+    changed = _ADD_TO_QUANTITY_UNRETURNED.returning(
+        *_ITEM, _low_stock_change(items.c.is_low_stock, was_low).label("low_stock_change")).cte("changed")
+    recorded = _ledger_insert(changed, delta, bindparam("reason", type_=String()))
+    return _write_at_once(changed, recorded, with_request_id=with_request_id)
+
+
+_CREATED_COLUMNS = (*_row_values(ItemFields(sku="", name="", price=Money("", 0))), "create_time", "update_time",
+                    "version")
+
+
+@functools.lru_cache(maxsize=2)
+def _add_item_at_once(with_request_id: bool) -> Select[Any]:
+    # Taking ITEM_IDS_LOCK first makes item ids increase in commit order (see _lock_id_order):
+    # the inserted row is made from the lock's one row, so its id comes after the lock.
+    item_ids_locked = select(func.pg_advisory_xact_lock(ITEM_IDS_LOCK).label("locked")).cte("item_ids_locked")
+    values = [bindparam(name, type_=items.c[name].type) for name in _CREATED_COLUMNS[:-1]]
+    changed = insert(items).from_select(
+        _CREATED_COLUMNS, select(*values, literal(1)).select_from(item_ids_locked),
+    ).returning(*_ITEM, _low_stock_change(items.c.is_low_stock, false_()).label("low_stock_change")).cte("changed")
+    # A new item has a ledger row when it holds stock or starts low (see movement_between).
+    moved = select(changed).where(or_(changed.c.quantity != 0,
+                                      changed.c.low_stock_change != int(LowStockChange.NONE))).cte("moved")
+    recorded = _ledger_insert(moved, moved.c.quantity, literal(MovementReason.ITEM_CREATED.value, String()))
+    return _write_at_once(changed, recorded, with_request_id=with_request_id)
+
+
+class SqlWritesAtOnce:
+    """Writes that PostgreSQL makes in one statement, so in one round trip: on a connection
+    in autocommit, the statement is its own transaction. Each answers None when it did not
+    write (a missing item, a bound crossed, a request_id used before, a clash): the caller
+    then goes the way of many statements, which tells those cases apart."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self.low_stock_events_added = False
+
+    def _run(self, statement: Select[Any], parameters: dict[str, Any]) -> Item | None:
+        try:
+            row = self._connection.execute(statement, parameters).first()
+        except DBAPIError as error:
+            if _is_unique_violation_of_anything(error):
+                return None  # the statement failed as a whole: nothing was written
+            if error.connection_invalidated:
+                # Lost after the statement was sent: it may have committed.
+                raise Unavailable("the database connection was lost while writing: the change may or may not "
+                                  "have been made; read it again, or retry with the same request_id") from error
+            raise
+        if row is None:
+            return None
+        if row[-1]:
+            self.low_stock_events_added = True
+        return _item_from_row(row[:-1])
+
+    def add_to_quantity(self, item_id: int, delta: int, ceiling: int, reason: MovementReason, *, note: str,
+                        principal: str, request_id: str, method: str, fingerprint: str) -> Item | None:
+        """What SqlItemRepository.add_to_quantity does, with its ledger row and request_id record."""
+        return self._run(_add_to_quantity_at_once(bool(request_id)), {
+            "item_id": item_id, "delta": delta, "at_least": -delta, "at_most": ceiling - delta, "now": _utcnow(),
+            "reason": reason.value, "note": note, "principal": principal, "request_id": request_id,
+            "method": method, "fingerprint": fingerprint,
+        })
+
+    def add_item(self, fields: ItemFields, *, principal: str, request_id: str, method: str,
+                 fingerprint: str) -> Item | None:
+        """What SqlItemRepository.add does, with its ledger row and request_id record."""
+        now = _utcnow()
+        return self._run(_add_item_at_once(bool(request_id)), {
+            **_row_values(fields), "create_time": now, "update_time": now, "note": "", "principal": principal, "request_id": request_id,
+            "method": method, "fingerprint": fingerprint,
+        })
+
+
 _WRITE_OPTION = "inventory_write_transaction"
 
 
@@ -616,25 +756,37 @@ class SqlUnitOfWork:
     and its total, may then see different commits). A lost database connection becomes
     Unavailable, which clients may retry."""
 
-    def __init__(self, engine: Engine, *, for_write: bool = False,
+    def __init__(self, engine: Engine, *, for_write: bool = False, at_once: bool = False,
                  on_low_stock_events: Callable[[], None] | None = None) -> None:
+        """`at_once`: the caller means to write through `at_once` (SqlWritesAtOnce), which
+        then exists on PostgreSQL only; on SQLite this is an ordinary write transaction."""
         self._engine = engine
         self._for_write = for_write
+        self._at_once = at_once and engine.dialect.name == "postgresql"
         self._on_low_stock_events = on_low_stock_events
+        self.at_once: SqlWritesAtOnce | None = None
 
     def __enter__(self) -> "SqlUnitOfWork":
         try:
-            self._connection = self._engine.connect()
-        except OperationalError as error:
+            self._connection = self._engine.connect()  # with pre-ping, its round trip happens here
+        except DBAPIError as error:
+            # Refused ("too many clients already", a database that accepts no connections),
+            # unreachable, or lost again at once: none of it was this call's doing.
             raise Unavailable("the database cannot be reached; try again") from error
-        if self._for_write:
+        except PoolTimeout as error:
+            raise Unavailable("every database connection of this replica is in use; try again") from error
+        self._autocommit_driver = None
+        if self._for_write and not self._at_once:
             self._connection.execution_options(**{_WRITE_OPTION: True})
         elif self._engine.dialect.name == "postgresql":
-            self._connection.execution_options(isolation_level="AUTOCOMMIT")
+            # Straight on the driver: SQLAlchemy's isolation_level option would cost two SETs,
+            # so two round trips, to switch to autocommit and back.
+            self._autocommit_driver = self._connection.connection.driver_connection
+            self._autocommit_driver.autocommit = True
         try:
             self._transaction = self._connection.begin()  # on SQLite a writer waits for the lock here
         except DBAPIError as error:
-            self._connection.close()
+            self._release()
             unavailable = _unavailable_for(error)
             if unavailable is None:
                 raise
@@ -642,6 +794,8 @@ class SqlUnitOfWork:
         self.items = SqlItemRepository(self._connection)
         self.movements = SqlStockMovementRepository(self._connection)
         self.request_ids = SqlRequestIdRepository(self._connection)
+        if self._at_once:
+            self.at_once = SqlWritesAtOnce(self._connection)
         return self
 
     def __exit__(self, _type: object, error: BaseException | None, _traceback: object) -> None:
@@ -649,10 +803,18 @@ class SqlUnitOfWork:
             if self._transaction.is_active:
                 self._transaction.rollback()
         finally:
-            self._connection.close()
+            self._release()
         unavailable = _unavailable_for(error)
         if unavailable is not None:
             raise unavailable from error
+
+    def _release(self) -> None:
+        driver = self._autocommit_driver
+        try:
+            if driver is not None and not driver.closed and not self._connection.invalidated:
+                driver.autocommit = False  # back to the pool as it came
+        finally:
+            self._connection.close()
 
     def commit(self) -> None:
         try:
@@ -662,8 +824,16 @@ class SqlUnitOfWork:
                 raise
             raise Unavailable("the database connection was lost while committing: the change may or may not "
                               "have been made; read it again, or retry with the same request_id") from error
-        if self.movements.low_stock_events_added and self._on_low_stock_events:
+        events_added = self.movements.low_stock_events_added or (self.at_once and self.at_once.low_stock_events_added)
+        if events_added and self._on_low_stock_events:
             self._on_low_stock_events()
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of what went wrong with the database, without the statement or a traceback."""
+    cause = getattr(error, "orig", None) or error
+    first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    return f"{type(cause).__name__}: {first_line}" if first_line else type(cause).__name__
 
 
 class ListenerSilent(ConnectionError):
@@ -693,6 +863,7 @@ class PostgresChangeListener:
         self._probe_interval_s = probe_interval_s
         self._probe_deadline_s = probe_deadline_s
         self._stopping = threading.Event()
+        self._outage_logged = False
         self._thread = threading.Thread(target=self._run, name="change-listener", daemon=True)
 
     def start(self) -> None:
@@ -703,13 +874,28 @@ class PostgresChangeListener:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        database_errors = (DBAPIError, ListenerSilent, OSError, self._engine.dialect.loaded_dbapi.Error)
         while not self._stopping.is_set():
             try:
                 self._listen()
+            except database_errors as error:
+                # An outage is one WARNING with its reason; the attempts that fail while it
+                # lasts are DEBUG, and listening again is INFO.
+                if self._outage_logged:
+                    log.debug("change listener still cannot listen (%s): retrying", _reason(error))
+                else:
+                    self._outage_logged = True
+                    log.warning("change listener lost its connection (%s): reconnecting", _reason(error))
             except Exception:
-                log.warning("change listener lost its connection: reconnecting", exc_info=True)
-                self._on_low_stock()  # a watcher re-reads the ledger, so nothing missed meanwhile is lost
-                self._stopping.wait(1)
+                log.exception("change listener failed: restarting it")
+            self._on_low_stock()  # a watcher re-reads the ledger, so nothing missed meanwhile is lost
+            self._stopping.wait(1)
+
+    def _listening_again(self) -> None:
+        if self._outage_logged:
+            self._outage_logged = False
+            log.info("change listener listens again")
+        self._on_listening()
 
     def _listen(self) -> None:
         connection = self._engine.raw_connection()
@@ -737,7 +923,7 @@ class PostgresChangeListener:
                         last_echo = time.monotonic()
                         if not listening:
                             listening = True
-                            self._on_listening()
+                            self._listening_again()
                     elif notification.channel == ITEM_CHANGES_CHANNEL:
                         if notification.payload == ALL_ITEMS:
                             self._on_all_items_changed()
@@ -747,7 +933,12 @@ class PostgresChangeListener:
                     self._on_low_stock()
         finally:
             self._on_lost()
-            connection.close()  # detached: this closes the database connection itself
+            # Detached, so closing is ours; not through connection.close(), whose rollback
+            # would fail on a lost connection and be logged as an ERROR with a traceback.
+            try:
+                dbapi_connection.close()
+            finally:
+                connection.invalidate()
 
 
 def _lower(value: Any) -> Any:

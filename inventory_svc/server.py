@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import sys
+import threading
 from concurrent.futures import Executor, ThreadPoolExecutor
 from functools import partial
 
@@ -20,6 +21,7 @@ from sqlalchemy.pool import Pool
 from inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from inventory_svc import migrations
 from inventory_svc.async_service import AsyncItemService
+from inventory_svc.connection_budget import connection_budget_warning
 from inventory_svc.item_cache import ItemCache
 from inventory_svc.repository import PostgresChangeListener, SqlUnitOfWork, prepare_engine
 from inventory_svc.service import ItemService, LowStockSignal
@@ -30,7 +32,8 @@ from servicekit.logging import configure_logging
 from servicekit.observability import ServerMetrics, metrics_served
 from servicekit.pipeline import Authorizer
 from servicekit.server import (
-    Periodic, RunningServer, finish_server, new_server, serve_until_signalled, stay_on_assigned_cpu, supervise_workers,
+    Periodic, RunningServer, finish_server, is_worker, new_server, serve_until_signalled, stay_on_assigned_cpu,
+    supervise_workers,
 )
 from servicekit.tracing import Tracing, tracing_started
 
@@ -40,19 +43,37 @@ ITEM_SERVICE_NAME = inventory_pb2.DESCRIPTOR.services_by_name["ItemService"].ful
 
 
 def watch_pool(metrics: ServerMetrics, pool: Pool, size: int) -> None:
-    """The database connection pool's use, followed through its events (which, unlike
-    reading the pool, also adds up across worker processes)."""
+    """The database connection pool's use, as gauges that each worker process sets from what
+    its pool holds (livesum adds up the live processes).
+
+    The pool's events are not balanced through an outage (a checkout whose connect fails
+    still checks in; a connection detached for the change listener leaves the pool), so
+    counting them up and down drifts: the gauges are sizes of sets of the pool's own
+    connection records instead, which cannot go negative or count one connection twice."""
     Gauge("db_pool_size", "Database connections the pool keeps open when idle.",
           registry=metrics.registry, multiprocess_mode="livesum").set(size)
-    in_use = Gauge("db_pool_connections_in_use", "Database connections lent out to calls now.",
-                   registry=metrics.registry, multiprocess_mode="livesum")
-    opened = Gauge("db_pool_connections_open", "Database connections open now, in use or idle.",
-                   registry=metrics.registry, multiprocess_mode="livesum")
-    event.listen(pool, "checkout", lambda *_: in_use.inc())
-    event.listen(pool, "checkin", lambda *_: in_use.dec())
-    event.listen(pool, "connect", lambda *_: opened.inc())
-    event.listen(pool, "close", lambda *_: opened.dec())
-    event.listen(pool, "close_detached", lambda *_: opened.dec())
+    in_use_gauge = Gauge("db_pool_connections_in_use", "Database connections lent out to calls now.",
+                         registry=metrics.registry, multiprocess_mode="livesum")
+    open_gauge = Gauge("db_pool_connections_open", "Database connections of the pool open now, in use or idle.",
+                       registry=metrics.registry, multiprocess_mode="livesum")
+    lock = threading.Lock()
+    in_use: set[int] = set()  # ids of connection records lent out
+    opened: set[int] = set()  # ids of connection records that hold an open connection
+
+    def update(record: object, *, lent: bool | None = None, connected: bool | None = None) -> None:
+        with lock:
+            for members, member in ((in_use, lent), (opened, connected)):
+                if member is not None:
+                    (members.add if member else members.discard)(id(record))
+            in_use_gauge.set(len(in_use))
+            open_gauge.set(len(opened))
+
+    event.listen(pool, "checkout", lambda _c, record, _p: update(record, lent=True))
+    event.listen(pool, "checkin", lambda _c, record: update(record, lent=False))
+    event.listen(pool, "connect", lambda _c, record: update(record, connected=True))
+    event.listen(pool, "close", lambda _c, record: update(record, connected=False))
+    # A detached connection (the change listener's own) leaves the pool; its record stays, empty.
+    event.listen(pool, "detach", lambda _c, record: update(record, lent=False, connected=False))
 
 
 def build_engine(settings: InventorySettings) -> Engine:
@@ -143,9 +164,25 @@ async def serve(settings: InventorySettings) -> None:
         engine.dispose()
 
 
+def warn_unless_connections_fit(settings: InventorySettings) -> None:
+    """Once per server (the supervisor's check counts all its worker processes): a pool that
+    PostgreSQL cannot hold fails under load, so say so at start. Replicas are not counted:
+    the docs give the budget for them."""
+    engine = build_engine(settings)
+    try:
+        warning = connection_budget_warning(engine, pool_size=settings.db_pool_size,
+                                            max_overflow=settings.db_pool_size, processes=settings.processes)
+    finally:
+        engine.dispose()
+    if warning:
+        log.warning("%s", warning)
+
+
 def main() -> None:
     settings = InventorySettings.from_env(os.environ)
     configure_logging(settings.log_level)
+    if not is_worker(os.environ):
+        warn_unless_connections_fit(settings)
     if settings.processes > 1:
         sys.exit(supervise_workers("inventory_svc.server", "INVENTORY", settings.processes,
                                    settings.listen_address, settings.metrics_address, pin_cpus=settings.pin_cpus,

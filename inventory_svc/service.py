@@ -77,13 +77,26 @@ class UnitOfWork(Protocol):
     items: ItemRepository
     movements: StockMovementRepository
     request_ids: RequestIdRepository
+    at_once: WritesAtOnce | None
 
     def __enter__(self) -> "UnitOfWork": ...
     def __exit__(self, *exc_info: object) -> None: ...
     def commit(self) -> None: ...
 
 
-UnitOfWorkFactory = Callable[..., UnitOfWork]  # called as factory(for_write=bool)
+class WritesAtOnce(Protocol):
+    """Writes made in one statement with their ledger row and request_id record; each
+    answers None when it wrote nothing, and the caller then takes the ordinary way."""
+
+    def add_to_quantity(self, item_id: int, delta: int, ceiling: int, reason: MovementReason, *, note: str,
+                        principal: str, request_id: str, method: str, fingerprint: str) -> Item | None: ...
+    def add_item(self, fields: ItemFields, *, principal: str, request_id: str, method: str,
+                 fingerprint: str) -> Item | None: ...
+
+
+# Called as factory(for_write=bool) or factory(for_write=True, at_once=True): then the unit
+# of work's `at_once` is a WritesAtOnce where the database can (None where it cannot).
+UnitOfWorkFactory = Callable[..., UnitOfWork]
 
 
 def _check_id(item_id: int, field: str) -> None:
@@ -186,15 +199,28 @@ class ItemService:
     def create_item(self, fields: ItemFields, *, principal: str = "", request_id: str = "") -> Item:
         validate_item_fields(fields)
         request_id = _canonical_request_id(request_id)
+        with self._unit_of_work(for_write=True, at_once=True) as uow:
+            if uow.at_once is not None:
+                item = uow.at_once.add_item(fields, principal=principal, request_id=request_id, method="CreateItem",
+                                            fingerprint=query_fingerprint("CreateItem", fields).hex())
+                if item is not None:
+                    uow.commit()
+                    return item
+            else:
+                return self._create_item(uow, fields, principal, request_id)
+        # A clash (sku, request_id) wrote nothing: the ordinary way tells which it was.
         with self._unit_of_work(for_write=True) as uow:
-            replayed = self._replay(uow, request_id, "CreateItem", fields)
-            if replayed is not None:
-                return replayed
-            item = uow.items.add(fields)
-            self._record(uow, None, item, MovementReason.ITEM_CREATED, principal=principal, request_id=request_id)
-            if request_id:
-                uow.request_ids.complete(request_id, item)
-            uow.commit()
+            return self._create_item(uow, fields, principal, request_id)
+
+    def _create_item(self, uow: UnitOfWork, fields: ItemFields, principal: str, request_id: str) -> Item:
+        replayed = self._replay(uow, request_id, "CreateItem", fields)
+        if replayed is not None:
+            return replayed
+        item = uow.items.add(fields)
+        self._record(uow, None, item, MovementReason.ITEM_CREATED, principal=principal, request_id=request_id)
+        if request_id:
+            uow.request_ids.complete(request_id, item)
+        uow.commit()
         return item
 
     def batch_get_items(self, item_ids: Sequence[int]) -> list[Item]:
@@ -373,26 +399,46 @@ class ItemService:
                                          "DAMAGE or OTHER")
         check_text("note", note, MAX_NOTE_LENGTH)
         request_id = _canonical_request_id(request_id)
-        details = {"note": note, "principal": principal, "request_id": request_id}
-        with self._unit_of_work(for_write=True) as uow:
-            replayed = self._replay(uow, request_id, "AdjustQuantity", item_id, delta, set_to, reason, note)
-            if replayed is not None:
-                return replayed
-            if delta is not None:
-                after = uow.items.add_to_quantity(item_id, delta, MAX_QUANTITY_VALUE)
-                before = replace(after, quantity=after.quantity - delta) if after else None
+        request = (item_id, delta, set_to, reason, note)
+        after = None
+        with self._unit_of_work(for_write=True, at_once=delta is not None) as uow:
+            if uow.at_once is not None and delta is not None:
+                after = uow.at_once.add_to_quantity(
+                    item_id, delta, MAX_QUANTITY_VALUE, reason, note=note, principal=principal,
+                    request_id=request_id, method="AdjustQuantity",
+                    fingerprint=query_fingerprint("AdjustQuantity", *request).hex())
+                if after is not None:
+                    uow.commit()
             else:
-                before = uow.items.get_for_update(item_id)
-                after = uow.items.set_quantity(item_id, set_to or 0) if before else None
-            if after is None:
-                if uow.items.get(item_id) is None:
-                    raise NotFound(f"item {item_id} not found")
-                raise StockWouldGoNegative(item_id) if (delta or 0) < 0 else StockWouldOverflow(item_id)
-            self._record(uow, before, after, reason, **details)
-            if request_id:
-                uow.request_ids.complete(request_id, after)
-            uow.commit()
+                after = self._adjust_quantity(uow, request, principal, request_id)
+        if after is None:
+            # Nothing was written (a missing item, a bound, a request_id used before): the
+            # ordinary way tells which, and answers a replay with its first result.
+            with self._unit_of_work(for_write=True) as uow:
+                after = self._adjust_quantity(uow, request, principal, request_id)
         self._cache.invalidate(item_id)
+        return after
+
+    def _adjust_quantity(self, uow: UnitOfWork, request: tuple[int, int | None, int | None, MovementReason, str],
+                         principal: str, request_id: str) -> Item:
+        item_id, delta, set_to, reason, note = request
+        replayed = self._replay(uow, request_id, "AdjustQuantity", *request)
+        if replayed is not None:
+            return replayed
+        if delta is not None:
+            after = uow.items.add_to_quantity(item_id, delta, MAX_QUANTITY_VALUE)
+            before = replace(after, quantity=after.quantity - delta) if after else None
+        else:
+            before = uow.items.get_for_update(item_id)
+            after = uow.items.set_quantity(item_id, set_to or 0) if before else None
+        if after is None:
+            if uow.items.get(item_id) is None:
+                raise NotFound(f"item {item_id} not found")
+            raise StockWouldGoNegative(item_id) if (delta or 0) < 0 else StockWouldOverflow(item_id)
+        self._record(uow, before, after, reason, note=note, principal=principal, request_id=request_id)
+        if request_id:
+            uow.request_ids.complete(request_id, after)
+        uow.commit()
         return after
 
     def _page(self, kind: str, query: ItemQuery, page_size: int, page_token: str) -> Page:

@@ -227,6 +227,13 @@ class Periodic:
 
 # Set by supervise_workers in each worker's environment: the core that worker stays on.
 WORKER_CPU_VARIABLE = "SERVICEKIT_WORKER_CPU"
+# ...and that it is one of the supervisor's workers, which does what concerns the whole server.
+WORKER_VARIABLE = "SERVICEKIT_WORKER"
+
+
+def is_worker(env: Mapping[str, str]) -> bool:
+    """Whether this process is a worker of supervise_workers (not the server as a whole)."""
+    return env.get(WORKER_VARIABLE) == "1"
 
 
 def stay_on_assigned_cpu(env: Mapping[str, str]) -> None:
@@ -280,7 +287,7 @@ def supervise_workers(module: str, prefix: str, processes: int, listen_address: 
     with tempfile.TemporaryDirectory(prefix=f"{prefix.lower()}-metrics-") as metrics_dir:
         worker_env = {**{name: value for name, value in os.environ.items() if name != WORKER_CPU_VARIABLE},
                       f"{prefix}_PROCESSES": "1", f"{prefix}_METRICS_ADDRESS": "off",
-                      "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+                      "PROMETHEUS_MULTIPROC_DIR": metrics_dir, WORKER_VARIABLE: "1"}
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=metrics_dir)
         # Bound first: a metrics port in use fails here, before there are workers to orphan.

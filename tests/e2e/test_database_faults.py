@@ -6,11 +6,14 @@ call works on a fresh connection."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import grpc
 import psycopg2
+import pytest
+from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
 from inventory.v1 import inventory_pb2 as pb
@@ -18,7 +21,11 @@ from inventory.v1 import inventory_pb2_grpc
 from inventory_client import InventoryClient
 from inventory_svc import repository
 from inventory_svc.settings import InventorySettings
-from tests.helpers import TEST_AUTH, authorized_channel, create, migrated_engine, mint, rpc_error, serving
+from servicekit.errors import Unavailable
+from tests.helpers import (
+    TEST_AUTH, authorized_channel, create, eventually, migrated_engine, mint, rpc_error, service_env, service_process,
+    serving,
+)
 
 
 def cut_every_connection(database_url: str) -> None:
@@ -27,6 +34,31 @@ def cut_every_connection(database_url: str) -> None:
             admin.cursor() as cursor:
         cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                        "WHERE datname = %s AND pid <> pg_backend_pid()", (url.database,))
+
+
+@contextmanager
+def admin_of(database_url: str) -> Iterator[psycopg2.extensions.cursor]:
+    url = make_url(database_url)
+    connection = psycopg2.connect(host=url.host, port=url.port, user=url.username, dbname="postgres")
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            yield cursor
+    finally:
+        connection.close()
+
+
+@contextmanager
+def connections_refused(database_url: str) -> Iterator[None]:
+    """The database refuses every new connection, as a full server does ("too many clients").
+    (Its CONNECTION LIMIT would not stop the tests' superuser; ALLOW_CONNECTIONS does.)"""
+    name = make_url(database_url).database
+    with admin_of(database_url) as cursor:
+        cursor.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        try:
+            yield
+        finally:
+            cursor.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
 
 
 @contextmanager
@@ -101,3 +133,49 @@ def test_a_sqlite_writer_stuck_behind_another_is_unavailable_and_writes_nothing(
         assert error.code() == grpc.StatusCode.UNAVAILABLE
         assert error.details() == "the database is busy; try again"
         assert items.GetItem(pb.GetItemRequest(id=item.id)).item.quantity == 5
+
+
+def test_a_database_outage_logs_one_warning_with_its_reason_and_no_traceback(postgres_url, tmp_path):
+    # A real server process: it runs the change listener too, whose connection the cut loses.
+    def listener_connected() -> bool:
+        with admin_of(postgres_url) as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND query LIKE %s",
+                           (make_url(postgres_url).database, "%inventory_listener_probe%"))
+            return cursor.fetchone()[0] > 0
+
+    env = service_env(INVENTORY_DATABASE_URL=postgres_url, INVENTORY_LISTEN_ADDRESS="127.0.0.1:0",
+                      INVENTORY_DB_POOL_PRE_PING="false")  # so that calls meet the dead connections too
+    with migrated_engine(InventorySettings(database_url=postgres_url)), \
+            service_process("inventory_svc.server", env, tmp_path / "inventory.log") as service:
+        with authorized_channel(service.wait_until_serving(), mint()) as channel:
+            items = inventory_pb2_grpc.ItemServiceStub(channel)
+            item = create(items, quantity=5)
+            assert eventually(listener_connected, 10)
+            cut_every_connection(postgres_url)
+            with connections_refused(postgres_url):
+                codes = {rpc_error(items.GetItem, pb.GetItemRequest(id=item.id)).code() for _ in range(3)}
+                assert eventually(lambda: any(line["level"] == "WARNING" for line in service.log_lines()), 10)
+                time.sleep(2.5)  # the listener's reconnect attempts meet the refusal meanwhile
+            assert eventually(lambda: any("listens again" in line["message"] for line in service.log_lines()), 10)
+            assert items.GetItem(pb.GetItemRequest(id=item.id)).item.quantity == 5
+        lines = service.log_lines()
+
+    assert codes == {grpc.StatusCode.UNAVAILABLE}
+    warnings = [line["message"] for line in lines if line["level"] not in ("DEBUG", "INFO")]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("change listener lost its connection (OperationalError: ")
+    assert not [line for line in lines if "exception" in line]
+
+
+def test_a_call_that_finds_every_pooled_connection_in_use_is_unavailable(database_url):
+    # An engine of its own with a short pool timeout: a server waits the default 30 s.
+    url = make_url(database_url)
+    url = url.set(drivername="postgresql+psycopg2") if url.drivername == "postgresql" else url
+    engine = repository.prepare_engine(create_engine(url, pool_size=1, max_overflow=0, pool_timeout=0.1))
+    try:
+        with engine.connect(), pytest.raises(Unavailable) as raised, repository.SqlUnitOfWork(engine):
+            pass
+    finally:
+        engine.dispose()
+
+    assert str(raised.value) == "every database connection of this replica is in use; try again"
