@@ -1,7 +1,8 @@
 """Use cases of the CRM: a customer's own items, answered by the inventory service.
 
-The service is written against the Inventory protocol (AsyncInventoryClient's methods), and maps
-inventory.v1.Item straight to crm.v1.CustomerItem: no model of inventory's own in between.
+The service is written against the Inventory protocol (AsyncInventoryClient's methods) and
+answers with inventory.v1.Item messages that the customer may see; the servicer maps them
+straight to crm.v1.CustomerItem: no model of inventory's own in between.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
-from crm.v1 import crm_pb2
 from inventory.v1 import inventory_pb2
 from inventory_client import ItemFilter, Page
 from servicekit.client import CredentialsMissing
@@ -47,20 +47,6 @@ def visible_to(item: inventory_pb2.Item, customer_id: str) -> bool:
     return item.customer_id == customer_id and is_active
 
 
-def customer_view(item: inventory_pb2.Item) -> crm_pb2.CustomerItem:
-    """What a customer sees of an item: no cost, thresholds, reorder ceiling, owner or etag."""
-    return crm_pb2.CustomerItem(
-        id=item.id, sku=item.sku, name=item.name, description=item.description, category=item.category,
-        brand=item.brand, price=item.price, quantity=item.quantity, dimensions=item.dimensions,
-        weight_kg=item.weight_kg if item.HasField("weight_kg") else None,
-        update_time=item.update_time if item.HasField("update_time") else None,
-    )
-
-
-def _customer_page(page: Page[inventory_pb2.Item]) -> Page[crm_pb2.CustomerItem]:
-    return Page([customer_view(item) for item in page.items], page.next_page_token, page.total_size)
-
-
 @contextmanager
 def _inventory_errors() -> Iterator[None]:
     """The customer's credentials are fine when this runs: inventory refusing the CRM's own
@@ -80,25 +66,25 @@ class CustomerItemsService:
     def __init__(self, inventory: Inventory) -> None:
         self._inventory = inventory
 
-    async def list_my_items(self, customer_id: str, page_size: int, page_token: str) -> Page[crm_pb2.CustomerItem]:
+    async def list_my_items(self, customer_id: str, page_size: int, page_token: str) -> Page[inventory_pb2.Item]:
+        """The customer's active items (inventory filters them)."""
         check_customer_id(customer_id)
         with _inventory_errors():
-            page = await self._inventory.list_customer_items(customer_id, page_size=page_size, page_token=page_token)
-        return _customer_page(page)
+            return await self._inventory.list_customer_items(customer_id, page_size=page_size, page_token=page_token)
 
-    async def get_my_item(self, customer_id: str, item_id: int) -> crm_pb2.CustomerItem:
+    async def get_my_item(self, customer_id: str, item_id: int) -> inventory_pb2.Item:
         check_customer_id(customer_id)
         with _inventory_errors():
             item = await self._inventory.get_item(item_id)  # NotFound passes through as it is
         if not visible_to(item, customer_id):
             raise NotFound(f"item {item_id} not found")  # the same words as a missing item
-        return customer_view(item)
+        return item
 
     async def search_my_items(
         self, customer_id: str, text: str, category: str, brand: str, page_size: int, page_token: str,
-    ) -> Page[crm_pb2.CustomerItem]:
+    ) -> Page[inventory_pb2.Item]:
+        """The customer's active items that match (inventory filters them)."""
         check_customer_id(customer_id)
         where = ItemFilter(customer_id=customer_id, is_active=True, query=text, category=category, brand=brand)
         with _inventory_errors():
-            page = await self._inventory.list_items(where, page_size=page_size, page_token=page_token)
-        return _customer_page(page)
+            return await self._inventory.list_items(where, page_size=page_size, page_token=page_token)

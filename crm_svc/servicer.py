@@ -5,22 +5,41 @@ The customer is the verified token subject, handed over by the auth interceptor.
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 import grpc.aio
 
 from crm.v1 import crm_pb2 as pb
 from crm.v1 import crm_pb2_grpc
+from inventory.v1 import inventory_pb2
 from crm_svc.service import CustomerItemsService
 from servicekit.auth import current_principal
 from servicekit.client import Page
 
 CUSTOMER_ROLE = "customer"
+Reply = TypeVar("Reply", pb.ListMyItemsResponse, pb.SearchMyItemsResponse)
 _CRM_SERVICE = pb.DESCRIPTOR.services_by_name["CustomerItemsService"]
 # Every RPC needs a customer token; the auth interceptor denies any method missing here.
 ROLE_FOR_METHOD = {f"/{_CRM_SERVICE.full_name}/{method.name}": CUSTOMER_ROLE for method in _CRM_SERVICE.methods}
 
 
-def _page_reply(page: Page[pb.CustomerItem]) -> dict[str, object]:
-    return {"items": page.items, "next_page_token": page.next_page_token, "total_size": page.total_size}
+def _customer_item_values(item: inventory_pb2.Item) -> dict[str, Any]:
+    """What a customer sees of an item: no cost, thresholds, reorder ceiling, owner or etag."""
+    return {
+        "id": item.id, "sku": item.sku, "name": item.name, "description": item.description,
+        "category": item.category, "brand": item.brand, "price": item.price, "quantity": item.quantity,
+        "dimensions": item.dimensions, "weight_kg": item.weight_kg if item.HasField("weight_kg") else None,
+        "update_time": item.update_time if item.HasField("update_time") else None,
+    }
+
+
+def _page_reply(reply: Reply, page: Page[inventory_pb2.Item]) -> Reply:
+    add = reply.items.add  # built in place: a message built apart would be copied in
+    for item in page.items:
+        add(**_customer_item_values(item))
+    reply.next_page_token = page.next_page_token
+    reply.total_size = page.total_size
+    return reply
 
 
 def _customer_id() -> str:
@@ -35,10 +54,11 @@ class CustomerItemsServicer(crm_pb2_grpc.CustomerItemsServiceServicer):
         self, request: pb.ListMyItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListMyItemsResponse:
         page = await self._items.list_my_items(_customer_id(), request.page_size, request.page_token)
-        return pb.ListMyItemsResponse(**_page_reply(page))
+        return _page_reply(pb.ListMyItemsResponse(), page)
 
     async def GetMyItem(self, request: pb.GetMyItemRequest, context: grpc.aio.ServicerContext) -> pb.GetMyItemResponse:
-        return pb.GetMyItemResponse(item=await self._items.get_my_item(_customer_id(), request.id))
+        item = await self._items.get_my_item(_customer_id(), request.id)
+        return pb.GetMyItemResponse(item=pb.CustomerItem(**_customer_item_values(item)))
 
     async def SearchMyItems(
         self, request: pb.SearchMyItemsRequest, context: grpc.aio.ServicerContext
@@ -46,4 +66,4 @@ class CustomerItemsServicer(crm_pb2_grpc.CustomerItemsServiceServicer):
         page = await self._items.search_my_items(
             _customer_id(), request.query, request.category, request.brand, request.page_size, request.page_token
         )
-        return pb.SearchMyItemsResponse(**_page_reply(page))
+        return _page_reply(pb.SearchMyItemsResponse(), page)
