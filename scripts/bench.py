@@ -60,6 +60,9 @@ from crm.v1 import crm_pb2
 from inventory.v1 import inventory_pb2 as pb
 from servicekit.auth import AuthSettings, TokenIssuer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.raw_http2 import RawHttp2Client  # noqa: E402  (the hostile client the limits tests use)
+
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var" / "bench"
 ITEM_SERVICE = "/inventory.v1.ItemService/"
@@ -249,6 +252,23 @@ def competing_load(address: str, load: h2load.Load, in_flight: int, workdir: Pat
     return running
 
 
+def header_only_streams(address: str, connections: int, streams_each: int) -> Callable[[float], ContextManager[Any]]:
+    """A client without a token that opens `streams_each` request HEADERS on each of
+    `connections` connections and never sends a message, for as long as a cell runs."""
+    @contextmanager
+    def holding(_seconds: float) -> Iterator[None]:
+        host, port = address.rsplit(":", 1)
+        clients = [RawHttp2Client(host, int(port)) for _ in range(connections)]
+        try:
+            held = sum(len(client.open_header_only_streams(streams_each)) for client in clients)
+            say(f"    holding {held} header-only streams over {connections} connections")
+            yield
+        finally:
+            for client in clients:
+                client.close()
+    return holding
+
+
 def build_workloads(args: argparse.Namespace, fixtures: data.Fixtures, tokens: dict[str, str],
                     processes: dict[str, Process]) -> list[Workload]:
     frame = h2load.grpc_frame
@@ -291,6 +311,11 @@ def build_workloads(args: argparse.Namespace, fixtures: data.Fixtures, tokens: d
                    pb.GetItemResponse, get_item, (name,),
                    note="one process, no item cache: every call reads the database; only the JWT interceptor differs")
           for name in (AUTH_ON, AUTH_OFF)),
+        Workload("GetItem while 1,000 header-only streams are held", "inventory",
+                 h2load.Load(ITEM_SERVICE + "GetItem", [frame(pb.GetItemRequest(id=i)) for i in fixtures.item_ids],
+                             inventory_token), pb.GetItemResponse, get_item, ("inventory",),
+                 background=header_only_streams(processes["inventory"].address, 10, 100),
+                 note="while a client with no token holds 10 connections x 100 streams whose request never comes"),
         Workload("GetItem of subject B, subject A searching", "inventory",
                  h2load.Load(ITEM_SERVICE + "GetItem", [frame(pb.GetItemRequest(id=i)) for i in fixtures.item_ids],
                              inventory_token), pb.GetItemResponse, get_item, ("inventory",),
