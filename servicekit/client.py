@@ -42,7 +42,10 @@ CHANNEL_OPTIONS = (
 
 def service_config(service: str, idempotent_methods: Iterable[str]) -> str:
     """gRPC service config: round-robin over every address the target resolves to, and
-    retries with backoff on UNAVAILABLE for the idempotent methods only."""
+    retries with backoff on UNAVAILABLE for the idempotent methods only. CANCELLED too: a
+    call this client cancels is never retried, so a CANCELLED one is the server's, which
+    grpc core sends for calls it had received but not started when a server stops
+    (grpc/grpc#41785): a rolling restart then shows the caller nothing."""
     return json.dumps({
         "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [{
@@ -52,7 +55,7 @@ def service_config(service: str, idempotent_methods: Iterable[str]) -> str:
                 "initialBackoff": "0.05s",
                 "maxBackoff": "0.5s",
                 "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
+                "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
             },
         }],
     })
