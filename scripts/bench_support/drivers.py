@@ -262,16 +262,19 @@ class RawAsyncpg:
         self._update = RawStatement.of(_ADD_TO_QUANTITY)
         self._insert = RawStatement.of(_ADD_MOVEMENT, column_keys=_MOVEMENT_COLUMNS)
 
+    async def _open_pool(self) -> Any:
+        import asyncpg
+
+        async def keep(_connection: Any) -> None:
+            pass  # every call ends its own transaction
+
+        return await asyncpg.create_pool(self._dsn, min_size=POOL, max_size=POOL, reset=keep,
+                                         server_settings=self._server_settings)
+
     async def _connection(self) -> Any:
-        if self._pool is None:
-            import asyncpg
-
-            async def keep(_connection: Any) -> None:
-                pass  # every call ends its own transaction
-
-            self._pool = await asyncpg.create_pool(self._dsn, min_size=POOL, max_size=POOL, reset=keep,
-                                                server_settings=self._server_settings)
-        return self._pool.acquire()
+        if self._pool is None:  # the first calls come at once: they share one pool being made
+            self._pool = asyncio.ensure_future(self._open_pool())
+        return (await self._pool).acquire()
 
     async def _rows(self, statement: RawStatement, parameters: dict[str, Any]) -> list[Any]:
         async with await self._connection() as connection:
@@ -308,7 +311,7 @@ class RawAsyncpg:
 
     async def close(self) -> None:
         if self._pool is not None:
-            await self._pool.close()
+            await (await self._pool).close()
 
 
 # Each option from (url, pre_ping, custom_plans).
