@@ -240,6 +240,12 @@ class RawStatement:
         return [values[name] for name in self.names]
 
 
+def _raw_item(row: Any) -> Item:
+    # asyncpg reads the zone-less UTC columns as naive datetimes; tag them as UtcDateTime does.
+    *head, create_time, update_time, version = row
+    return _item_from_row((*head, create_time.replace(tzinfo=UTC), update_time.replace(tzinfo=UTC), version))
+
+
 def _naive_utc(value: datetime) -> datetime:
     # What the UtcDateTime column type does before binding: the columns hold UTC without a zone.
     return value.astimezone(UTC).replace(tzinfo=None)
@@ -284,14 +290,14 @@ class RawAsyncpg:
 
     async def get_item(self, item_id: int) -> Item | None:
         rows = await self._rows(self._get, {"item_id": item_id})
-        return _item_from_row(rows[0]) if rows else None
+        return _raw_item(rows[0]) if rows else None
 
     async def list_page(self, after_id: int) -> list[Item]:
-        return [_item_from_row(row) for row in await self._rows(self._page, {"after_id": after_id, "limit": PAGE})]
+        return [_raw_item(row) for row in await self._rows(self._page, {"after_id": after_id, "limit": PAGE})]
 
     async def search_page(self, pattern: str) -> tuple[list[Item], int]:
         rows = await self._rows(self._search, {"text_pattern": pattern, "limit": PAGE})
-        return [_item_from_row(tuple(row)[:-1]) for row in rows], rows[0][-1] if rows else 0
+        return [_raw_item(tuple(row)[:-1]) for row in rows], rows[0][-1] if rows else 0
 
     async def adjust(self, item_id: int, delta: int) -> Item | None:
         parameters = _adjustment(item_id, delta)
@@ -303,7 +309,7 @@ class RawAsyncpg:
                 row = await connection.fetchrow(self._update.sql, *self._update.arguments(parameters))
                 if row is None:
                     return None
-                item = _item_from_row(row)
+                item = _raw_item(row)
                 movement = _movement(item, delta)
                 movement["create_time"] = _naive_utc(movement["create_time"])
                 await connection.execute(self._insert.sql, *self._insert.arguments(movement))
@@ -579,11 +585,12 @@ def describe_run(*, items: int, duration: float, warmup: float, turns: int, in_f
 
 
 def run(url: str, *, items: int, duration: float, warmup: float, turns: int, in_flight: int = POOL,
-        options: Sequence[str] = tuple(OPTIONS), pre_ping: bool = True, custom_plans: bool = False,
-        progress: Callable[[str], None] = lambda _: None) -> str:
+        options: Sequence[str] = tuple(OPTIONS), workloads: Sequence[str] = WORKLOADS, pre_ping: bool = True,
+        custom_plans: bool = False, progress: Callable[[str], None] = lambda _: None) -> str:
     """The comparison on a loaded database, as text: a line on how it ran, then the table."""
     cells = asyncio.run(compare(url, duration=duration, warmup=warmup, turns=turns, in_flight=in_flight,
-                                options=options, pre_ping=pre_ping, custom_plans=custom_plans, progress=progress))
+                                options=options, workloads=workloads, pre_ping=pre_ping, custom_plans=custom_plans,
+                                progress=progress))
     return describe_run(items=items, duration=duration, warmup=warmup, turns=turns, in_flight=in_flight,
                         pre_ping=pre_ping, custom_plans=custom_plans) + "\n\n" + table(cells)
 
@@ -600,6 +607,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--turns", type=int, default=3, help="turns of every option (default 3)")
     parser.add_argument("--in-flight", type=int, default=POOL, help=f"concurrent calls (default {POOL})")
     parser.add_argument("--only", help="only the options whose name matches this regular expression")
+    parser.add_argument("--workloads", help=f"only the workloads matching this regular expression "
+                        f"(of: {', '.join(WORKLOADS)})")
     parser.add_argument("--pre-ping", action=argparse.BooleanOptionalAction, default=True,
                         help="test each connection at checkout, as the service does by default (default: on)")
     parser.add_argument("--custom-plans", action="store_true",
@@ -610,8 +619,9 @@ def main(argv: list[str] | None = None) -> None:
                         f"{DATABASE}, or {DATABASE}_N for other --items, on {data.DEFAULT_POSTGRES_SERVER})")
     args = parser.parse_args(argv)
     options = [name for name in OPTIONS if not args.only or re.search(args.only, name, re.IGNORECASE)]
-    if not options:
-        parser.error(f"--only {args.only!r} matches none of: {', '.join(OPTIONS)}")
+    workloads = [name for name in WORKLOADS if not args.workloads or re.search(args.workloads, name, re.IGNORECASE)]
+    if not options or not workloads:
+        parser.error("--only or --workloads matches nothing")
 
     name = DATABASE if args.items == data.DEFAULT_ITEMS else f"{DATABASE}_{args.items}"
     database = data.Database(f"{data.DEFAULT_POSTGRES_SERVER}/{name}", "postgresql", f"PostgreSQL {name}", owned=True)
@@ -620,7 +630,7 @@ def main(argv: list[str] | None = None) -> None:
         _say(f"loading {args.items:,} items into {database.description} ...")
         load(database.url, args.items)
     print(run(database.url, items=args.items, duration=args.duration, warmup=args.warmup, turns=args.turns,
-              in_flight=args.in_flight, options=options, pre_ping=args.pre_ping, custom_plans=args.custom_plans, progress=_say))
+              in_flight=args.in_flight, options=options, workloads=workloads, pre_ping=args.pre_ping, custom_plans=args.custom_plans, progress=_say))
 
 
 if __name__ == "__main__":
