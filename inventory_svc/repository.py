@@ -466,7 +466,9 @@ class SqlItemRepository:
         """Adds `delta` in one statement; None if the item is missing or the result leaves [0, ceiling]."""
         # The bounds are moved to the parameter side so that no database adds in int32 and overflows.
         row = self._connection.execute(_ADD_TO_QUANTITY, {
-            "item_id": item_id, "delta": delta, "at_least": -delta, "at_most": ceiling - delta, "now": _utcnow(),
+            "item_id": item_id, "delta": delta, "at_least": -delta,
+            # min(): a bound past the column's int32 would fail on drivers that bind int32 (asyncpg).
+            "at_most": min(ceiling, ceiling - delta), "now": _utcnow(),
         }).first()
         return _item_from_row(row) if row else None
 
@@ -718,7 +720,9 @@ class SqlWritesAtOnce:
                         principal: str, request_id: str, method: str, fingerprint: str) -> Item | None:
         """What SqlItemRepository.add_to_quantity does, with its ledger row and request_id record."""
         return self._run(_add_to_quantity_at_once(bool(request_id)), {
-            "item_id": item_id, "delta": delta, "at_least": -delta, "at_most": ceiling - delta, "now": _utcnow(),
+            "item_id": item_id, "delta": delta, "at_least": -delta,
+            # min(): a bound past the column's int32 would fail on drivers that bind int32 (asyncpg).
+            "at_most": min(ceiling, ceiling - delta), "now": _utcnow(),
             "reason": reason.value, "note": note, "principal": principal, "request_id": request_id,
             "method": method, "fingerprint": fingerprint,
         })

@@ -40,7 +40,7 @@ from typing import Any, ContextManager
 import grpc
 from google.protobuf.message import Message
 
-from bench_support import data, h2load, profile
+from bench_support import data, drivers, h2load, profile
 from bench_support.explain import explain_list_items
 from bench_support.services import (
     BIN,
@@ -144,6 +144,9 @@ def parse_args() -> argparse.Namespace:
                         help="record py-spy profiles of the servers during each cell at --profile-in-flight")
     parser.add_argument("--profile-in-flight", type=int, default=8)
     parser.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE (always in var/bench/explain.txt)")
+    parser.add_argument("--drivers", action="store_true",
+                        help="then compare database drivers from one asyncio process on the same data "
+                        "(scripts/bench_support/drivers.py, 3 turns of --duration) and print its table")
     parser.add_argument("--json", type=Path, default=VAR / "latest.json")
     parser.add_argument("--compare", type=Path,
                         help="a JSON of an earlier run (e.g. at 10,000 items): adds its calls/s and the ratio")
@@ -770,6 +773,13 @@ def main() -> None:
         summary = profile.summarise(path)
         summaries.append({"title": title, "file": str(path), **asdict(summary)})
         print("\n" + profile.format_summary(title, summary) + f"\n  (collapsed stacks: {path}; open in speedscope)")
+
+    if args.drivers and database.kind == "postgresql":
+        say("comparing database drivers (scripts/bench_support/drivers.py) ...")
+        print("\n" + drivers.run(database.url, items=args.items, duration=args.duration, warmup=args.warmup,
+                                 turns=3, progress=say))
+    elif args.drivers:
+        print("\ndrivers: not compared, they need PostgreSQL")
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
