@@ -221,8 +221,7 @@ class CallPipeline(grpc.aio.ServerInterceptor):
             return await behaviour(request, context)
         except BaseException as error:
             code, status = self._outcome(route, error, context)
-            if status is not None:
-                await context.abort(status.code, status.details, status.trailing_metadata)
+            await _abort_with(context, status)
             raise
         finally:
             if counted:
@@ -256,8 +255,7 @@ class CallPipeline(grpc.aio.ServerInterceptor):
                         await asyncio.sleep(0)
             except BaseException as error:
                 code, status = self._outcome(route, error, context)
-                if status is not None:
-                    await context.abort(status.code, status.details, status.trailing_metadata)
+                await _abort_with(context, status)
                 raise
             finally:
                 route.in_flight.dec()
@@ -289,6 +287,12 @@ class CallPipeline(grpc.aio.ServerInterceptor):
         route.handled(code).inc()
         route.latency.observe(elapsed)
         log_call(route.method, code, elapsed, call.subject)
+
+
+async def _abort_with(context: grpc.aio.ServicerContext, status: grpc.Status | None) -> None:
+    """Ends the call with `status` (raises); nothing for a call that ended by itself (None)."""
+    if status is not None:
+        await context.abort(status.code, status.details, status.trailing_metadata)
 
 
 class _RequestStream:
