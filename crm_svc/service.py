@@ -15,7 +15,7 @@ from typing import Protocol
 from inventory.v1 import inventory_pb2
 from inventory_client import ItemFilter, Page
 from servicekit.client import CredentialsMissing
-from servicekit.errors import NotFound, PermissionDenied, Unauthenticated, Unavailable
+from servicekit.errors import Cancelled, NotFound, PermissionDenied, ResourceExhausted, Unauthenticated, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,9 @@ def _inventory_errors() -> Iterator[None]:
         raise Unavailable("the inventory service refused this service's credentials") from None
     except CredentialsMissing:
         raise
-    except Unavailable:
+    except (Unavailable, ResourceExhausted, Cancelled):
+        # RESOURCE_EXHAUSTED is the CRM's own cap at inventory, CANCELLED a replica stopping:
+        # neither is the customer's doing, and both pass with a retry.
         raise Unavailable("the inventory service is unavailable: try again shortly") from None
 
 

@@ -18,7 +18,7 @@ from concurrent.futures import Executor
 from typing import Any, Callable, Mapping, TypeVar
 
 from inventory_svc.domain import Item, ItemFields, ItemQuery, MovementReason, Page, StockMovement
-from inventory_svc.service import WATCH_BATCH, ItemService
+from inventory_svc.service import WATCH_BATCH, ItemService, LowStockWatch
 from servicekit.call_context import current_call
 from servicekit.errors import DeadlineExceeded
 
@@ -93,12 +93,27 @@ class AsyncItemService:
         return await self._run(self._items.adjust_quantity, item_id, delta=delta, set_to=set_to, reason=reason,
                                note=note, principal=principal, request_id=request_id)
 
+    async def _open_watch(self, customer_id: str, category: str, after_cursor: int | None,
+                          subject: str) -> LowStockWatch:
+        # The pool's thread cannot be stopped: if the caller goes away while it opens the watch,
+        # the watch it opened is closed when it is done, or its slot would never come back.
+        opening = asyncio.ensure_future(self._run(self._items.open_watch, customer_id, category, after_cursor, subject))
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(self._close_opened_watch)
+            raise
+
+    def _close_opened_watch(self, opening: asyncio.Future[LowStockWatch]) -> None:
+        if not opening.cancelled() and opening.exception() is None:
+            self._items.close_watch(opening.result())
+
     async def watch_low_stock(
         self, customer_id: str, category: str, after_cursor: int | None, *, subject: str
     ) -> AsyncIterator[StockMovement]:
         """Low-stock events from the ledger as they are committed, until the caller goes
         away (the stream is cancelled) or the server shuts down."""
-        watch = await self._run(self._items.open_watch, customer_id, category, after_cursor, subject)
+        watch = await self._open_watch(customer_id, category, after_cursor, subject)
         try:
             while not self._items.watchers_stopped:
                 news = self._low_stock_news

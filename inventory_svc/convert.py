@@ -43,17 +43,6 @@ def money_to_proto(money: Money) -> money_pb2.Money:
     return money_pb2.Money(currency_code=money.currency_code, units=sign * units, nanos=sign * nanos)
 
 
-def _set_present(message: Any, values: Mapping[str, Any]) -> None:
-    """Sets each field whose value is not None; Money values become google.type.Money."""
-    for name, value in values.items():
-        if value is None:
-            continue
-        if isinstance(value, Money):
-            getattr(message, name).CopyFrom(money_to_proto(value))
-        else:
-            setattr(message, name, value)
-
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 

@@ -109,7 +109,8 @@ def build_item_service(
 
 
 def database_threads(settings: InventorySettings) -> ThreadPoolExecutor:
-    """The threads that run database work: one per connection the pool may lend out."""
+    """The threads that run database work (keep the pool at least this large, so that no
+    call waits for a connection)."""
     return ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="db")
 
 

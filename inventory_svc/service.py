@@ -27,7 +27,7 @@ from inventory_svc.domain import (
     validate_item_fields,
 )
 from inventory_svc.item_cache import ItemCache
-from servicekit.errors import Conflict, InvalidField, NotFound, ResourceExhausted
+from servicekit.errors import Conflict, InvalidField, NotFound, ResourceExhausted, Unavailable
 from servicekit.page_tokens import PagePosition, decode_page_token, encode_page_token, query_fingerprint
 
 DEFAULT_PAGE_SIZE = 50
@@ -256,6 +256,8 @@ class ItemService:
         if after_cursor is not None and after_cursor < 0:
             raise InvalidField("after_cursor", "must be zero or more")
         ItemQuery(customer_id=customer_id, category=category).check()
+        if self._signal.closed:
+            raise Unavailable("this replica is shutting down: watch another")
         with self._watchers_lock:
             if sum(self._watchers.values()) >= self._max_watchers:
                 raise ResourceExhausted("too many low-stock watchers on this replica: try another or later")

@@ -5,6 +5,7 @@ Errors are raised, never caught here: servicekit.status maps them to statuses.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import TypeVar
 
@@ -132,5 +133,6 @@ class ItemServicer(inventory_pb2_grpc.ItemServiceServicer):
             request.after_cursor if request.HasField("after_cursor") else None,
             subject=_principal(),
         )
-        async for event in events:
-            yield low_stock_event_to_proto(event)
+        async with contextlib.aclosing(events):  # closed at once when the stream ends, not when collected
+            async for event in events:
+                yield low_stock_event_to_proto(event)

@@ -16,9 +16,10 @@ DEFAULT_DATABASE_URL = "sqlite:///var/inventory.db"
 class InventorySettings:
     database_url: str = field(default=DEFAULT_DATABASE_URL, repr=False)  # may hold a password
     listen_address: str = "127.0.0.1:50051"
-    # Server processes sharing the port (about one core each); workers are threads of each.
+    # Server processes sharing the port (about one core each), each with its own event loop.
     processes: int = 1
-    # With processes > 1, each keeps its threads on one core: they hand the GIL over there
+    # With processes > 1, each keeps its threads (the loop, the database threads) on one core: they
+    # hand the GIL over there
     # instead of across cores, which costs lists about a third of their speed. Off by default:
     # only for a server whose cores are its own (a cpuset, a dedicated machine); on a shared
     # node every pod would crowd onto the same first cores.

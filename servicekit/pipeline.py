@@ -15,6 +15,7 @@ sends headers and never a message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import math
@@ -209,25 +210,34 @@ class CallPipeline(grpc.aio.ServerInterceptor):
         started = time.perf_counter()
         call = self._begin(context)
         route.in_flight.inc()
-        code = "OK"
-        counted = False
+        subject: str | None = None  # whose cap the call counts against, once admitted
+        code, ended = "OK", False
         try:
             if request is MALFORMED:
                 raise errors.MalformedRequest("the request is not a valid message of its type")
             self._authorize(route, call, context)
             if not route.public:
                 self._calls.acquire(call.subject)
-                counted = True
+                subject = call.subject
             return await behaviour(request, context)
         except BaseException as error:
             code, status = self._outcome(route, error, context)
-            await _abort_with(context, status)
+            if status is not None:
+                # Counted before the abort sends the status: a client that sees it and then
+                # scrapes the metrics finds its call there.
+                self._end(route, call, subject, code, started)
+                ended = True
+                await _abort_with(context, status)
             raise
         finally:
-            if counted:
-                self._calls.release(call.subject)
-            route.in_flight.dec()
-            self._finish(route, call, code, started)
+            if not ended:
+                self._end(route, call, subject, code, started)
+
+    def _end(self, route: _Route, call: CallContext, subject: str | None, code: str, started: float) -> None:
+        if subject is not None:
+            self._calls.release(subject)
+        route.in_flight.dec()
+        self._finish(route, call, code, started)
 
     def _streaming(self, route: _Route, behaviour: Callable[..., Any]) -> Callable[..., Any]:
         """A response stream: its own caps (e.g. watches per subject) are the servicer's."""
@@ -237,7 +247,7 @@ class CallPipeline(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             call = self._begin(context)
             route.in_flight.inc()
-            code = "OK"
+            code, ended = "OK", False
             try:
                 if request is MALFORMED:
                     raise errors.MalformedRequest("the request is not a valid message of its type")
@@ -245,8 +255,9 @@ class CallPipeline(grpc.aio.ServerInterceptor):
                 if writes_itself:
                     await behaviour(request, context)
                 else:
-                    async for response in behaviour(request, context):
-                        yield response
+                    async with contextlib.aclosing(behaviour(request, context)) as responses:
+                        async for response in responses:
+                            yield response
                 if isinstance(request, _RequestStream) and request.ended:
                     # A client that cancels ends its request stream as one that is done sending
                     # does, and a servicer reading it to the end (reflection) then returns: the
@@ -255,11 +266,14 @@ class CallPipeline(grpc.aio.ServerInterceptor):
                         await asyncio.sleep(0)
             except BaseException as error:
                 code, status = self._outcome(route, error, context)
-                await _abort_with(context, status)
+                if status is not None:
+                    self._end(route, call, None, code, started)  # before the status is sent
+                    ended = True
+                    await _abort_with(context, status)
                 raise
             finally:
-                route.in_flight.dec()
-                self._finish(route, call, code, started)
+                if not ended:
+                    self._end(route, call, None, code, started)
 
         return stream
 

@@ -94,12 +94,13 @@ class RunningServer:
     on_shutdown: list[Callable[[], None]] = field(default_factory=list)
 
     async def shutdown(self, drain_s: float, grace_s: float) -> None:
-        """Probes see NOT_SERVING first; after drain_s new calls are refused (clients see
-        UNAVAILABLE and retry elsewhere) and in-flight ones get grace_s to finish."""
+        """Probes see NOT_SERVING first, while calls are still served for drain_s; then
+        long-lived streams are ended, new calls are refused (clients see UNAVAILABLE and retry
+        elsewhere) and in-flight ones get grace_s to finish."""
         await self.health.enter_graceful_shutdown()
+        await asyncio.sleep(drain_s)
         for callback in self.on_shutdown:
             callback()
-        await asyncio.sleep(drain_s)
         await self.server.stop(grace_s)
 
 

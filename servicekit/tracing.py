@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import grpc
 import grpc.aio
@@ -20,9 +20,7 @@ class Tracing:
     """The interceptors that open a span per call and carry the trace to the next service."""
 
     server_interceptor: grpc.aio.ServerInterceptor
-    # Wraps a client channel so that its calls carry the trace (OpenTelemetry's own interceptor kind).
-    instrument_channel: Callable[[grpc.Channel], grpc.Channel]
-    # The same for a grpc.aio channel: interceptors to build it with.
+    # Interceptors for a grpc.aio client channel, so that its calls carry the trace.
     aio_client_interceptors: Sequence[grpc.aio.ClientInterceptor]
 
 
@@ -37,8 +35,7 @@ def tracing_started(exporter: str, service_name: str) -> Iterator[Tracing | None
     if exporter not in EXPORTERS:
         raise SettingsError(f"OTEL_TRACES_EXPORTER must be one of {', '.join(EXPORTERS)}, not {exporter!r}")
     try:
-        from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor, client_interceptor
-        from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
+        from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
@@ -55,9 +52,6 @@ def tracing_started(exporter: str, service_name: str) -> Iterator[Tracing | None
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     provider.add_span_processor(BatchSpanProcessor(span_exporter))
     try:
-        outgoing = client_interceptor(tracer_provider=provider)
-        yield Tracing(aio_server_interceptor(tracer_provider=provider),
-                      lambda channel: intercept_channel(channel, outgoing),
-                      aio_client_interceptors(tracer_provider=provider))
+        yield Tracing(aio_server_interceptor(tracer_provider=provider), aio_client_interceptors(tracer_provider=provider))
     finally:
         provider.shutdown()

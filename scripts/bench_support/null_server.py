@@ -3,8 +3,8 @@ else (no interceptors, no database). Run as a process by the benchmark:
 
     python scripts/bench_support/null_server.py 127.0.0.1:PORT [MAX_WORKERS | aio]
 
-The default is the threaded server the services use (grpc.server with a thread pool of
-MAX_WORKERS, 16 like theirs); `aio` is the asyncio server (grpc.aio), for comparison.
+The default is a threaded server (grpc.server with a thread pool of MAX_WORKERS, 16 as the
+services had before grpc.aio); `aio` is the asyncio server (grpc.aio) the services use.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def main() -> None:
         asyncio.run(serve_aio(address))
         return
     max_workers = int(sys.argv[2]) if len(sys.argv) > 2 else 16
-    # The same thread pool size as the real servers, so that the two compare.
+    # The thread pool size the services had when they were threaded.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"))
     inventory_pb2_grpc.add_ItemServiceServicer_to_server(NullItemServicer(), server)
     server.add_insecure_port(address)

@@ -18,7 +18,6 @@ from pathlib import Path
 
 # First match wins: a frame's file (py-spy shows paths from the package root) -> its layer.
 LAYERS = [
-    ("interceptor plumbing (grpc_interceptor)", re.compile(r"\(grpc_interceptor/")),
     ("grpc (python side of the server)", re.compile(r"\(grpc/|cygrpc")),
     ("protobuf and convert.py", re.compile(r"\((google/)?protobuf/|_pb2\.py|/convert\.py")),
     ("sqlalchemy", re.compile(r"\(sqlalchemy/")),

@@ -173,7 +173,10 @@ def test_only_a_change_that_crosses_the_threshold_queues_for_the_event_ids_lock(
     item = service.create_item(fields("RT", quantity=10, low_stock_threshold=2))
     crossed = threading.Event()
     with event_ids_lock_held_elsewhere(postgres_url):
-        service.adjust_quantity(item.id, delta=-1)  # 9: no event, so no wait
+        ordinary = threading.Thread(target=service.adjust_quantity, args=(item.id,), kwargs={"delta": -1})
+        ordinary.start()  # 9: no event, so no wait
+        ordinary.join(10)
+        assert not ordinary.is_alive(), "a change that crosses no threshold waited for the event ids lock"
         crossing = threading.Thread(target=lambda: (service.adjust_quantity(item.id, delta=-7), crossed.set()))
         crossing.start()
 
