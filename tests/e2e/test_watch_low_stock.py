@@ -6,6 +6,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -205,6 +206,31 @@ def test_a_cancelled_watch_frees_its_place(engine, empty_database):
                 break
             assert retry.end_status() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert time.monotonic() < deadline, "the cancelled watch kept its place"
+            time.sleep(0.05)
+        assert retry.next().item_id == item.id
+        retry.stream.cancel()
+
+
+def test_a_watch_whose_caller_gave_up_while_it_opened_frees_its_place(postgres_url):
+    # PostgreSQL's LOCK TABLE makes the watch's first read wait.
+    category = f"gave-up-{uuid.uuid4().hex[:8]}"  # the database is shared: watch only this test's items
+    with migrated_engine(InventorySettings(database_url=postgres_url)) as engine, \
+            one_watcher_server(engine) as (_, stub), engine.connect() as locker:
+        locker.exec_driver_sql("LOCK TABLE stock_movements IN ACCESS EXCLUSIVE MODE")  # until rollback
+        # A watch from now reads the latest event id first: that read now waits for the lock,
+        # in a database thread that cannot be stopped, past its caller's deadline.
+        gave_up = Watcher(stub, pb.WatchLowStockRequest(), timeout=0.5)
+        assert gave_up.end_status() == grpc.StatusCode.DEADLINE_EXCEEDED
+        locker.rollback()
+
+        item = create(stub, quantity=1, low_stock_threshold=2, category=category)
+        deadline = time.monotonic() + 5
+        while True:  # the opened watch is closed as soon as its read is done
+            retry = Watcher(stub, pb.WatchLowStockRequest(category=category, after_cursor=0))
+            if retry.delivered_before_ending():
+                break
+            assert retry.end_status() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert time.monotonic() < deadline, "the watch opened for a caller that left kept its place"
             time.sleep(0.05)
         assert retry.next().item_id == item.id
         retry.stream.cancel()
