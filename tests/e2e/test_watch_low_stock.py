@@ -189,6 +189,18 @@ def one_watcher_server(engine):
         yield running, inventory_pb2_grpc.ItemServiceStub(channel)
 
 
+def watch_once_a_place_is_free(stub, request: pb.WatchLowStockRequest, kept: str, within_s: float = 5) -> Watcher:
+    """A watch that got a place, tried every 50 ms while the server answers RESOURCE_EXHAUSTED."""
+    deadline = time.monotonic() + within_s
+    while True:
+        watcher = Watcher(stub, request)
+        if watcher.delivered_before_ending():
+            return watcher
+        assert watcher.end_status() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert time.monotonic() < deadline, kept
+        time.sleep(0.05)
+
+
 def test_a_cancelled_watch_frees_its_place(engine, empty_database):
     with one_watcher_server(engine) as (_, stub):
         first = Watcher(stub, FROM_THE_START)
@@ -199,14 +211,8 @@ def test_a_cancelled_watch_frees_its_place(engine, empty_database):
 
         first.stream.cancel()
 
-        deadline = time.monotonic() + 5
-        while True:  # the place is freed as soon as the server sees the cancellation
-            retry = Watcher(stub, FROM_THE_START)
-            if retry.delivered_before_ending():
-                break
-            assert retry.end_status() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert time.monotonic() < deadline, "the cancelled watch kept its place"
-            time.sleep(0.05)
+        # The place is freed as soon as the server sees the cancellation.
+        retry = watch_once_a_place_is_free(stub, FROM_THE_START, "the cancelled watch kept its place")
         assert retry.next().item_id == item.id
         retry.stream.cancel()
 
@@ -224,14 +230,9 @@ def test_a_watch_whose_caller_gave_up_while_it_opened_frees_its_place(postgres_u
         locker.rollback()
 
         item = create(stub, quantity=1, low_stock_threshold=2, category=category)
-        deadline = time.monotonic() + 5
-        while True:  # the opened watch is closed as soon as its read is done
-            retry = Watcher(stub, pb.WatchLowStockRequest(category=category, after_cursor=0))
-            if retry.delivered_before_ending():
-                break
-            assert retry.end_status() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert time.monotonic() < deadline, "the watch opened for a caller that left kept its place"
-            time.sleep(0.05)
+        # The watch opened for the caller that left is closed as soon as its read is done.
+        retry = watch_once_a_place_is_free(stub, pb.WatchLowStockRequest(category=category, after_cursor=0),
+                                           "the watch opened for a caller that left kept its place")
         assert retry.next().item_id == item.id
         retry.stream.cancel()
 
