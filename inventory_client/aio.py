@@ -21,7 +21,8 @@ class AsyncInventoryClient(ItemServiceContract, AsyncServiceClient):
     """
 
     async def create_item(self, item: pb.Item, *, request_id: str = "") -> pb.Item:
-        return (await self._call(self._stub.CreateItem, requests.create_item(item, request_id))).item
+        request = requests.create_item(item, request_id)
+        return (await self._call(self._stub.CreateItem, request, retry_safe=bool(request_id))).item
 
     async def get_item(self, item_id: int) -> pb.Item:
         return (await self._call(self._stub.GetItem, pb.GetItemRequest(id=item_id))).item
@@ -48,7 +49,7 @@ class AsyncInventoryClient(ItemServiceContract, AsyncServiceClient):
         note: str = "", request_id: str = "",
     ) -> pb.Item:
         request = requests.adjust_quantity(item_id, delta, set_to, reason, note, request_id)
-        return (await self._call(self._stub.AdjustQuantity, request)).item
+        return (await self._call(self._stub.AdjustQuantity, request, retry_safe=bool(request_id))).item
 
     async def list_low_stock_items(
         self, *, threshold: int | None = None, page_size: int = 0, page_token: str = "",

@@ -17,13 +17,16 @@ class InventoryClient(ItemServiceContract, ServiceClient):
     Make one with InventoryClient.connect(target, token) and keep it: it owns a long-lived
     channel. Every call carries the bearer token and a deadline (the remaining time of the
     call being served, when there is one, capped at `timeout_s`) and forwards its request
-    id; reads are retried on UNAVAILABLE by the channel; failures raise servicekit.errors.
+    id; reads are retried on UNAVAILABLE and CANCELLED by the channel, writes that carry a
+    request_id by the client; failures raise servicekit.errors.
     """
 
     def create_item(self, item: pb.Item, *, request_id: str = "") -> pb.Item:
         """Creates `item` (its writable fields; id, times and etag are the server's) and
-        returns it as stored. Pass a request_id (a UUID) to make a retry of this call safe."""
-        return self._call(self._stub.CreateItem, requests.create_item(item, request_id)).item
+        returns it as stored. Pass a request_id (a UUID) to make a retry of this call safe: the
+        client then tries again itself when a server going away answers UNAVAILABLE or CANCELLED."""
+        request = requests.create_item(item, request_id)
+        return self._call(self._stub.CreateItem, request, retry_safe=bool(request_id)).item
 
     def get_item(self, item_id: int) -> pb.Item:
         """The item; NotFound when there is none with this id."""
@@ -54,9 +57,10 @@ class InventoryClient(ItemServiceContract, ServiceClient):
         note: str = "", request_id: str = "",
     ) -> pb.Item:
         """Adds `delta` to the stock, or sets it to `set_to` (give one); `reason` is an
-        inventory_pb2.StockMovementReason. Pass a request_id (a UUID) to make a retry safe."""
+        inventory_pb2.StockMovementReason. Pass a request_id (a UUID) to make a retry
+        safe: the client then tries again itself when a server going away answers UNAVAILABLE or CANCELLED."""
         request = requests.adjust_quantity(item_id, delta, set_to, reason, note, request_id)
-        return self._call(self._stub.AdjustQuantity, request).item
+        return self._call(self._stub.AdjustQuantity, request, retry_safe=bool(request_id)).item
 
     def list_low_stock_items(
         self, *, threshold: int | None = None, page_size: int = 0, page_token: str = "",

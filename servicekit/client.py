@@ -4,6 +4,7 @@ call, and statuses turned back into the errors of servicekit.errors at the bound
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -221,6 +222,34 @@ def call_bounds(timeout: float | None) -> tuple[float | None, tuple[tuple[str, s
     return timeout, ((REQUEST_ID_METADATA, call.request_id),)
 
 
+class RetriedWrite:
+    """The attempts of a write that carries a request_id, which the server answers with the
+    first result when it comes again: tried again, within the call's deadline, on UNAVAILABLE
+    and on CANCELLED (what grpc core answers for calls a stopping server had received but not
+    started, grpc/grpc#41785). The channel's service config cannot do it: it retries by
+    method, and the same method without a request_id is not safe to repeat."""
+
+    RETRIED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+    ATTEMPTS = 3
+    FIRST_PAUSE_S = 0.05
+
+    def __init__(self, timeout: float | None) -> None:
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._made = 1
+
+    def remaining(self) -> float | None:
+        return None if self._deadline is None else max(self._deadline - time.monotonic(), 0.0)
+
+    def pause_after(self, error: grpc.RpcError) -> float | None:
+        """How long to wait before the next attempt; None: no other attempt."""
+        pause = self.FIRST_PAUSE_S * 2 ** (self._made - 1)
+        left = self.remaining()
+        if error.code() not in self.RETRIED or self._made >= self.ATTEMPTS or (left is not None and left <= pause):
+            return None
+        self._made += 1
+        return pause
+
+
 class RpcCaller:
     """Makes calls with the deadline and request id of call_bounds, and errors translated
     at the boundary."""
@@ -228,12 +257,19 @@ class RpcCaller:
     def __init__(self, timeout_s: float) -> None:
         self._timeout_s = timeout_s
 
-    def __call__(self, method: Callable[..., Reply], request: Any) -> Reply:
+    def __call__(self, method: Callable[..., Reply], request: Any, *, retry_safe: bool = False) -> Reply:
+        """`retry_safe`: a write the server recognises when it comes again (a request_id),
+        tried again on the statuses of a server going away (see RetriedWrite)."""
         timeout, metadata = call_bounds(self._timeout_s)
-        try:
-            return method(request, timeout=timeout, metadata=metadata)
-        except grpc.RpcError as error:
-            raise error_from_rpc(error) from error
+        attempts = RetriedWrite(timeout) if retry_safe else None
+        while True:
+            try:
+                return method(request, timeout=attempts.remaining() if attempts else timeout, metadata=metadata)
+            except grpc.RpcError as error:
+                pause = attempts.pause_after(error) if attempts else None
+                if pause is None:
+                    raise error_from_rpc(error) from error
+                time.sleep(pause)
 
     def stream(self, method: Callable[..., Iterable[Reply]], request: Any, timeout_s: float | None) -> Iterator[Reply]:
         """A server stream, open until `timeout_s` (or the serving call's deadline) if any,
@@ -254,12 +290,18 @@ class AsyncRpcCaller:
     def __init__(self, timeout_s: float) -> None:
         self._timeout_s = timeout_s
 
-    async def __call__(self, method: Callable[..., Awaitable[Reply]], request: Any) -> Reply:
+    async def __call__(self, method: Callable[..., Awaitable[Reply]], request: Any, *,
+                       retry_safe: bool = False) -> Reply:
         timeout, metadata = call_bounds(self._timeout_s)
-        try:
-            return await method(request, timeout=timeout, metadata=metadata)
-        except grpc.RpcError as error:
-            raise error_from_rpc(error) from error
+        attempts = RetriedWrite(timeout) if retry_safe else None
+        while True:
+            try:
+                return await method(request, timeout=attempts.remaining() if attempts else timeout, metadata=metadata)
+            except grpc.RpcError as error:
+                pause = attempts.pause_after(error) if attempts else None
+                if pause is None:
+                    raise error_from_rpc(error) from error
+                await asyncio.sleep(pause)
 
     async def stream(self, method: Callable[..., Any], request: Any, timeout_s: float | None) -> AsyncIterator[Any]:
         """As RpcCaller.stream; closing the async iterator (aclose) cancels the call."""

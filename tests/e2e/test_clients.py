@@ -22,7 +22,7 @@ from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
 from inventory_client import AsyncInventoryClient, InventoryClient, ItemFilter, money
 from servicekit.errors import (
-    AlreadyExists, Conflict, DeadlineExceeded, FailedPrecondition, InvalidField, NotFound, PermissionDenied,
+    AlreadyExists, Cancelled, Conflict, DeadlineExceeded, FailedPrecondition, InvalidField, NotFound, PermissionDenied,
 )
 from servicekit.call_context import CallContext, current_call
 from tests.helpers import mint
@@ -278,10 +278,21 @@ class RecordingInventory(inventory_pb2_grpc.ItemServiceServicer):
         self.metadata: list[tuple[str, str]] = []
         self.time_remaining: float | None = None
 
+        # AdjustQuantity answers the first calls as a stopping replica does (grpc/grpc#41785),
+        # which a real server does only in the instant it stops.
+        self.cancel_first = 0
+        self.adjust_attempts = 0
+
     def GetItem(self, request, context):
         self.metadata = [(key, value) for key, value in context.invocation_metadata() if not key.startswith("grpc-")]
         self.time_remaining = context.time_remaining()
         return pb.GetItemResponse(item=pb.Item(id=request.id))
+
+    def AdjustQuantity(self, request, context):
+        self.adjust_attempts += 1
+        if self.adjust_attempts <= self.cancel_first:
+            context.abort(grpc.StatusCode.CANCELLED, "the server is stopping")
+        return pb.AdjustQuantityResponse(item=pb.Item(id=request.id, quantity=request.delta))
 
 
 @pytest.fixture
@@ -323,6 +334,32 @@ def test_a_call_made_after_the_serving_calls_deadline_is_deadline_exceeded_unsen
         client.close()
 
     assert servicer.metadata == []
+
+
+def test_a_write_with_a_request_id_is_tried_again_when_a_stopping_server_cancels_it(client_kind,
+                                                                                    recording_inventory):
+    address, servicer = recording_inventory
+    servicer.cancel_first = 1
+    client = connected(client_kind, address, lambda: "the-token")
+    try:
+        item = client.adjust_quantity(7, delta=3, request_id="6f1c1f1e-2c4b-4c8e-9d0a-3b5e2f7a9c11")
+    finally:
+        client.close()
+
+    assert (item.id, item.quantity, servicer.adjust_attempts) == (7, 3, 2)
+
+
+def test_a_write_without_a_request_id_is_not_tried_again(client_kind, recording_inventory):
+    address, servicer = recording_inventory
+    servicer.cancel_first = 1
+    client = connected(client_kind, address, lambda: "the-token")
+    try:
+        with pytest.raises(Cancelled):
+            client.adjust_quantity(7, delta=3)
+    finally:
+        client.close()
+
+    assert servicer.adjust_attempts == 1
 
 
 def test_crm_client_reaches_exactly_the_customers_own_items(inventory_address, crm_address):
