@@ -15,6 +15,7 @@ import contextvars
 import functools
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, TypeVar
 
 from inventory_svc.domain import Item, ItemFields, ItemQuery, MovementReason, Page, StockMovement
@@ -33,12 +34,28 @@ def _unless_expired(function: Callable[..., Result], *args: Any, **kwargs: Any) 
     return function(*args, **kwargs)
 
 
+@dataclass(frozen=True)
+class DatabaseThreads:
+    """The threads that run database work: the calls' and the watches' apart, so that the
+    watchers one notice wakes all together never queue ahead of calls."""
+
+    calls: Executor
+    watches: Executor
+
+    def __enter__(self) -> "DatabaseThreads":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for executor in (self.calls, self.watches):
+            executor.shutdown(wait=True)
+
+
 class AsyncItemService:
-    def __init__(self, items: ItemService, executor: Executor, *, watch_poll_s: float = 1.0) -> None:
+    def __init__(self, items: ItemService, threads: DatabaseThreads, *, watch_poll_s: float = 1.0) -> None:
         """`watch_poll_s`: a watcher re-reads the ledger at least this often, signalled or not.
         Build it on the event loop that serves the calls."""
         self._items = items
-        self._executor = executor
+        self._threads = threads
         self._watch_poll_s = watch_poll_s
         self._loop = asyncio.get_running_loop()
         self._low_stock_news = asyncio.Event()
@@ -51,9 +68,12 @@ class AsyncItemService:
         self._low_stock_news = asyncio.Event()
 
     async def _run(self, function: Callable[..., Result], *args: Any, **kwargs: Any) -> Result:
+        return await self._run_in(self._threads.calls, function, *args, **kwargs)
+
+    async def _run_in(self, executor: Executor, function: Callable[..., Result], *args: Any, **kwargs: Any) -> Result:
         # The pool's threads see this call's context (deadline, request id), as the loop does.
         work = functools.partial(contextvars.copy_context().run, _unless_expired, function, *args, **kwargs)
-        return await self._loop.run_in_executor(self._executor, work)
+        return await self._loop.run_in_executor(executor, work)
 
     async def get_item(self, item_id: int) -> Item:
         cached = self._items.cached_item(item_id)
@@ -97,7 +117,8 @@ class AsyncItemService:
                           subject: str) -> LowStockWatch:
         # The pool's thread cannot be stopped: if the caller goes away while it opens the watch,
         # the watch it opened is closed when it is done, or its slot would never come back.
-        opening = asyncio.ensure_future(self._run(self._items.open_watch, customer_id, category, after_cursor, subject))
+        opening = asyncio.ensure_future(
+            self._run_in(self._threads.watches, self._items.open_watch, customer_id, category, after_cursor, subject))
         try:
             return await asyncio.shield(opening)
         except asyncio.CancelledError:
@@ -117,7 +138,7 @@ class AsyncItemService:
         try:
             while not self._items.watchers_stopped:
                 news = self._low_stock_news
-                events = await self._run(self._items.next_low_stock_events, watch)
+                events = await self._run_in(self._threads.watches, self._items.next_low_stock_events, watch)
                 for event in events:
                     yield event
                 if len(events) < WATCH_BATCH:

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 import threading
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from prometheus_client import Counter, Gauge
@@ -20,7 +20,7 @@ from sqlalchemy.pool import Pool
 
 from inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from inventory_svc import migrations
-from inventory_svc.async_service import AsyncItemService
+from inventory_svc.async_service import AsyncItemService, DatabaseThreads
 from inventory_svc.connection_budget import connection_budget_warning
 from inventory_svc.item_cache import ItemCache
 from inventory_svc.repository import PostgresChangeListener, SqlUnitOfWork, prepare_engine
@@ -108,21 +108,27 @@ def build_item_service(
     )
 
 
-def database_threads(settings: InventorySettings) -> ThreadPoolExecutor:
-    """The threads that run database work (keep the pool at least this large, so that no
-    call waits for a connection)."""
-    return ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="db")
+# Watchers' reads are a few rows each: two threads serve every watcher of a process.
+WATCH_THREADS = 2
+
+
+def database_threads(settings: InventorySettings) -> DatabaseThreads:
+    """The threads that run database work (keep the pool at least as large as the calls'
+    threads, so that no call waits for a connection; overflow covers the watches')."""
+    return DatabaseThreads(ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="db"),
+                           ThreadPoolExecutor(max_workers=WATCH_THREADS, thread_name_prefix="watch-db"))
 
 
 async def build_server(
-    settings: InventorySettings, items: ItemService, executor: Executor, *, metrics: ServerMetrics | None = None,
+    settings: InventorySettings, items: ItemService, threads: DatabaseThreads, *,
+    metrics: ServerMetrics | None = None,
     tracing: Tracing | None = None, require_auth: bool = True,
 ) -> RunningServer:
     """Call on the event loop that will serve. `require_auth=False` exists only so that
     scripts/bench can measure what auth costs."""
     authorizer = Authorizer(TokenVerifier(settings.auth), ROLE_FOR_METHOD) if require_auth else None
     server = new_server(metrics or ServerMetrics(), authorizer, settings.limits, tracing)
-    servicer = ItemServicer(AsyncItemService(items, executor, watch_poll_s=settings.watch_poll_s))
+    servicer = ItemServicer(AsyncItemService(items, threads, watch_poll_s=settings.watch_poll_s))
     inventory_pb2_grpc.add_ItemServiceServicer_to_server(servicer, server)
     running = await finish_server(server, settings.listen_address, [ITEM_SERVICE_NAME])
     running.on_shutdown.append(items.stop_watchers)
@@ -151,17 +157,15 @@ async def serve(settings: InventorySettings) -> None:
         ))
     for task in background:
         task.start()
-    executor = database_threads(settings)
     try:
-        with metrics_served(settings.metrics_address, metrics.registry), \
+        with database_threads(settings) as threads, metrics_served(settings.metrics_address, metrics.registry), \
                 tracing_started(settings.traces_exporter, "inventory") as tracing:
-            running = await build_server(settings, items, executor, metrics=metrics, tracing=tracing)
+            running = await build_server(settings, items, threads, metrics=metrics, tracing=tracing)
             await serve_until_signalled(running, "inventory", settings.listen_address,
                                         settings.shutdown_drain_s, settings.shutdown_grace_s)
     finally:
         for task in background:
             task.stop()
-        executor.shutdown(wait=True)
         engine.dispose()
 
 

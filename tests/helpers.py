@@ -134,8 +134,8 @@ def migrated_engine(settings: InventorySettings) -> Iterator[Engine]:
 @contextmanager
 def serving(settings: InventorySettings, engine: Engine) -> Iterator[ServerThread]:
     """A real inventory server, wired as inventory_svc.server wires it, on a loop of its own."""
-    with database_threads(settings) as executor, \
-            ServerThread(lambda: build_server(settings, build_item_service(engine, settings), executor)) as served:
+    with database_threads(settings) as threads, \
+            ServerThread(lambda: build_server(settings, build_item_service(engine, settings), threads)) as served:
         yield served
 
 

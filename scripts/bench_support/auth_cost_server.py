@@ -16,8 +16,8 @@ import asyncio
 import os
 import signal
 import sys
-from concurrent.futures import Executor
 
+from inventory_svc.async_service import DatabaseThreads
 from inventory_svc.server import build_engine, build_item_service, build_server, database_threads
 from inventory_svc.service import ItemService
 from inventory_svc.settings import InventorySettings
@@ -39,14 +39,14 @@ def main() -> None:
     configure_logging(settings.log_level)
     engine = build_engine(settings)
     metrics = ServerMetrics()
-    with metrics_served(metrics_address, metrics.registry), database_threads(settings) as executor:
-        asyncio.run(serve(settings, build_item_service(engine, settings), executor, metrics, auth == "on"))
+    with metrics_served(metrics_address, metrics.registry), database_threads(settings) as threads:
+        asyncio.run(serve(settings, build_item_service(engine, settings), threads, metrics, auth == "on"))
     engine.dispose()
 
 
-async def serve(settings: InventorySettings, items: ItemService, executor: Executor, metrics: ServerMetrics,
+async def serve(settings: InventorySettings, items: ItemService, threads: DatabaseThreads, metrics: ServerMetrics,
                 require_auth: bool) -> None:
-    running = await build_server(settings, items, executor, metrics=metrics, require_auth=require_auth)
+    running = await build_server(settings, items, threads, metrics=metrics, require_auth=require_auth)
     await running.server.start()
     stopping = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)

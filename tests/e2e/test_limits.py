@@ -68,9 +68,9 @@ def limited_server(tmp_path: Path, limits: ServerLimits = ServerLimits(), **sett
     inventory_settings = InventorySettings(database_url=f"sqlite:///{database}", listen_address="127.0.0.1:0",
                                            auth=TEST_AUTH, limits=limits, **settings)  # type: ignore[arg-type]
     metrics = ServerMetrics()
-    with migrated_engine(inventory_settings) as engine, database_threads(inventory_settings) as executor, \
+    with migrated_engine(inventory_settings) as engine, database_threads(inventory_settings) as threads, \
             ServerThread(lambda: build_server(inventory_settings, build_item_service(engine, inventory_settings),
-                                              executor, metrics=metrics)) as served:
+                                              threads, metrics=metrics)) as served:
         yield LimitedServer("127.0.0.1", served.port, metrics, database)
 
 
