@@ -373,6 +373,14 @@ _ADD_TO_QUANTITY = _ADD_TO_QUANTITY_UNRETURNED.returning(*_ITEM)
 _ADD_MOVEMENT = insert(stock_movements)
 
 
+def _quantity_change(item_id: int, delta: int, ceiling: int) -> dict[str, Any]:
+    """The parameters of _ADD_TO_QUANTITY: the bounds moved to the parameter side, so that no
+    database adds in int32 and overflows, and kept within int32 themselves (min()), which
+    drivers that bind int32 (asyncpg) need."""
+    return {"item_id": item_id, "delta": delta, "at_least": -delta, "at_most": min(ceiling, ceiling - delta),
+            "now": _utcnow()}
+
+
 class SqlItemRepository:
     """Items in one transaction. Missing rows come back as None; rules live in the service."""
 
@@ -464,12 +472,7 @@ class SqlItemRepository:
 
     def add_to_quantity(self, item_id: int, delta: int, ceiling: int) -> Item | None:
         """Adds `delta` in one statement; None if the item is missing or the result leaves [0, ceiling]."""
-        # The bounds are moved to the parameter side so that no database adds in int32 and overflows.
-        row = self._connection.execute(_ADD_TO_QUANTITY, {
-            "item_id": item_id, "delta": delta, "at_least": -delta,
-            # min(): a bound past the column's int32 would fail on drivers that bind int32 (asyncpg).
-            "at_most": min(ceiling, ceiling - delta), "now": _utcnow(),
-        }).first()
+        row = self._connection.execute(_ADD_TO_QUANTITY, _quantity_change(item_id, delta, ceiling)).first()
         return _item_from_row(row) if row else None
 
     def set_quantity(self, item_id: int, quantity: int) -> Item | None:
@@ -608,10 +611,6 @@ class SqlRequestIdRepository:
         return self._connection.execute(delete(request_ids).where(request_ids.c.create_time < cutoff)).rowcount
 
 
-def _is_unique_violation_of_anything(error: DBAPIError) -> bool:
-    return isinstance(error, IntegrityError) and _is_unique_violation(error)
-
-
 def _ledger_insert(changed: Any, delta: ColumnElement[Any], reason: ColumnElement[Any]) -> Any:
     """The ledger row of each row of `changed` (which has ITEM_COLUMNS and low_stock_change),
     as a CTE. A low-stock event first takes LOW_STOCK_EVENT_IDS_LOCK, so that event ids
@@ -703,7 +702,7 @@ class SqlWritesAtOnce:
         try:
             row = self._connection.execute(statement, parameters).first()
         except DBAPIError as error:
-            if _is_unique_violation_of_anything(error):
+            if isinstance(error, IntegrityError) and _is_unique_violation(error):
                 return None  # the statement failed as a whole: nothing was written
             if error.connection_invalidated:
                 # Lost after the statement was sent: it may have committed.
@@ -720,11 +719,8 @@ class SqlWritesAtOnce:
                         principal: str, request_id: str, method: str, fingerprint: str) -> Item | None:
         """What SqlItemRepository.add_to_quantity does, with its ledger row and request_id record."""
         return self._run(_add_to_quantity_at_once(bool(request_id)), {
-            "item_id": item_id, "delta": delta, "at_least": -delta,
-            # min(): a bound past the column's int32 would fail on drivers that bind int32 (asyncpg).
-            "at_most": min(ceiling, ceiling - delta), "now": _utcnow(),
-            "reason": reason.value, "note": note, "principal": principal, "request_id": request_id,
-            "method": method, "fingerprint": fingerprint,
+            **_quantity_change(item_id, delta, ceiling), "reason": reason.value, "note": note, "principal": principal,
+            "request_id": request_id, "method": method, "fingerprint": fingerprint,
         })
 
     def add_item(self, fields: ItemFields, *, principal: str, request_id: str, method: str,
@@ -732,8 +728,8 @@ class SqlWritesAtOnce:
         """What SqlItemRepository.add does, with its ledger row and request_id record."""
         now = _utcnow()
         return self._run(_add_item_at_once(bool(request_id)), {
-            **_row_values(fields), "create_time": now, "update_time": now, "note": "", "principal": principal, "request_id": request_id,
-            "method": method, "fingerprint": fingerprint,
+            **_row_values(fields), "create_time": now, "update_time": now, "note": "", "principal": principal,
+            "request_id": request_id, "method": method, "fingerprint": fingerprint,
         })
 
 

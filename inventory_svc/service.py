@@ -117,6 +117,11 @@ def _page_limit(page_size: int) -> int:
     return min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
+def _request_fingerprint(method: str, *request: object) -> str:
+    """What a request_id is stored with, to tell a replay from another request under it."""
+    return query_fingerprint(method, *request).hex()
+
+
 def _canonical_request_id(request_id: str) -> str:
     """The one spelling of a UUID that is stored, so that `{...}`, upper case or no hyphens
     name the same request as the usual form."""
@@ -179,11 +184,12 @@ class ItemService:
         """Claims `request_id` for this request; returns the first result if it was used already."""
         if not request_id:
             return None
-        stored = uow.request_ids.claim(request_id, method, query_fingerprint(method, *request).hex(),
+        fingerprint = _request_fingerprint(method, *request)
+        stored = uow.request_ids.claim(request_id, method, fingerprint,
                                        self._request_id_ttl_s)
         if stored is None:
             return None
-        if (stored.method, stored.fingerprint) != (method, query_fingerprint(method, *request).hex()):
+        if (stored.method, stored.fingerprint) != (method, fingerprint):
             raise InvalidField("request_id", "was already used for a different request")
         if stored.result is None:
             raise Conflict("a request with this request_id is still in progress: try again")
@@ -202,7 +208,7 @@ class ItemService:
         with self._unit_of_work(for_write=True, at_once=True) as uow:
             if uow.at_once is not None:
                 item = uow.at_once.add_item(fields, principal=principal, request_id=request_id, method="CreateItem",
-                                            fingerprint=query_fingerprint("CreateItem", fields).hex())
+                                            fingerprint=_request_fingerprint("CreateItem", fields))
                 if item is not None:
                     uow.commit()
                     return item
@@ -408,7 +414,7 @@ class ItemService:
                 after = uow.at_once.add_to_quantity(
                     item_id, delta, MAX_QUANTITY_VALUE, reason, note=note, principal=principal,
                     request_id=request_id, method="AdjustQuantity",
-                    fingerprint=query_fingerprint("AdjustQuantity", *request).hex())
+                    fingerprint=_request_fingerprint("AdjustQuantity", *request))
                 if after is not None:
                     uow.commit()
             else:
