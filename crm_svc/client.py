@@ -28,9 +28,11 @@ class CrmClient(ServiceClient):
         """One of the customer's items; NotFound for a missing one or another customer's."""
         return self._call(self._stub.GetMyItem, pb.GetMyItemRequest(id=item_id)).item
 
-    def search_my_items(self, query: str = "", *, category: str = "", brand: str = "",
-                        page_size: int = 0, page_token: str = "") -> Page[pb.CustomerItem]:
+    def search_my_items(
+        self, query: str = "", *, category: str = "", brand: str = "", page_size: int = 0, page_token: str = ""
+    ) -> Page[pb.CustomerItem]:
         """A page of the customer's items matching the words of `query` and the filters."""
-        request = pb.SearchMyItemsRequest(query=query, category=category, brand=brand,
-                                          page_size=page_size, page_token=page_token)
+        request = pb.SearchMyItemsRequest(
+            query=query, category=category, brand=brand, page_size=page_size, page_token=page_token
+        )
         return Page.of(self._call(self._stub.SearchMyItems, request))

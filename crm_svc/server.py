@@ -9,7 +9,7 @@ import asyncio
 import logging
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import grpc.aio
 
@@ -24,7 +24,12 @@ from servicekit.logging import configure_logging
 from servicekit.observability import AsyncClientMetricsInterceptor, ServerMetrics, metrics_served
 from servicekit.pipeline import Authorizer
 from servicekit.server import (
-    RunningServer, finish_server, new_server, serve_until_signalled, stay_on_assigned_cpu, supervise_workers,
+    RunningServer,
+    finish_server,
+    new_server,
+    serve_until_signalled,
+    stay_on_assigned_cpu,
+    supervise_workers,
 )
 from servicekit.tracing import Tracing, tracing_started
 
@@ -38,26 +43,35 @@ def service_token(settings: CrmSettings) -> Callable[[], str]:
     if settings.inventory_token_file:
         return TokenFile(settings.inventory_token_file)
     return MintedServiceToken(
-        TokenIssuer(settings.inventory_auth), settings.service_token_subject, [READ_ROLE],
+        TokenIssuer(settings.inventory_auth),
+        settings.service_token_subject,
+        [READ_ROLE],
         settings.service_token_lifetime_s,
     )
 
 
 def connect_inventory(
-    settings: CrmSettings, metrics: ServerMetrics | None = None, tracing: Tracing | None = None,
+    settings: CrmSettings,
+    metrics: ServerMetrics | None = None,
+    tracing: Tracing | None = None,
 ) -> AsyncInventoryClient:
     """Call on the event loop that will use it (a grpc.aio channel belongs to its loop)."""
     interceptors: list[grpc.aio.ClientInterceptor] = [AsyncClientMetricsInterceptor(metrics)] if metrics else []
     if tracing is not None:
         interceptors += tracing.aio_client_interceptors
     return AsyncInventoryClient.connect(
-        settings.inventory_target, service_token(settings), timeout_s=settings.inventory_timeout_s,
+        settings.inventory_target,
+        service_token(settings),
+        timeout_s=settings.inventory_timeout_s,
         interceptors=interceptors,
     )
 
 
 async def build_server(
-    settings: CrmSettings, items: CustomerItemsService, *, metrics: ServerMetrics | None = None,
+    settings: CrmSettings,
+    items: CustomerItemsService,
+    *,
+    metrics: ServerMetrics | None = None,
     tracing: Tracing | None = None,
 ) -> RunningServer:
     """Call on the event loop that will serve."""
@@ -69,22 +83,33 @@ async def build_server(
 
 async def serve(settings: CrmSettings) -> None:
     metrics = ServerMetrics()
-    with metrics_served(settings.metrics_address, metrics.registry), \
-            tracing_started(settings.traces_exporter, "crm") as tracing:
+    with (
+        metrics_served(settings.metrics_address, metrics.registry),
+        tracing_started(settings.traces_exporter, "crm") as tracing,
+    ):
         async with connect_inventory(settings, metrics, tracing) as inventory:
             running = await build_server(settings, CustomerItemsService(inventory), metrics=metrics, tracing=tracing)
             log.info("crm calls inventory at %s", settings.inventory_target)
-            await serve_until_signalled(running, "crm", settings.listen_address,
-                                        settings.shutdown_drain_s, settings.shutdown_grace_s)
+            await serve_until_signalled(
+                running, "crm", settings.listen_address, settings.shutdown_drain_s, settings.shutdown_grace_s
+            )
 
 
 def main() -> None:
     settings = CrmSettings.from_env(os.environ)
     configure_logging(settings.log_level)
     if settings.processes > 1:
-        sys.exit(supervise_workers("crm_svc.server", "CRM", settings.processes,
-                                   settings.listen_address, settings.metrics_address, pin_cpus=settings.pin_cpus,
-                                   stop_timeout_s=settings.shutdown_drain_s + settings.shutdown_grace_s + 5))
+        sys.exit(
+            supervise_workers(
+                "crm_svc.server",
+                "CRM",
+                settings.processes,
+                settings.listen_address,
+                settings.metrics_address,
+                pin_cpus=settings.pin_cpus,
+                stop_timeout_s=settings.shutdown_drain_s + settings.shutdown_grace_s + 5,
+            )
+        )
     stay_on_assigned_cpu(os.environ)
     asyncio.run(serve(settings))
 

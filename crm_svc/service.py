@@ -27,10 +27,19 @@ class Inventory(Protocol):
 
     async def get_item(self, item_id: int) -> inventory_pb2.Item: ...
     async def list_items(
-        self, where: ItemFilter | None = ..., *, page_size: int = ..., page_token: str = ...,
+        self,
+        where: ItemFilter | None = ...,
+        *,
+        page_size: int = ...,
+        page_token: str = ...,
     ) -> Page[inventory_pb2.Item]: ...
     async def list_customer_items(
-        self, customer_id: str, *, include_inactive: bool = ..., page_size: int = ..., page_token: str = ...,
+        self,
+        customer_id: str,
+        *,
+        include_inactive: bool = ...,
+        page_size: int = ...,
+        page_token: str = ...,
     ) -> Page[inventory_pb2.Item]: ...
 
 
@@ -83,7 +92,13 @@ class CustomerItemsService:
         return item
 
     async def search_my_items(
-        self, customer_id: str, text: str, category: str, brand: str, page_size: int, page_token: str,
+        self,
+        customer_id: str,
+        text: str,
+        category: str,
+        brand: str,
+        page_size: int,
+        page_token: str,
     ) -> Page[inventory_pb2.Item]:
         """The customer's active items that match (inventory filters them)."""
         check_customer_id(customer_id)

@@ -11,8 +11,8 @@ import grpc.aio
 
 from crm.v1 import crm_pb2 as pb
 from crm.v1 import crm_pb2_grpc
-from inventory.v1 import inventory_pb2
 from crm_svc.service import CustomerItemsService
+from inventory.v1 import inventory_pb2
 from servicekit.auth import current_principal
 from servicekit.client import Page
 
@@ -26,9 +26,16 @@ ROLE_FOR_METHOD = {f"/{_CRM_SERVICE.full_name}/{method.name}": CUSTOMER_ROLE for
 def _customer_item_values(item: inventory_pb2.Item) -> dict[str, Any]:
     """What a customer sees of an item: no cost, thresholds, reorder ceiling, owner or etag."""
     return {
-        "id": item.id, "sku": item.sku, "name": item.name, "description": item.description,
-        "category": item.category, "brand": item.brand, "price": item.price, "quantity": item.quantity,
-        "dimensions": item.dimensions, "weight_kg": item.weight_kg if item.HasField("weight_kg") else None,
+        "id": item.id,
+        "sku": item.sku,
+        "name": item.name,
+        "description": item.description,
+        "category": item.category,
+        "brand": item.brand,
+        "price": item.price,
+        "quantity": item.quantity,
+        "dimensions": item.dimensions,
+        "weight_kg": item.weight_kg if item.HasField("weight_kg") else None,
         "update_time": item.update_time if item.HasField("update_time") else None,
     }
 

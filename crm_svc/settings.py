@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from servicekit.auth import AuthSettings
 from servicekit.server import ServerLimits
@@ -44,7 +44,7 @@ class CrmSettings:
     limits: ServerLimits = field(default_factory=ServerLimits)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "CrmSettings":
+    def from_env(cls, env: Mapping[str, str]) -> CrmSettings:
         read = EnvReader(env, "CRM")
         return cls(
             listen_address=read.str("LISTEN_ADDRESS", cls.listen_address),

@@ -20,4 +20,4 @@ from inventory_client.requests import ItemFilter, money
 from inventory_client.roles import READ_ROLE, WRITE_ROLE
 from servicekit.client import Page
 
-__all__ = ["AsyncInventoryClient", "InventoryClient", "ItemFilter", "Page", "READ_ROLE", "WRITE_ROLE", "money"]
+__all__ = ["READ_ROLE", "WRITE_ROLE", "AsyncInventoryClient", "InventoryClient", "ItemFilter", "Page", "money"]

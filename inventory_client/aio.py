@@ -28,7 +28,11 @@ class AsyncInventoryClient(ItemServiceContract, AsyncServiceClient):
         return (await self._call(self._stub.GetItem, pb.GetItemRequest(id=item_id))).item
 
     async def list_items(
-        self, where: ItemFilter | None = None, *, page_size: int = 0, page_token: str = "",
+        self,
+        where: ItemFilter | None = None,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
     ) -> Page[pb.Item]:
         return Page.of(await self._call(self._stub.ListItems, requests.list_items(where, page_size, page_token)))
 
@@ -39,20 +43,35 @@ class AsyncInventoryClient(ItemServiceContract, AsyncServiceClient):
         await self._call(self._stub.DeleteItem, pb.DeleteItemRequest(id=item_id, etag=etag))
 
     async def list_customer_items(
-        self, customer_id: str, *, include_inactive: bool = False, page_size: int = 0, page_token: str = "",
+        self,
+        customer_id: str,
+        *,
+        include_inactive: bool = False,
+        page_size: int = 0,
+        page_token: str = "",
     ) -> Page[pb.Item]:
         request = requests.list_customer_items(customer_id, include_inactive, page_size, page_token)
         return Page.of(await self._call(self._stub.ListCustomerItems, request))
 
     async def adjust_quantity(
-        self, item_id: int, *, delta: int | None = None, set_to: int | None = None, reason: int = 0,
-        note: str = "", request_id: str = "",
+        self,
+        item_id: int,
+        *,
+        delta: int | None = None,
+        set_to: int | None = None,
+        reason: int = 0,
+        note: str = "",
+        request_id: str = "",
     ) -> pb.Item:
         request = requests.adjust_quantity(item_id, delta, set_to, reason, note, request_id)
         return (await self._call(self._stub.AdjustQuantity, request, retry_safe=bool(request_id))).item
 
     async def list_low_stock_items(
-        self, *, threshold: int | None = None, page_size: int = 0, page_token: str = "",
+        self,
+        *,
+        threshold: int | None = None,
+        page_size: int = 0,
+        page_token: str = "",
     ) -> Page[pb.Item]:
         request = requests.list_low_stock_items(threshold, page_size, page_token)
         return Page.of(await self._call(self._stub.ListLowStockItems, request))
@@ -61,13 +80,21 @@ class AsyncInventoryClient(ItemServiceContract, AsyncServiceClient):
         return (await self._call(self._stub.BatchGetItems, requests.batch_get_items(item_ids))).items
 
     async def list_stock_movements(
-        self, item_id: int, *, page_size: int = 0, page_token: str = "",
+        self,
+        item_id: int,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
     ) -> Page[pb.StockMovement]:
         request = requests.list_stock_movements(item_id, page_size, page_token)
         return requests.movements_page(await self._call(self._stub.ListStockMovements, request))
 
     def watch_low_stock(
-        self, *, customer_id: str = "", category: str = "", after_cursor: int | None = None,
+        self,
+        *,
+        customer_id: str = "",
+        category: str = "",
+        after_cursor: int | None = None,
         timeout_s: float | None = None,
     ) -> AsyncIterator[pb.WatchLowStockResponse]:
         request = requests.watch_low_stock(customer_id, category, after_cursor)

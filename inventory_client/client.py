@@ -46,15 +46,26 @@ class InventoryClient(ItemServiceContract, ServiceClient):
         self._call(self._stub.DeleteItem, pb.DeleteItemRequest(id=item_id, etag=etag))
 
     def list_customer_items(
-        self, customer_id: str, *, include_inactive: bool = False, page_size: int = 0, page_token: str = "",
+        self,
+        customer_id: str,
+        *,
+        include_inactive: bool = False,
+        page_size: int = 0,
+        page_token: str = "",
     ) -> Page[pb.Item]:
         """A page of one customer's items (active ones only unless include_inactive)."""
         request = requests.list_customer_items(customer_id, include_inactive, page_size, page_token)
         return Page.of(self._call(self._stub.ListCustomerItems, request))
 
     def adjust_quantity(
-        self, item_id: int, *, delta: int | None = None, set_to: int | None = None, reason: int = 0,
-        note: str = "", request_id: str = "",
+        self,
+        item_id: int,
+        *,
+        delta: int | None = None,
+        set_to: int | None = None,
+        reason: int = 0,
+        note: str = "",
+        request_id: str = "",
     ) -> pb.Item:
         """Adds `delta` to the stock, or sets it to `set_to` (give one); `reason` is an
         inventory_pb2.StockMovementReason. Pass a request_id (a UUID) to make a retry
@@ -63,7 +74,11 @@ class InventoryClient(ItemServiceContract, ServiceClient):
         return self._call(self._stub.AdjustQuantity, request, retry_safe=bool(request_id)).item
 
     def list_low_stock_items(
-        self, *, threshold: int | None = None, page_size: int = 0, page_token: str = "",
+        self,
+        *,
+        threshold: int | None = None,
+        page_size: int = 0,
+        page_token: str = "",
     ) -> Page[pb.Item]:
         """A page of the items at or below their own low-stock threshold, or `threshold`."""
         request = requests.list_low_stock_items(threshold, page_size, page_token)
@@ -74,14 +89,22 @@ class InventoryClient(ItemServiceContract, ServiceClient):
         return self._call(self._stub.BatchGetItems, requests.batch_get_items(item_ids)).items
 
     def list_stock_movements(
-        self, item_id: int, *, page_size: int = 0, page_token: str = "",
+        self,
+        item_id: int,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
     ) -> Page[pb.StockMovement]:
         """A page of the item's stock movements, newest first (no total_size)."""
         request = requests.list_stock_movements(item_id, page_size, page_token)
         return requests.movements_page(self._call(self._stub.ListStockMovements, request))
 
     def watch_low_stock(
-        self, *, customer_id: str = "", category: str = "", after_cursor: int | None = None,
+        self,
+        *,
+        customer_id: str = "",
+        category: str = "",
+        after_cursor: int | None = None,
         timeout_s: float | None = None,
     ) -> Iterator[pb.WatchLowStockResponse]:
         """Low-stock events as they happen (`kind` says which; `cursor` is where to resume

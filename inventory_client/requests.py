@@ -67,17 +67,27 @@ def update_item(item_id: int, changes: Mapping[str, Any], etag: str) -> pb.Updat
 
 
 def list_customer_items(
-    customer_id: str, include_inactive: bool, page_size: int, page_token: str,
+    customer_id: str,
+    include_inactive: bool,
+    page_size: int,
+    page_token: str,
 ) -> pb.ListCustomerItemsRequest:
-    return pb.ListCustomerItemsRequest(customer_id=customer_id, include_inactive=include_inactive,
-                                       page_size=page_size, page_token=page_token)
+    return pb.ListCustomerItemsRequest(
+        customer_id=customer_id, include_inactive=include_inactive, page_size=page_size, page_token=page_token
+    )
 
 
 def adjust_quantity(
-    item_id: int, delta: int | None, set_to: int | None, reason: int, note: str, request_id: str,
+    item_id: int,
+    delta: int | None,
+    set_to: int | None,
+    reason: int,
+    note: str,
+    request_id: str,
 ) -> pb.AdjustQuantityRequest:
-    return pb.AdjustQuantityRequest(id=item_id, delta=delta, set_quantity=set_to, reason=reason, note=note,
-                                    request_id=request_id)
+    return pb.AdjustQuantityRequest(
+        id=item_id, delta=delta, set_quantity=set_to, reason=reason, note=note, request_id=request_id
+    )
 
 
 def list_low_stock_items(threshold: int | None, page_size: int, page_token: str) -> pb.ListLowStockItemsRequest:
@@ -106,5 +116,11 @@ class ItemServiceContract:
 
     stub_class = inventory_pb2_grpc.ItemServiceStub  # a grpc.aio channel takes the same stub
     service_name = pb.DESCRIPTOR.services_by_name["ItemService"].full_name
-    idempotent_methods = ("GetItem", "ListItems", "ListCustomerItems", "ListLowStockItems", "BatchGetItems",
-                          "ListStockMovements")
+    idempotent_methods = (
+        "GetItem",
+        "ListItems",
+        "ListCustomerItems",
+        "ListLowStockItems",
+        "BatchGetItems",
+        "ListStockMovements",
+    )

@@ -13,10 +13,10 @@ import asyncio
 import contextlib
 import contextvars
 import functools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from inventory_svc.domain import Item, ItemFields, ItemQuery, MovementReason, Page, StockMovement
 from inventory_svc.service import WATCH_BATCH, ItemService, LowStockWatch
@@ -42,7 +42,7 @@ class DatabaseThreads:
     calls: Executor
     watches: Executor
 
-    def __enter__(self) -> "DatabaseThreads":
+    def __enter__(self) -> DatabaseThreads:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -90,8 +90,9 @@ class AsyncItemService:
     async def list_items(self, query: ItemQuery, page_size: int, page_token: str) -> Page:
         return await self._run(self._items.list_items, query, page_size, page_token)
 
-    async def list_customer_items(self, customer_id: str, include_inactive: bool, page_size: int,
-                                  page_token: str) -> Page:
+    async def list_customer_items(
+        self, customer_id: str, include_inactive: bool, page_size: int, page_token: str
+    ) -> Page:
         return await self._run(self._items.list_customer_items, customer_id, include_inactive, page_size, page_token)
 
     async def list_low_stock_items(self, threshold: int | None, page_size: int, page_token: str) -> Page:
@@ -107,18 +108,35 @@ class AsyncItemService:
         await self._run(self._items.delete_item, item_id, etag, principal=principal)
 
     async def adjust_quantity(
-        self, item_id: int, *, delta: int | None, set_to: int | None, reason: MovementReason | None, note: str,
-        principal: str, request_id: str,
+        self,
+        item_id: int,
+        *,
+        delta: int | None,
+        set_to: int | None,
+        reason: MovementReason | None,
+        note: str,
+        principal: str,
+        request_id: str,
     ) -> Item:
-        return await self._run(self._items.adjust_quantity, item_id, delta=delta, set_to=set_to, reason=reason,
-                               note=note, principal=principal, request_id=request_id)
+        return await self._run(
+            self._items.adjust_quantity,
+            item_id,
+            delta=delta,
+            set_to=set_to,
+            reason=reason,
+            note=note,
+            principal=principal,
+            request_id=request_id,
+        )
 
-    async def _open_watch(self, customer_id: str, category: str, after_cursor: int | None,
-                          subject: str) -> LowStockWatch:
+    async def _open_watch(
+        self, customer_id: str, category: str, after_cursor: int | None, subject: str
+    ) -> LowStockWatch:
         # The pool's thread cannot be stopped: if the caller goes away while it opens the watch,
         # the watch it opened is closed when it is done, or its slot would never come back.
         opening = asyncio.ensure_future(
-            self._run_in(self._threads.watches, self._items.open_watch, customer_id, category, after_cursor, subject))
+            self._run_in(self._threads.watches, self._items.open_watch, customer_id, category, after_cursor, subject)
+        )
         try:
             return await asyncio.shield(opening)
         except asyncio.CancelledError:

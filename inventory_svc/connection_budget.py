@@ -22,8 +22,9 @@ _LIMITS = text("""
 """)
 
 
-def connection_budget_warning(engine: Engine, *, pool_size: int, max_overflow: int, processes: int,
-                              headroom: int = DEFAULT_HEADROOM) -> str | None:
+def connection_budget_warning(
+    engine: Engine, *, pool_size: int, max_overflow: int, processes: int, headroom: int = DEFAULT_HEADROOM
+) -> str | None:
     """A warning when `processes` serving processes, each with a pool of `pool_size` +
     `max_overflow` connections and its listener's one, could open more connections than
     PostgreSQL lets them (max_connections less the reserved ones less `headroom`, or the
@@ -34,20 +35,27 @@ def connection_budget_warning(engine: Engine, *, pool_size: int, max_overflow: i
     wanted = processes * per_process
     try:
         with engine.connect() as connection:
-            max_connections, superuser_reserved, reserved, role_limit, database_limit = (
-                connection.execute(_LIMITS).one())
+            max_connections, superuser_reserved, reserved, role_limit, database_limit = connection.execute(
+                _LIMITS
+            ).one()
     except DBAPIError as error:
         return f"could not check the database connection budget: {type(error.orig).__name__}"
-    shape = (f"{processes} process(es) x ({pool_size} pooled + {max_overflow} overflow + "
-             f"{CONNECTIONS_OUTSIDE_THE_POOL} listener) = {wanted} connections")
+    shape = (
+        f"{processes} process(es) x ({pool_size} pooled + {max_overflow} overflow + "
+        f"{CONNECTIONS_OUTSIDE_THE_POOL} listener) = {wanted} connections"
+    )
     fix = "lower INVENTORY_DB_POOL_SIZE or the number of processes, or raise the limit"
     available = max_connections - superuser_reserved - reserved - headroom
     if wanted > available:
-        return (f"{shape} may not fit: PostgreSQL allows {max_connections} connections, "
-                f"{superuser_reserved + reserved} of them reserved, and {headroom} are left for others, so "
-                f"{available}; calls beyond that answer UNAVAILABLE ('too many clients'): {fix}")
+        return (
+            f"{shape} may not fit: PostgreSQL allows {max_connections} connections, "
+            f"{superuser_reserved + reserved} of them reserved, and {headroom} are left for others, so "
+            f"{available}; calls beyond that answer UNAVAILABLE ('too many clients'): {fix}"
+        )
     for what, limit in (("role", role_limit), ("database", database_limit)):
         if limit is not None and limit >= 0 and wanted > limit:
-            return (f"{shape} may not fit: the {what}'s CONNECTION LIMIT is {limit}; calls beyond that "
-                    f"answer UNAVAILABLE: {fix}")
+            return (
+                f"{shape} may not fit: the {what}'s CONNECTION LIMIT is {limit}; calls beyond that "
+                f"answer UNAVAILABLE: {fix}"
+            )
     return None

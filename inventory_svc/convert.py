@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.type import money_pb2
@@ -43,27 +44,38 @@ def money_to_proto(money: Money) -> money_pb2.Money:
     return money_pb2.Money(currency_code=money.currency_code, units=sign * units, nanos=sign * nanos)
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def timestamp_to_proto(value: datetime) -> timestamp_pb2.Timestamp:
     """A zone-aware datetime as a Timestamp; by integer arithmetic, about four times faster
     than Timestamp.FromDatetime, which counts on list pages of 500 items."""
     since_epoch = value - _EPOCH
-    return timestamp_pb2.Timestamp(seconds=since_epoch.days * 86400 + since_epoch.seconds,
-                                   nanos=since_epoch.microseconds * 1000)
+    return timestamp_pb2.Timestamp(
+        seconds=since_epoch.days * 86400 + since_epoch.seconds, nanos=since_epoch.microseconds * 1000
+    )
 
 
 def _item_values(item: Item) -> dict[str, Any]:
     """An item's fields as pb.Item's keyword arguments (None leaves an optional field unset)."""
     return {
-        "id": item.id, "sku": item.sku, "name": item.name, "description": item.description,
-        "category": item.category, "brand": item.brand, "price": money_to_proto(item.price),
+        "id": item.id,
+        "sku": item.sku,
+        "name": item.name,
+        "description": item.description,
+        "category": item.category,
+        "brand": item.brand,
+        "price": money_to_proto(item.price),
         "cost": money_to_proto(item.cost) if item.cost is not None else None,
-        "quantity": item.quantity, "low_stock_threshold": item.low_stock_threshold,
-        "max_quantity": item.max_quantity, "is_active": item.is_active, "weight_kg": item.weight_kg,
-        "dimensions": item.dimensions, "customer_id": item.customer_id,
-        "create_time": timestamp_to_proto(item.create_time), "update_time": timestamp_to_proto(item.update_time),
+        "quantity": item.quantity,
+        "low_stock_threshold": item.low_stock_threshold,
+        "max_quantity": item.max_quantity,
+        "is_active": item.is_active,
+        "weight_kg": item.weight_kg,
+        "dimensions": item.dimensions,
+        "customer_id": item.customer_id,
+        "create_time": timestamp_to_proto(item.create_time),
+        "update_time": timestamp_to_proto(item.update_time),
         "etag": item.etag,
     }
 
@@ -156,16 +168,28 @@ def reason_to_proto(reason: MovementReason) -> int:
 
 def movement_to_proto(movement: StockMovement) -> pb.StockMovement:
     return pb.StockMovement(
-        id=movement.id, item_id=movement.item_id, delta=movement.delta, quantity_after=movement.quantity_after,
-        reason=reason_to_proto(movement.reason), note=movement.note, principal=movement.principal,
-        request_id=movement.request_id, create_time=timestamp_to_proto(movement.create_time),
+        id=movement.id,
+        item_id=movement.item_id,
+        delta=movement.delta,
+        quantity_after=movement.quantity_after,
+        reason=reason_to_proto(movement.reason),
+        note=movement.note,
+        principal=movement.principal,
+        request_id=movement.request_id,
+        create_time=timestamp_to_proto(movement.create_time),
     )
 
 
 def low_stock_event_to_proto(event: StockMovement) -> pb.WatchLowStockResponse:
     return pb.WatchLowStockResponse(
-        cursor=event.id, kind=event.low_stock_change.value, item_id=event.item_id, sku=event.sku,
-        quantity=event.quantity_after, low_stock_threshold=event.low_stock_threshold,
-        customer_id=event.customer_id, category=event.category, event_time=timestamp_to_proto(event.create_time),
+        cursor=event.id,
+        kind=event.low_stock_change.value,
+        item_id=event.item_id,
+        sku=event.sku,
+        quantity=event.quantity_after,
+        low_stock_threshold=event.low_stock_threshold,
+        customer_id=event.customer_id,
+        category=event.category,
+        event_time=timestamp_to_proto(event.create_time),
         reason=reason_to_proto(event.reason),
     )

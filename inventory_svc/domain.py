@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from enum import Enum, IntEnum
-from typing import Any, Generic, Mapping, TypeVar
+from typing import Any, Generic, TypeVar
 
 from servicekit.errors import FailedPrecondition, InvalidField
 
@@ -72,9 +73,7 @@ class StockWouldGoNegative(FailedPrecondition):
 
 class StockWouldOverflow(FailedPrecondition):
     def __init__(self, item_id: int) -> None:
-        super().__init__(
-            f"item {item_id} would hold more than {MAX_QUANTITY_VALUE} units: nothing was changed"
-        )
+        super().__init__(f"item {item_id} would hold more than {MAX_QUANTITY_VALUE} units: nothing was changed")
 
 
 def check_text(field: str, value: str, max_length: int, required: bool = False) -> None:
@@ -153,8 +152,11 @@ class ItemQuery:
     def check(self) -> None:
         """Raises InvalidField, naming the request field, for a filter no item could match."""
         for field, value, max_length in (
-            ("category", self.category, 100), ("brand", self.brand, 100), ("customer_id", self.customer_id, 100),
-            ("name_contains", self.name_contains, 255), ("query", self.text, 100),
+            ("category", self.category, 100),
+            ("brand", self.brand, 100),
+            ("customer_id", self.customer_id, 100),
+            ("name_contains", self.name_contains, 255),
+            ("query", self.text, 100),
         ):
             check_text(field, value, max_length)
         for field, bound in (("min_price", self.min_price), ("max_price", self.max_price)):
@@ -185,10 +187,16 @@ class MovementReason(str, Enum):
     ITEM_UPDATED = "item_updated"
 
 
-CLIENT_REASONS = frozenset({
-    MovementReason.RESTOCK, MovementReason.SALE, MovementReason.RETURN,
-    MovementReason.CORRECTION, MovementReason.DAMAGE, MovementReason.OTHER,
-})
+CLIENT_REASONS = frozenset(
+    {
+        MovementReason.RESTOCK,
+        MovementReason.SALE,
+        MovementReason.RETURN,
+        MovementReason.CORRECTION,
+        MovementReason.DAMAGE,
+        MovementReason.OTHER,
+    }
+)
 MAX_NOTE_LENGTH = 500
 
 
@@ -223,8 +231,13 @@ def is_low_on_stock(item: Item | None) -> bool:
 
 
 def movement_between(
-    before: Item | None, after: Item | None, reason: MovementReason, *,
-    note: str = "", principal: str = "", request_id: str = "",
+    before: Item | None,
+    after: Item | None,
+    reason: MovementReason,
+    *,
+    note: str = "",
+    principal: str = "",
+    request_id: str = "",
 ) -> StockMovement | None:
     """The ledger entry for a change from `before` to `after` (None: not there), or None
     when neither the quantity nor the low-stock state changed."""
@@ -241,8 +254,16 @@ def movement_between(
     state = after or before
     assert state is not None
     return StockMovement(
-        item_id=state.id, sku=state.sku, delta=quantity_after - quantity_before, quantity_after=quantity_after,
-        reason=reason, low_stock_change=change, low_stock_threshold=state.low_stock_threshold,
-        customer_id=state.customer_id, category=state.category,
-        note=note, principal=principal, request_id=request_id,
+        item_id=state.id,
+        sku=state.sku,
+        delta=quantity_after - quantity_before,
+        quantity_after=quantity_after,
+        reason=reason,
+        low_stock_change=change,
+        low_stock_threshold=state.low_stock_threshold,
+        customer_id=state.customer_id,
+        category=state.category,
+        note=note,
+        principal=principal,
+        request_id=request_id,
     )

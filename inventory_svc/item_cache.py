@@ -12,14 +12,20 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 from inventory_svc.domain import Item
 
 
 class ItemCache:
-    def __init__(self, capacity: int, *, max_age_s: float = 5.0, on_hit: Callable[[], object] = lambda: None,
-                 on_miss: Callable[[], object] = lambda: None) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        max_age_s: float = 5.0,
+        on_hit: Callable[[], object] = lambda: None,
+        on_miss: Callable[[], object] = lambda: None,
+    ) -> None:
         """`max_age_s` bounds how long an entry is served even if an invalidation were lost
         unnoticed. `on_hit` and `on_miss` count the lookups made while the cache is on."""
         self._capacity = capacity

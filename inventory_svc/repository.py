@@ -8,16 +8,17 @@ import logging
 import select as select_module
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
-    Computed,
     ColumnElement,
+    Computed,
     Connection,
     DateTime,
     Dialect,
@@ -35,9 +36,8 @@ from sqlalchemy import (
     case,
     delete,
     event,
-    func,
     exists,
-    false as false_,
+    func,
     insert,
     literal,
     not_,
@@ -46,6 +46,9 @@ from sqlalchemy import (
     text,
     true,
     update,
+)
+from sqlalchemy import (
+    false as false_,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -83,10 +86,10 @@ class UtcDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        return value.astimezone(timezone.utc).replace(tzinfo=None) if value else value
+        return value.astimezone(UTC).replace(tzinfo=None) if value else value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        return value.replace(tzinfo=timezone.utc) if value else value
+        return value.replace(tzinfo=UTC) if value else value
 
 
 class Base(DeclarativeBase):
@@ -111,8 +114,12 @@ class ItemRow(Base):
         Index("ix_items_is_active", "is_active"),
         # No index holds quantity, so that a stock change is a HOT update on PostgreSQL (no
         # index entries written): the low-stock index filters on a column computed from it.
-        Index("ix_items_low_stock_id", "id", postgresql_where=text(LOW_STOCK_PREDICATE_POSTGRESQL),
-              sqlite_where=text(LOW_STOCK_PREDICATE_SQLITE)),
+        Index(
+            "ix_items_low_stock_id",
+            "id",
+            postgresql_where=text(LOW_STOCK_PREDICATE_POSTGRESQL),
+            sqlite_where=text(LOW_STOCK_PREDICATE_SQLITE),
+        ),
         # Ids are never reused, so a client never mistakes a new item for a deleted one.
         {"sqlite_autoincrement": True},
     )
@@ -198,13 +205,15 @@ LOW_STOCK_EVENT_IDS_LOCK = 7_123_002
 def _lock_id_order(connection: Connection, lock: int) -> None:
     if connection.dialect.name == "postgresql":
         connection.execute(select(func.pg_advisory_xact_lock(lock)))
+
+
 # Columns searched by the free-text query; PostgreSQL has a trigram index on lower() of each.
 TEXT_SEARCH_COLUMNS = ("name", "sku", "brand", "category")
 _LIKE_ESCAPE = "/"
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _contains_pattern(text: str) -> str:
@@ -241,24 +250,71 @@ def _row_values(fields: ItemFields) -> dict[str, Any]:
 # The columns an Item is read from, in the order _item_from_row unpacks them (is_low_stock
 # is derived, and an Item derives it itself).
 ITEM_COLUMNS = (
-    "id", "sku", "name", "description", "category", "brand", "currency_code", "price_nanos", "cost_nanos",
-    "quantity", "low_stock_threshold", "max_quantity", "is_active", "weight_kg", "dimensions", "customer_id",
-    "create_time", "update_time", "version",
+    "id",
+    "sku",
+    "name",
+    "description",
+    "category",
+    "brand",
+    "currency_code",
+    "price_nanos",
+    "cost_nanos",
+    "quantity",
+    "low_stock_threshold",
+    "max_quantity",
+    "is_active",
+    "weight_kg",
+    "dimensions",
+    "customer_id",
+    "create_time",
+    "update_time",
+    "version",
 )
 _ITEM = tuple(items.c[name] for name in ITEM_COLUMNS)
 
 
 def _item_from_row(row: Any) -> Item:
     # Unpacked by position: reading a Row's fields by name costs more than the rest of this.
-    (item_id, sku, name, description, category, brand, currency, price_nanos, cost_nanos, quantity,
-     low_stock_threshold, max_quantity, is_active, weight_kg, dimensions, customer_id, create_time,
-     update_time, version) = row
+    (
+        item_id,
+        sku,
+        name,
+        description,
+        category,
+        brand,
+        currency,
+        price_nanos,
+        cost_nanos,
+        quantity,
+        low_stock_threshold,
+        max_quantity,
+        is_active,
+        weight_kg,
+        dimensions,
+        customer_id,
+        create_time,
+        update_time,
+        version,
+    ) = row
     return Item(
-        id=item_id, sku=sku, name=name, description=description, category=category, brand=brand,
-        price=Money(currency, price_nanos), cost=None if cost_nanos is None else Money(currency, cost_nanos),
-        quantity=quantity, low_stock_threshold=low_stock_threshold, max_quantity=max_quantity,
-        is_active=is_active, weight_kg=weight_kg, dimensions=dimensions, customer_id=customer_id,
-        create_time=create_time, update_time=update_time, version=version,
+        id=item_id,
+        sku=sku,
+        name=name,
+        description=description,
+        category=category,
+        brand=brand,
+        price=Money(currency, price_nanos),
+        cost=None if cost_nanos is None else Money(currency, cost_nanos),
+        quantity=quantity,
+        low_stock_threshold=low_stock_threshold,
+        max_quantity=max_quantity,
+        is_active=is_active,
+        weight_kg=weight_kg,
+        dimensions=dimensions,
+        customer_id=customer_id,
+        create_time=create_time,
+        update_time=update_time,
+        version=version,
     )
 
 
@@ -332,15 +388,18 @@ def _where(shape: tuple[str, ...]) -> ColumnElement[bool]:
 
 @functools.lru_cache(maxsize=256)
 def _page_statement(shape: tuple[str, ...]) -> Select[Any]:
-    return (select(*_ITEM).where(_where(shape), items.c.id > bindparam("after_id"))
-            .order_by(items.c.id).limit(bindparam("limit")))
+    return (
+        select(*_ITEM)
+        .where(_where(shape), items.c.id > bindparam("after_id"))
+        .order_by(items.c.id)
+        .limit(bindparam("limit"))
+    )
 
 
 @functools.lru_cache(maxsize=256)
 def _counted_first_page_statement(shape: tuple[str, ...]) -> Select[Any]:
     """The first page with the number of all matches in its last column, from one scan."""
-    return (select(*_ITEM, func.count().over()).where(_where(shape))
-            .order_by(items.c.id).limit(bindparam("limit")))
+    return select(*_ITEM, func.count().over()).where(_where(shape)).order_by(items.c.id).limit(bindparam("limit"))
 
 
 # Substring filters: the page of such a query already scans every match (a bitmap of the
@@ -364,10 +423,12 @@ def _is_unique_violation(error: IntegrityError) -> bool:
 _GET_ITEM = select(*_ITEM).where(items.c.id == bindparam("item_id"))
 _ADD_TO_QUANTITY_UNRETURNED = (
     update(items)
-    .where(items.c.id == bindparam("item_id"), items.c.quantity >= bindparam("at_least"),
-           items.c.quantity <= bindparam("at_most"))
-    .values(quantity=items.c.quantity + bindparam("delta"), update_time=bindparam("now"),
-            version=items.c.version + 1)
+    .where(
+        items.c.id == bindparam("item_id"),
+        items.c.quantity >= bindparam("at_least"),
+        items.c.quantity <= bindparam("at_most"),
+    )
+    .values(quantity=items.c.quantity + bindparam("delta"), update_time=bindparam("now"), version=items.c.version + 1)
 )
 _ADD_TO_QUANTITY = _ADD_TO_QUANTITY_UNRETURNED.returning(*_ITEM)
 _ADD_MOVEMENT = insert(stock_movements)
@@ -377,8 +438,13 @@ def _quantity_change(item_id: int, delta: int, ceiling: int) -> dict[str, Any]:
     """The parameters of _ADD_TO_QUANTITY: the bounds moved to the parameter side, so that no
     database adds in int32 and overflows, and kept within int32 themselves (min()), which
     drivers that bind int32 (asyncpg) need."""
-    return {"item_id": item_id, "delta": delta, "at_least": -delta, "at_most": min(ceiling, ceiling - delta),
-            "now": _utcnow()}
+    return {
+        "item_id": item_id,
+        "delta": delta,
+        "at_least": -delta,
+        "at_most": min(ceiling, ceiling - delta),
+        "now": _utcnow(),
+    }
 
 
 class SqlItemRepository:
@@ -390,9 +456,7 @@ class SqlItemRepository:
     def add(self, fields: ItemFields) -> Item:
         now = _utcnow()
         statement = (
-            insert(items)
-            .values(**_row_values(fields), create_time=now, update_time=now, version=1)
-            .returning(*_ITEM)
+            insert(items).values(**_row_values(fields), create_time=now, update_time=now, version=1).returning(*_ITEM)
         )
         _lock_id_order(self._connection, ITEM_IDS_LOCK)
         try:
@@ -430,16 +494,18 @@ class SqlItemRepository:
             # A page that holds every match needs no count; an index walk by id gives the
             # page of any other query without touching the rest, so count apart.
             return found, len(found) if len(found) < limit else self._count(values)
-        rows = self._connection.execute(_counted_first_page_statement(shape),
-                                        {**_parameters(values), "limit": limit}).all()
+        rows = self._connection.execute(
+            _counted_first_page_statement(shape), {**_parameters(values), "limit": limit}
+        ).all()
         return [_item_from_row(row[:-1]) for row in rows], rows[0][-1] if rows else 0
 
     def count(self, query: ItemQuery) -> int:
         return self._count(_filter_values(query))
 
     def _page(self, values: dict[str, Any], after_id: int, limit: int) -> list[Item]:
-        rows = self._connection.execute(_page_statement(_shape(values)),
-                                        {**_parameters(values), "after_id": after_id, "limit": limit})
+        rows = self._connection.execute(
+            _page_statement(_shape(values)), {**_parameters(values), "after_id": after_id, "limit": limit}
+        )
         return [_item_from_row(row) for row in rows]
 
     def _count(self, values: dict[str, Any]) -> int:
@@ -488,10 +554,20 @@ class SqlItemRepository:
 
 def _movement_from_row(row: Any) -> StockMovement:
     return StockMovement(
-        id=row.id, item_id=row.item_id, sku=row.sku, delta=row.delta, quantity_after=row.quantity_after,
-        reason=MovementReason(row.reason), low_stock_change=LowStockChange(row.low_stock_change),
-        low_stock_threshold=row.low_stock_threshold, customer_id=row.customer_id, category=row.category,
-        note=row.note, principal=row.principal, request_id=row.request_id, create_time=row.create_time,
+        id=row.id,
+        item_id=row.item_id,
+        sku=row.sku,
+        delta=row.delta,
+        quantity_after=row.quantity_after,
+        reason=MovementReason(row.reason),
+        low_stock_change=LowStockChange(row.low_stock_change),
+        low_stock_threshold=row.low_stock_threshold,
+        customer_id=row.customer_id,
+        category=row.category,
+        note=row.note,
+        principal=row.principal,
+        request_id=row.request_id,
+        create_time=row.create_time,
     )
 
 
@@ -506,13 +582,24 @@ class SqlStockMovementRepository:
         is_event = movement.low_stock_change != LowStockChange.NONE
         if is_event:
             _lock_id_order(self._connection, LOW_STOCK_EVENT_IDS_LOCK)
-        self._connection.execute(_ADD_MOVEMENT, {
-            "item_id": movement.item_id, "sku": movement.sku, "delta": movement.delta,
-            "quantity_after": movement.quantity_after, "reason": movement.reason.value,
-            "low_stock_change": int(movement.low_stock_change), "low_stock_threshold": movement.low_stock_threshold,
-            "customer_id": movement.customer_id, "category": movement.category, "note": movement.note,
-            "principal": movement.principal, "request_id": movement.request_id, "create_time": _utcnow(),
-        })
+        self._connection.execute(
+            _ADD_MOVEMENT,
+            {
+                "item_id": movement.item_id,
+                "sku": movement.sku,
+                "delta": movement.delta,
+                "quantity_after": movement.quantity_after,
+                "reason": movement.reason.value,
+                "low_stock_change": int(movement.low_stock_change),
+                "low_stock_threshold": movement.low_stock_threshold,
+                "customer_id": movement.customer_id,
+                "category": movement.category,
+                "note": movement.note,
+                "principal": movement.principal,
+                "request_id": movement.request_id,
+                "create_time": _utcnow(),
+            },
+        )
         if is_event and not self.low_stock_events_added:
             self.low_stock_events_added = True
             if self._connection.dialect.name == "postgresql":
@@ -552,7 +639,8 @@ def _item_to_json(item: Item) -> str:
     values.update(
         price=[item.price.currency_code, item.price.nanos],
         cost=[item.cost.currency_code, item.cost.nanos] if item.cost else None,
-        id=item.id, version=item.version,
+        id=item.id,
+        version=item.version,
         create_time=item.create_time.isoformat() if item.create_time else None,
         update_time=item.update_time.isoformat() if item.update_time else None,
     )
@@ -564,9 +652,9 @@ def _item_from_json(text: str) -> Item:
     if isinstance(values, list):
         # Written by PostgreSQL itself (see SqlWritesAtOnce): the row's ITEM_COLUMNS in order,
         # its times as ISO 8601 without a zone (they are stored in UTC).
-        row = dict(zip(ITEM_COLUMNS, values))
+        row = dict(zip(ITEM_COLUMNS, values, strict=True))
         for name in ("create_time", "update_time"):
-            row[name] = datetime.fromisoformat(row[name]).replace(tzinfo=timezone.utc)
+            row[name] = datetime.fromisoformat(row[name]).replace(tzinfo=UTC)
         return _item_from_row(tuple(row[name] for name in ITEM_COLUMNS))
     values["price"] = Money(*values["price"])
     values["cost"] = Money(*values["cost"]) if values["cost"] else None
@@ -591,9 +679,15 @@ class SqlRequestIdRepository:
         )
         try:
             with self._connection.begin_nested():
-                self._connection.execute(insert(request_ids).values(
-                    request_id=request_id, method=method, fingerprint=fingerprint, response=None, create_time=now,
-                ))
+                self._connection.execute(
+                    insert(request_ids).values(
+                        request_id=request_id,
+                        method=method,
+                        fingerprint=fingerprint,
+                        response=None,
+                        create_time=now,
+                    )
+                )
             return None
         except IntegrityError as error:
             if not _is_unique_violation(error):
@@ -617,45 +711,87 @@ def _ledger_insert(changed: Any, delta: ColumnElement[Any], reason: ColumnElemen
     increase in commit order: the row's id (its sequence default) is computed only after
     its WHERE held, and the EXISTS holds only once the lock is taken. A row that crosses no
     threshold takes no lock."""
-    event_ids_locked = (select(func.pg_advisory_xact_lock(LOW_STOCK_EVENT_IDS_LOCK))
-                        .select_from(changed).where(changed.c.low_stock_change != int(LowStockChange.NONE))
-                        .cte("event_ids_locked"))
-    columns = ("item_id", "sku", "delta", "quantity_after", "reason", "low_stock_change", "low_stock_threshold",
-               "customer_id", "category", "note", "principal", "request_id", "create_time")
+    event_ids_locked = (
+        select(func.pg_advisory_xact_lock(LOW_STOCK_EVENT_IDS_LOCK))
+        .select_from(changed)
+        .where(changed.c.low_stock_change != int(LowStockChange.NONE))
+        .cte("event_ids_locked")
+    )
+    columns = (
+        "item_id",
+        "sku",
+        "delta",
+        "quantity_after",
+        "reason",
+        "low_stock_change",
+        "low_stock_threshold",
+        "customer_id",
+        "category",
+        "note",
+        "principal",
+        "request_id",
+        "create_time",
+    )
     rows = select(
-        changed.c.id, changed.c.sku, delta, changed.c.quantity, reason, changed.c.low_stock_change,
-        changed.c.low_stock_threshold, changed.c.customer_id, changed.c.category,
-        bindparam("note", type_=String()), bindparam("principal", type_=String()),
-        bindparam("request_id", type_=String()), changed.c.update_time,
+        changed.c.id,
+        changed.c.sku,
+        delta,
+        changed.c.quantity,
+        reason,
+        changed.c.low_stock_change,
+        changed.c.low_stock_threshold,
+        changed.c.customer_id,
+        changed.c.category,
+        bindparam("note", type_=String()),
+        bindparam("principal", type_=String()),
+        bindparam("request_id", type_=String()),
+        changed.c.update_time,
     ).where(or_(changed.c.low_stock_change == int(LowStockChange.NONE), exists(event_ids_locked.select())))
-    return (insert(stock_movements).from_select(columns, rows)
-            .returning(stock_movements.c.low_stock_change).cte("recorded"))
+    return (
+        insert(stock_movements).from_select(columns, rows).returning(stock_movements.c.low_stock_change).cte("recorded")
+    )
 
 
 def _write_at_once(changed: Any, recorded: Any, *, with_request_id: bool) -> Select[Any]:
     """The one statement of a write: the changed row, its ledger row, a NOTIFY to every
     replica when it is a low-stock event, and, `with_request_id`, the request_id's record
     with its result (a request_id used before fails the statement: nothing is changed)."""
-    notified = (select(func.pg_notify(LOW_STOCK_CHANNEL, ""))
-                .select_from(recorded).where(recorded.c.low_stock_change != int(LowStockChange.NONE))
-                .cte("notified"))
-    statement = select(*(changed.c[name] for name in ITEM_COLUMNS),
-                       select(func.count()).select_from(notified).scalar_subquery().label("low_stock_events"))
+    notified = (
+        select(func.pg_notify(LOW_STOCK_CHANNEL, ""))
+        .select_from(recorded)
+        .where(recorded.c.low_stock_change != int(LowStockChange.NONE))
+        .cte("notified")
+    )
+    statement = select(
+        *(changed.c[name] for name in ITEM_COLUMNS),
+        select(func.count()).select_from(notified).scalar_subquery().label("low_stock_events"),
+    )
     if with_request_id:
         response = func.json_build_array(*(changed.c[name] for name in ITEM_COLUMNS)).cast(Text)
-        claimed = insert(request_ids).from_select(
-            ("request_id", "method", "fingerprint", "response", "create_time"),
-            select(bindparam("request_id", type_=String()), bindparam("method", type_=String()),
-                   bindparam("fingerprint", type_=String()), response, changed.c.update_time),
-        ).cte("claimed")
+        claimed = (
+            insert(request_ids)
+            .from_select(
+                ("request_id", "method", "fingerprint", "response", "create_time"),
+                select(
+                    bindparam("request_id", type_=String()),
+                    bindparam("method", type_=String()),
+                    bindparam("fingerprint", type_=String()),
+                    response,
+                    changed.c.update_time,
+                ),
+            )
+            .cte("claimed")
+        )
         statement = statement.add_cte(claimed)
     return statement
 
 
 def _low_stock_change(is_low: ColumnElement[bool], was_low: ColumnElement[bool]) -> ColumnElement[int]:
-    return case((and_(is_low, not_(was_low)), int(LowStockChange.BECAME_LOW)),
-                (and_(was_low, not_(is_low)), int(LowStockChange.RECOVERED)),
-                else_=int(LowStockChange.NONE))
+    return case(
+        (and_(is_low, not_(was_low)), int(LowStockChange.BECAME_LOW)),
+        (and_(was_low, not_(is_low)), int(LowStockChange.RECOVERED)),
+        else_=int(LowStockChange.NONE),
+    )
 
 
 @functools.lru_cache(maxsize=2)
@@ -663,13 +799,18 @@ def _add_to_quantity_at_once(with_request_id: bool) -> Select[Any]:
     delta = bindparam("delta")
     was_low = and_(items.c.is_active, items.c.quantity - delta <= items.c.low_stock_threshold)
     changed = _ADD_TO_QUANTITY_UNRETURNED.returning(
-        *_ITEM, _low_stock_change(items.c.is_low_stock, was_low).label("low_stock_change")).cte("changed")
+        *_ITEM, _low_stock_change(items.c.is_low_stock, was_low).label("low_stock_change")
+    ).cte("changed")
     recorded = _ledger_insert(changed, delta, bindparam("reason", type_=String()))
     return _write_at_once(changed, recorded, with_request_id=with_request_id)
 
 
-_CREATED_COLUMNS = (*_row_values(ItemFields(sku="", name="", price=Money("", 0))), "create_time", "update_time",
-                    "version")
+_CREATED_COLUMNS = (
+    *_row_values(ItemFields(sku="", name="", price=Money("", 0))),
+    "create_time",
+    "update_time",
+    "version",
+)
 
 
 @functools.lru_cache(maxsize=2)
@@ -678,12 +819,21 @@ def _add_item_at_once(with_request_id: bool) -> Select[Any]:
     # the inserted row is made from the lock's one row, so its id comes after the lock.
     item_ids_locked = select(func.pg_advisory_xact_lock(ITEM_IDS_LOCK).label("locked")).cte("item_ids_locked")
     values = [bindparam(name, type_=items.c[name].type) for name in _CREATED_COLUMNS[:-1]]
-    changed = insert(items).from_select(
-        _CREATED_COLUMNS, select(*values, literal(1)).select_from(item_ids_locked),
-    ).returning(*_ITEM, _low_stock_change(items.c.is_low_stock, false_()).label("low_stock_change")).cte("changed")
+    changed = (
+        insert(items)
+        .from_select(
+            _CREATED_COLUMNS,
+            select(*values, literal(1)).select_from(item_ids_locked),
+        )
+        .returning(*_ITEM, _low_stock_change(items.c.is_low_stock, false_()).label("low_stock_change"))
+        .cte("changed")
+    )
     # A new item has a ledger row when it holds stock or starts low (see movement_between).
-    moved = select(changed).where(or_(changed.c.quantity != 0,
-                                      changed.c.low_stock_change != int(LowStockChange.NONE))).cte("moved")
+    moved = (
+        select(changed)
+        .where(or_(changed.c.quantity != 0, changed.c.low_stock_change != int(LowStockChange.NONE)))
+        .cte("moved")
+    )
     recorded = _ledger_insert(moved, moved.c.quantity, literal(MovementReason.ITEM_CREATED.value, String()))
     return _write_at_once(changed, recorded, with_request_id=with_request_id)
 
@@ -706,8 +856,10 @@ class SqlWritesAtOnce:
                 return None  # the statement failed as a whole: nothing was written
             if error.connection_invalidated:
                 # Lost after the statement was sent: it may have committed.
-                raise Unavailable("the database connection was lost while writing: the change may or may not "
-                                  "have been made; read it again, or retry with the same request_id") from error
+                raise Unavailable(
+                    "the database connection was lost while writing: the change may or may not "
+                    "have been made; read it again, or retry with the same request_id"
+                ) from error
             raise
         if row is None:
             return None
@@ -715,22 +867,51 @@ class SqlWritesAtOnce:
             self.low_stock_events_added = True
         return _item_from_row(row[:-1])
 
-    def add_to_quantity(self, item_id: int, delta: int, ceiling: int, reason: MovementReason, *, note: str,
-                        principal: str, request_id: str, method: str, fingerprint: str) -> Item | None:
+    def add_to_quantity(
+        self,
+        item_id: int,
+        delta: int,
+        ceiling: int,
+        reason: MovementReason,
+        *,
+        note: str,
+        principal: str,
+        request_id: str,
+        method: str,
+        fingerprint: str,
+    ) -> Item | None:
         """What SqlItemRepository.add_to_quantity does, with its ledger row and request_id record."""
-        return self._run(_add_to_quantity_at_once(bool(request_id)), {
-            **_quantity_change(item_id, delta, ceiling), "reason": reason.value, "note": note, "principal": principal,
-            "request_id": request_id, "method": method, "fingerprint": fingerprint,
-        })
+        return self._run(
+            _add_to_quantity_at_once(bool(request_id)),
+            {
+                **_quantity_change(item_id, delta, ceiling),
+                "reason": reason.value,
+                "note": note,
+                "principal": principal,
+                "request_id": request_id,
+                "method": method,
+                "fingerprint": fingerprint,
+            },
+        )
 
-    def add_item(self, fields: ItemFields, *, principal: str, request_id: str, method: str,
-                 fingerprint: str) -> Item | None:
+    def add_item(
+        self, fields: ItemFields, *, principal: str, request_id: str, method: str, fingerprint: str
+    ) -> Item | None:
         """What SqlItemRepository.add does, with its ledger row and request_id record."""
         now = _utcnow()
-        return self._run(_add_item_at_once(bool(request_id)), {
-            **_row_values(fields), "create_time": now, "update_time": now, "note": "", "principal": principal,
-            "request_id": request_id, "method": method, "fingerprint": fingerprint,
-        })
+        return self._run(
+            _add_item_at_once(bool(request_id)),
+            {
+                **_row_values(fields),
+                "create_time": now,
+                "update_time": now,
+                "note": "",
+                "principal": principal,
+                "request_id": request_id,
+                "method": method,
+                "fingerprint": fingerprint,
+            },
+        )
 
 
 _WRITE_OPTION = "inventory_write_transaction"
@@ -756,8 +937,14 @@ class SqlUnitOfWork:
     and its total, may then see different commits). A lost database connection becomes
     Unavailable, which clients may retry."""
 
-    def __init__(self, engine: Engine, *, for_write: bool = False, at_once: bool = False,
-                 on_low_stock_events: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        for_write: bool = False,
+        at_once: bool = False,
+        on_low_stock_events: Callable[[], None] | None = None,
+    ) -> None:
         """`at_once`: the caller means to write through `at_once` (SqlWritesAtOnce), which
         then exists on PostgreSQL only; on SQLite this is an ordinary write transaction."""
         self._engine = engine
@@ -766,7 +953,7 @@ class SqlUnitOfWork:
         self._on_low_stock_events = on_low_stock_events
         self.at_once: SqlWritesAtOnce | None = None
 
-    def __enter__(self) -> "SqlUnitOfWork":
+    def __enter__(self) -> SqlUnitOfWork:
         try:
             self._connection = self._engine.connect()  # with pre-ping, its round trip happens here
         except DBAPIError as error:
@@ -822,8 +1009,10 @@ class SqlUnitOfWork:
         except DBAPIError as error:
             if not error.connection_invalidated:
                 raise
-            raise Unavailable("the database connection was lost while committing: the change may or may not "
-                              "have been made; read it again, or retry with the same request_id") from error
+            raise Unavailable(
+                "the database connection was lost while committing: the change may or may not "
+                "have been made; read it again, or retry with the same request_id"
+            ) from error
         events_added = self.movements.low_stock_events_added or (self.at_once and self.at_once.low_stock_events_added)
         if events_added and self._on_low_stock_events:
             self._on_low_stock_events()
@@ -850,10 +1039,18 @@ class PostgresChangeListener:
     runs once the first echo is back, `on_lost` when the connection or the echo is lost;
     then it reconnects by itself."""
 
-    def __init__(self, engine: Engine, *, on_low_stock: Callable[[], None],
-                 on_item_changed: Callable[[int], None], on_all_items_changed: Callable[[], None],
-                 on_listening: Callable[[], None], on_lost: Callable[[], None],
-                 probe_interval_s: float = 2.0, probe_deadline_s: float = 6.0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        on_low_stock: Callable[[], None],
+        on_item_changed: Callable[[int], None],
+        on_all_items_changed: Callable[[], None],
+        on_listening: Callable[[], None],
+        on_lost: Callable[[], None],
+        probe_interval_s: float = 2.0,
+        probe_deadline_s: float = 6.0,
+    ) -> None:
         self._engine = engine
         self._on_low_stock = on_low_stock
         self._on_item_changed = on_item_changed

@@ -32,7 +32,13 @@ from servicekit.logging import configure_logging
 from servicekit.observability import ServerMetrics, metrics_served
 from servicekit.pipeline import Authorizer
 from servicekit.server import (
-    Periodic, RunningServer, finish_server, is_worker, new_server, serve_until_signalled, stay_on_assigned_cpu,
+    Periodic,
+    RunningServer,
+    finish_server,
+    is_worker,
+    new_server,
+    serve_until_signalled,
+    stay_on_assigned_cpu,
     supervise_workers,
 )
 from servicekit.tracing import Tracing, tracing_started
@@ -50,12 +56,24 @@ def watch_pool(metrics: ServerMetrics, pool: Pool, size: int) -> None:
     still checks in; a connection detached for the change listener leaves the pool), so
     counting them up and down drifts: the gauges are sizes of sets of the pool's own
     connection records instead, which cannot go negative or count one connection twice."""
-    Gauge("db_pool_size", "Database connections the pool keeps open when idle.",
-          registry=metrics.registry, multiprocess_mode="livesum").set(size)
-    in_use_gauge = Gauge("db_pool_connections_in_use", "Database connections lent out to calls now.",
-                         registry=metrics.registry, multiprocess_mode="livesum")
-    open_gauge = Gauge("db_pool_connections_open", "Database connections of the pool open now, in use or idle.",
-                       registry=metrics.registry, multiprocess_mode="livesum")
+    Gauge(
+        "db_pool_size",
+        "Database connections the pool keeps open when idle.",
+        registry=metrics.registry,
+        multiprocess_mode="livesum",
+    ).set(size)
+    in_use_gauge = Gauge(
+        "db_pool_connections_in_use",
+        "Database connections lent out to calls now.",
+        registry=metrics.registry,
+        multiprocess_mode="livesum",
+    )
+    open_gauge = Gauge(
+        "db_pool_connections_open",
+        "Database connections of the pool open now, in use or idle.",
+        registry=metrics.registry,
+        multiprocess_mode="livesum",
+    )
     lock = threading.Lock()
     in_use: set[int] = set()  # ids of connection records lent out
     opened: set[int] = set()  # ids of connection records that hold an open connection
@@ -86,15 +104,31 @@ def build_engine(settings: InventorySettings) -> Engine:
         # SQLAlchemy 2.1 picks psycopg 3 for a bare postgresql:// URL; we ship psycopg2.
         url = url.set(drivername="postgresql+psycopg2")
     # TCP keepalives find a connection cut without a word within seconds, not hours.
-    connect_args = ({"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
-                     "tcp_user_timeout": 10_000} if url.drivername.startswith("postgresql") else {})
-    engine = create_engine(url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size,
-                           pool_pre_ping=settings.db_pool_pre_ping, connect_args=connect_args)
+    connect_args = (
+        {
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 10_000,
+        }
+        if url.drivername.startswith("postgresql")
+        else {}
+    )
+    engine = create_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_pool_size,
+        pool_pre_ping=settings.db_pool_pre_ping,
+        connect_args=connect_args,
+    )
     return prepare_engine(engine)
 
 
 def build_item_service(
-    engine: Engine, settings: InventorySettings | None = None, item_cache: ItemCache | None = None,
+    engine: Engine,
+    settings: InventorySettings | None = None,
+    item_cache: ItemCache | None = None,
 ) -> ItemService:
     settings = settings or InventorySettings()
     signal = LowStockSignal()
@@ -115,14 +149,20 @@ WATCH_THREADS = 2
 def database_threads(settings: InventorySettings) -> DatabaseThreads:
     """The threads that run database work (keep the pool at least as large as the calls'
     threads, so that no call waits for a connection; overflow covers the watches')."""
-    return DatabaseThreads(ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="db"),
-                           ThreadPoolExecutor(max_workers=WATCH_THREADS, thread_name_prefix="watch-db"))
+    return DatabaseThreads(
+        ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="db"),
+        ThreadPoolExecutor(max_workers=WATCH_THREADS, thread_name_prefix="watch-db"),
+    )
 
 
 async def build_server(
-    settings: InventorySettings, items: ItemService, threads: DatabaseThreads, *,
+    settings: InventorySettings,
+    items: ItemService,
+    threads: DatabaseThreads,
+    *,
     metrics: ServerMetrics | None = None,
-    tracing: Tracing | None = None, require_auth: bool = True,
+    tracing: Tracing | None = None,
+    require_auth: bool = True,
 ) -> RunningServer:
     """Call on the event loop that will serve. `require_auth=False` exists only so that
     scripts/bench can measure what auth costs."""
@@ -142,27 +182,45 @@ async def serve(settings: InventorySettings) -> None:
     # Only PostgreSQL tells every replica what changed; without that a cache could go stale.
     cache = None
     if engine.dialect.name == "postgresql":
-        lookups = Counter("inventory_item_cache_lookups", "GetItem lookups in the item cache while it is on.",
-                          ["result"], registry=metrics.registry)
-        cache = ItemCache(settings.item_cache_size, max_age_s=settings.item_cache_max_age_s,
-                          on_hit=lookups.labels("hit").inc, on_miss=lookups.labels("miss").inc)
+        lookups = Counter(
+            "inventory_item_cache_lookups",
+            "GetItem lookups in the item cache while it is on.",
+            ["result"],
+            registry=metrics.registry,
+        )
+        cache = ItemCache(
+            settings.item_cache_size,
+            max_age_s=settings.item_cache_max_age_s,
+            on_hit=lookups.labels("hit").inc,
+            on_miss=lookups.labels("miss").inc,
+        )
     items = build_item_service(engine, settings, cache)
     background = [Periodic("purge-request-ids", settings.request_id_purge_interval_s, items.purge_expired_request_ids)]
     if cache is not None:
         # Low-stock events committed by any replica wake this replica's watchers; changed
         # items leave its cache, which is on only while the listener listens.
-        background.append(PostgresChangeListener(
-            engine, on_low_stock=items.wake_watchers, on_item_changed=cache.invalidate,
-            on_all_items_changed=cache.invalidate_all, on_listening=cache.enable, on_lost=cache.disable,
-        ))
+        background.append(
+            PostgresChangeListener(
+                engine,
+                on_low_stock=items.wake_watchers,
+                on_item_changed=cache.invalidate,
+                on_all_items_changed=cache.invalidate_all,
+                on_listening=cache.enable,
+                on_lost=cache.disable,
+            )
+        )
     for task in background:
         task.start()
     try:
-        with database_threads(settings) as threads, metrics_served(settings.metrics_address, metrics.registry), \
-                tracing_started(settings.traces_exporter, "inventory") as tracing:
+        with (
+            database_threads(settings) as threads,
+            metrics_served(settings.metrics_address, metrics.registry),
+            tracing_started(settings.traces_exporter, "inventory") as tracing,
+        ):
             running = await build_server(settings, items, threads, metrics=metrics, tracing=tracing)
-            await serve_until_signalled(running, "inventory", settings.listen_address,
-                                        settings.shutdown_drain_s, settings.shutdown_grace_s)
+            await serve_until_signalled(
+                running, "inventory", settings.listen_address, settings.shutdown_drain_s, settings.shutdown_grace_s
+            )
     finally:
         for task in background:
             task.stop()
@@ -175,8 +233,9 @@ def warn_unless_connections_fit(settings: InventorySettings) -> None:
     the docs give the budget for them."""
     engine = build_engine(settings)
     try:
-        warning = connection_budget_warning(engine, pool_size=settings.db_pool_size,
-                                            max_overflow=settings.db_pool_size, processes=settings.processes)
+        warning = connection_budget_warning(
+            engine, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size, processes=settings.processes
+        )
     finally:
         engine.dispose()
     if warning:
@@ -189,9 +248,17 @@ def main() -> None:
     if not is_worker(os.environ):
         warn_unless_connections_fit(settings)
     if settings.processes > 1:
-        sys.exit(supervise_workers("inventory_svc.server", "INVENTORY", settings.processes,
-                                   settings.listen_address, settings.metrics_address, pin_cpus=settings.pin_cpus,
-                                   stop_timeout_s=settings.shutdown_drain_s + settings.shutdown_grace_s + 5))
+        sys.exit(
+            supervise_workers(
+                "inventory_svc.server",
+                "INVENTORY",
+                settings.processes,
+                settings.listen_address,
+                settings.metrics_address,
+                pin_cpus=settings.pin_cpus,
+                stop_timeout_s=settings.shutdown_drain_s + settings.shutdown_grace_s + 5,
+            )
+        )
     stay_on_assigned_cpu(os.environ)
     asyncio.run(serve(settings))
 

@@ -6,8 +6,9 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 from inventory_svc.domain import (
     CLIENT_REASONS,
@@ -79,7 +80,7 @@ class UnitOfWork(Protocol):
     request_ids: RequestIdRepository
     at_once: WritesAtOnce | None
 
-    def __enter__(self) -> "UnitOfWork": ...
+    def __enter__(self) -> UnitOfWork: ...
     def __exit__(self, *exc_info: object) -> None: ...
     def commit(self) -> None: ...
 
@@ -88,10 +89,22 @@ class WritesAtOnce(Protocol):
     """Writes made in one statement with their ledger row and request_id record; each
     answers None when it wrote nothing, and the caller then takes the ordinary way."""
 
-    def add_to_quantity(self, item_id: int, delta: int, ceiling: int, reason: MovementReason, *, note: str,
-                        principal: str, request_id: str, method: str, fingerprint: str) -> Item | None: ...
-    def add_item(self, fields: ItemFields, *, principal: str, request_id: str, method: str,
-                 fingerprint: str) -> Item | None: ...
+    def add_to_quantity(
+        self,
+        item_id: int,
+        delta: int,
+        ceiling: int,
+        reason: MovementReason,
+        *,
+        note: str,
+        principal: str,
+        request_id: str,
+        method: str,
+        fingerprint: str,
+    ) -> Item | None: ...
+    def add_item(
+        self, fields: ItemFields, *, principal: str, request_id: str, method: str, fingerprint: str
+    ) -> Item | None: ...
 
 
 # Called as factory(for_write=bool) or factory(for_write=True, at_once=True): then the unit
@@ -166,8 +179,13 @@ class LowStockWatch:
 
 class ItemService:
     def __init__(
-        self, unit_of_work: UnitOfWorkFactory, *, low_stock_signal: LowStockSignal | None = None,
-        request_id_ttl_s: float = DEFAULT_REQUEST_ID_TTL_S, max_watchers: int = 8, max_watches_per_subject: int = 2,
+        self,
+        unit_of_work: UnitOfWorkFactory,
+        *,
+        low_stock_signal: LowStockSignal | None = None,
+        request_id_ttl_s: float = DEFAULT_REQUEST_ID_TTL_S,
+        max_watchers: int = 8,
+        max_watches_per_subject: int = 2,
         item_cache: ItemCache | None = None,
     ) -> None:
         """`item_cache` answers GetItem while its invalidation is live (see item_cache)."""
@@ -185,8 +203,7 @@ class ItemService:
         if not request_id:
             return None
         fingerprint = _request_fingerprint(method, *request)
-        stored = uow.request_ids.claim(request_id, method, fingerprint,
-                                       self._request_id_ttl_s)
+        stored = uow.request_ids.claim(request_id, method, fingerprint, self._request_id_ttl_s)
         if stored is None:
             return None
         if (stored.method, stored.fingerprint) != (method, fingerprint):
@@ -196,8 +213,9 @@ class ItemService:
         return stored.result
 
     @staticmethod
-    def _record(uow: UnitOfWork, before: Item | None, after: Item | None, reason: MovementReason,
-                **details: str) -> None:
+    def _record(
+        uow: UnitOfWork, before: Item | None, after: Item | None, reason: MovementReason, **details: str
+    ) -> None:
         movement = movement_between(before, after, reason, **details)
         if movement is not None:
             uow.movements.add(movement)
@@ -207,8 +225,13 @@ class ItemService:
         request_id = _canonical_request_id(request_id)
         with self._unit_of_work(for_write=True, at_once=True) as uow:
             if uow.at_once is not None:
-                item = uow.at_once.add_item(fields, principal=principal, request_id=request_id, method="CreateItem",
-                                            fingerprint=_request_fingerprint("CreateItem", fields))
+                item = uow.at_once.add_item(
+                    fields,
+                    principal=principal,
+                    request_id=request_id,
+                    method="CreateItem",
+                    fingerprint=_request_fingerprint("CreateItem", fields),
+                )
                 if item is not None:
                     uow.commit()
                     return item
@@ -254,9 +277,7 @@ class ItemService:
         next_token = encode_page_token(PagePosition(page[-1].id), fingerprint) if len(found) > limit else ""
         return Page(page, next_token)
 
-    def open_watch(
-        self, customer_id: str, category: str, after_cursor: int | None, subject: str = ""
-    ) -> LowStockWatch:
+    def open_watch(self, customer_id: str, category: str, after_cursor: int | None, subject: str = "") -> LowStockWatch:
         """Takes a watcher slot (per replica and per token subject) for a watch from
         `after_cursor`, or from now; close_watch gives it back."""
         if after_cursor is not None and after_cursor < 0:
@@ -268,8 +289,9 @@ class ItemService:
             if sum(self._watchers.values()) >= self._max_watchers:
                 raise ResourceExhausted("too many low-stock watchers on this replica: try another or later")
             if self._watchers[subject] >= self._max_watches_per_subject:
-                raise ResourceExhausted(f"this token's subject has {self._max_watches_per_subject} watches open "
-                                        "already: close one first")
+                raise ResourceExhausted(
+                    f"this token's subject has {self._max_watches_per_subject} watches open already: close one first"
+                )
             self._watchers[subject] += 1
         try:
             if after_cursor is None:
@@ -340,9 +362,7 @@ class ItemService:
         query.check()
         return self._page("items", query, page_size, page_token)
 
-    def list_customer_items(
-        self, customer_id: str, include_inactive: bool, page_size: int, page_token: str
-    ) -> Page:
+    def list_customer_items(self, customer_id: str, include_inactive: bool, page_size: int, page_token: str) -> Page:
         check_text("customer_id", customer_id, 100, required=True)
         query = ItemQuery(customer_id=customer_id, is_active=None if include_inactive else True)
         return self._page("customer-items", query, page_size, page_token)
@@ -350,9 +370,7 @@ class ItemService:
     def list_low_stock_items(self, threshold: int | None, page_size: int, page_token: str) -> Page:
         if threshold is not None and threshold < 0:
             raise InvalidField("threshold", "must be zero or more")
-        query = ItemQuery(
-            is_active=True, low_stock_only=threshold is None, low_stock_at_most=threshold
-        )
+        query = ItemQuery(is_active=True, low_stock_only=threshold is None, low_stock_at_most=threshold)
         return self._page("low-stock", query, page_size, page_token)
 
     def update_item(self, item_id: int, changes: Mapping[str, Any], etag: str, *, principal: str = "") -> Item:
@@ -391,8 +409,15 @@ class ItemService:
         self._cache.invalidate(item_id)
 
     def adjust_quantity(
-        self, item_id: int, *, delta: int | None = None, set_to: int | None = None,
-        reason: MovementReason | None = None, note: str = "", principal: str = "", request_id: str = "",
+        self,
+        item_id: int,
+        *,
+        delta: int | None = None,
+        set_to: int | None = None,
+        reason: MovementReason | None = None,
+        note: str = "",
+        principal: str = "",
+        request_id: str = "",
     ) -> Item:
         _check_id(item_id, "id")
         if (delta is None) == (set_to is None):
@@ -403,8 +428,9 @@ class ItemService:
             raise InvalidField("set_quantity", "must be zero or more")
         reason = reason or (MovementReason.OTHER if delta is not None else MovementReason.CORRECTION)
         if reason not in CLIENT_REASONS:
-            raise InvalidField("reason", "is recorded by the server itself: use RESTOCK, SALE, RETURN, CORRECTION, "
-                                         "DAMAGE or OTHER")
+            raise InvalidField(
+                "reason", "is recorded by the server itself: use RESTOCK, SALE, RETURN, CORRECTION, DAMAGE or OTHER"
+            )
         check_text("note", note, MAX_NOTE_LENGTH)
         request_id = _canonical_request_id(request_id)
         request = (item_id, delta, set_to, reason, note)
@@ -412,9 +438,16 @@ class ItemService:
         with self._unit_of_work(for_write=True, at_once=delta is not None) as uow:
             if uow.at_once is not None and delta is not None:
                 after = uow.at_once.add_to_quantity(
-                    item_id, delta, MAX_QUANTITY_VALUE, reason, note=note, principal=principal,
-                    request_id=request_id, method="AdjustQuantity",
-                    fingerprint=_request_fingerprint("AdjustQuantity", *request))
+                    item_id,
+                    delta,
+                    MAX_QUANTITY_VALUE,
+                    reason,
+                    note=note,
+                    principal=principal,
+                    request_id=request_id,
+                    method="AdjustQuantity",
+                    fingerprint=_request_fingerprint("AdjustQuantity", *request),
+                )
                 if after is not None:
                     uow.commit()
             else:
@@ -427,8 +460,13 @@ class ItemService:
         self._cache.invalidate(item_id)
         return after
 
-    def _adjust_quantity(self, uow: UnitOfWork, request: tuple[int, int | None, int | None, MovementReason, str],
-                         principal: str, request_id: str) -> Item:
+    def _adjust_quantity(
+        self,
+        uow: UnitOfWork,
+        request: tuple[int, int | None, int | None, MovementReason, str],
+        principal: str,
+        request_id: str,
+    ) -> Item:
         item_id, delta, set_to, reason, note = request
         replayed = self._replay(uow, request_id, "AdjustQuantity", *request)
         if replayed is not None:

@@ -14,6 +14,7 @@ import grpc.aio
 from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
 from inventory_client.roles import READ_ROLE, WRITE_ROLE
+from inventory_svc.async_service import AsyncItemService
 from inventory_svc.convert import (
     add_items,
     changes_from_update,
@@ -25,9 +26,7 @@ from inventory_svc.convert import (
     reason_from_proto,
 )
 from inventory_svc.domain import Page
-from inventory_svc.async_service import AsyncItemService
 from servicekit.auth import current_principal
-
 
 _ITEM_SERVICE = pb.DESCRIPTOR.services_by_name["ItemService"]
 _WRITES = frozenset({"CreateItem", "UpdateItem", "DeleteItem", "AdjustQuantity"})  # all else reads
@@ -57,7 +56,9 @@ class ItemServicer(inventory_pb2_grpc.ItemServiceServicer):
     def __init__(self, items: AsyncItemService) -> None:
         self._items = items
 
-    async def CreateItem(self, request: pb.CreateItemRequest, context: grpc.aio.ServicerContext) -> pb.CreateItemResponse:
+    async def CreateItem(
+        self, request: pb.CreateItemRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateItemResponse:
         item = await self._items.create_item(
             item_fields_from_proto(request.item), principal=_principal(), request_id=request.request_id
         )
@@ -70,12 +71,16 @@ class ItemServicer(inventory_pb2_grpc.ItemServiceServicer):
         page = await self._items.list_items(query_from_request(request), request.page_size, request.page_token)
         return _page_reply(pb.ListItemsResponse(), page)
 
-    async def UpdateItem(self, request: pb.UpdateItemRequest, context: grpc.aio.ServicerContext) -> pb.UpdateItemResponse:
+    async def UpdateItem(
+        self, request: pb.UpdateItemRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateItemResponse:
         changes = changes_from_update(request.item, request.update_mask)
         item = await self._items.update_item(request.item.id, changes, request.item.etag, principal=_principal())
         return pb.UpdateItemResponse(item=item_to_proto(item))
 
-    async def DeleteItem(self, request: pb.DeleteItemRequest, context: grpc.aio.ServicerContext) -> pb.DeleteItemResponse:
+    async def DeleteItem(
+        self, request: pb.DeleteItemRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteItemResponse:
         await self._items.delete_item(request.id, request.etag, principal=_principal())
         return pb.DeleteItemResponse()
 
@@ -112,7 +117,9 @@ class ItemServicer(inventory_pb2_grpc.ItemServiceServicer):
         )
         return _page_reply(pb.ListLowStockItemsResponse(), page)
 
-    async def BatchGetItems(self, request: pb.BatchGetItemsRequest, context: grpc.aio.ServicerContext) -> pb.BatchGetItemsResponse:
+    async def BatchGetItems(
+        self, request: pb.BatchGetItemsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.BatchGetItemsResponse:
         reply = pb.BatchGetItemsResponse()
         add_items(reply.items, await self._items.batch_get_items(request.ids))
         return reply
@@ -129,7 +136,8 @@ class ItemServicer(inventory_pb2_grpc.ItemServiceServicer):
         self, request: pb.WatchLowStockRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchLowStockResponse]:
         events = self._items.watch_low_stock(
-            request.customer_id, request.category,
+            request.customer_id,
+            request.category,
             request.after_cursor if request.HasField("after_cursor") else None,
             subject=_principal(),
         )

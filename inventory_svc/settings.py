@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from servicekit.auth import AuthSettings
 from servicekit.server import ServerLimits
@@ -58,7 +58,7 @@ class InventorySettings:
     limits: ServerLimits = field(default_factory=ServerLimits)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], *, serving: bool = True) -> "InventorySettings":
+    def from_env(cls, env: Mapping[str, str], *, serving: bool = True) -> InventorySettings:
         """`serving=False` (migrations, seeding) leaves the JWT keys unchecked: those never
         see a token, and a migration Job needs no key mounted."""
         read = EnvReader(env, "INVENTORY")

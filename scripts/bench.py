@@ -31,15 +31,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager as ContextManager
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any
 
 import grpc
-from google.protobuf.message import Message
-
 from bench_support import data, drivers, h2load, profile
 from bench_support.explain import explain_list_items
 from bench_support.services import (
@@ -56,12 +55,14 @@ from bench_support.services import (
     wait_answering,
     wait_serving,
 )
+from google.protobuf.message import Message
+
 from crm.v1 import crm_pb2
 from inventory.v1 import inventory_pb2 as pb
 from servicekit.auth import AuthSettings, TokenIssuer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.raw_http2 import RawHttp2Client  # noqa: E402  (the hostile client the limits tests use)
+from tests.raw_http2 import RawHttp2Client
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var" / "bench"
@@ -121,35 +122,68 @@ class Row:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=data.DEFAULT_ITEMS, help="items to load (default 10,000)")
-    parser.add_argument("--database-url", help="SQLAlchemy URL of an empty database to use (never dropped); "
-                        "default: a fresh PostgreSQL database inventory_bench (inventory_bench_N for "
-                        "other --items) on 127.0.0.1:5432, else SQLite under var/bench/")
-    parser.add_argument("--reuse-data", action="store_true",
-                        help="keep the database when it already holds --items items (loading 1M takes minutes)")
+    parser.add_argument(
+        "--database-url",
+        help="SQLAlchemy URL of an empty database to use (never dropped); "
+        "default: a fresh PostgreSQL database inventory_bench (inventory_bench_N for "
+        "other --items) on 127.0.0.1:5432, else SQLite under var/bench/",
+    )
+    parser.add_argument(
+        "--reuse-data",
+        action="store_true",
+        help="keep the database when it already holds --items items (loading 1M takes minutes)",
+    )
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per cell (default 5)")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each cell (default 1)")
-    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
-                        help="INVENTORY_PROCESSES and CRM_PROCESSES, as the README advises: the cores (default here: %(default)s)")
-    parser.add_argument("--pin-cpus", action=argparse.BooleanOptionalAction, default=True,
-                        help="INVENTORY_PIN_CPUS and CRM_PIN_CPUS: each server process on one core (default: on; "
-                             "this machine is the benchmark's own)")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="INVENTORY_PROCESSES and CRM_PROCESSES, as the README advises: the cores (default here: %(default)s)",
+    )
+    parser.add_argument(
+        "--pin-cpus",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="INVENTORY_PIN_CPUS and CRM_PIN_CPUS: each server process on one core (default: on; "
+        "this machine is the benchmark's own)",
+    )
     parser.add_argument("--in-flight", default="1,8,32", help="calls in flight, comma-separated (default 1,8,32)")
     parser.add_argument("--only", help="run only the workloads whose name matches this regular expression")
-    parser.add_argument("--search", default=data.DEFAULT_SEARCH, help=f"the text search (default {data.DEFAULT_SEARCH!r})")
-    parser.add_argument("--deep-page", type=int, default=2000,
-                        help="the ListItems page compared with page 1 (default 2,000, or the last page there is)")
-    parser.add_argument("--max-h2load", type=int, default=32,
-                        help="h2load processes per cell at most; the calls in flight are split over them (default 32)")
-    parser.add_argument("--profile", action="store_true",
-                        help="record py-spy profiles of the servers during each cell at --profile-in-flight")
+    parser.add_argument(
+        "--search", default=data.DEFAULT_SEARCH, help=f"the text search (default {data.DEFAULT_SEARCH!r})"
+    )
+    parser.add_argument(
+        "--deep-page",
+        type=int,
+        default=2000,
+        help="the ListItems page compared with page 1 (default 2,000, or the last page there is)",
+    )
+    parser.add_argument(
+        "--max-h2load",
+        type=int,
+        default=32,
+        help="h2load processes per cell at most; the calls in flight are split over them (default 32)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="record py-spy profiles of the servers during each cell at --profile-in-flight",
+    )
     parser.add_argument("--profile-in-flight", type=int, default=8)
-    parser.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE (always in var/bench/explain.txt)")
-    parser.add_argument("--drivers", action="store_true",
-                        help="then compare database drivers from one asyncio process on the same data "
-                        "(scripts/bench_support/drivers.py, 3 turns of --duration) and print its table")
+    parser.add_argument(
+        "--explain", action="store_true", help="print EXPLAIN ANALYZE (always in var/bench/explain.txt)"
+    )
+    parser.add_argument(
+        "--drivers",
+        action="store_true",
+        help="then compare database drivers from one asyncio process on the same data "
+        "(scripts/bench_support/drivers.py, 3 turns of --duration) and print its table",
+    )
     parser.add_argument("--json", type=Path, default=VAR / "latest.json")
-    parser.add_argument("--compare", type=Path,
-                        help="a JSON of an earlier run (e.g. at 10,000 items): adds its calls/s and the ratio")
+    parser.add_argument(
+        "--compare", type=Path, help="a JSON of an earlier run (e.g. at 10,000 items): adds its calls/s and the ratio"
+    )
     return parser.parse_args()
 
 
@@ -167,8 +201,10 @@ def prepare_database(args: argparse.Namespace, env: dict[str, str]) -> data.Data
     if database.owned:
         data.recreate(database)
     elif existing:
-        raise SystemExit(f"bench: {database.description} holds {existing:,} items: give an empty database, "
-                         f"or --reuse-data with --items {existing}")
+        raise SystemExit(
+            f"bench: {database.description} holds {existing:,} items: give an empty database, "
+            f"or --reuse-data with --items {existing}"
+        )
     data.migrate(database, env)
     say(f"loading {args.items:,} items into {database.description} ...")
     started = time.monotonic()
@@ -184,25 +220,54 @@ def start_servers(database: data.Database, env: dict[str, str], log_dir: Path) -
         for name, mode in (("null server (threads)", "16"), ("null server (grpc.aio)", "aio")):
             address = f"127.0.0.1:{free_port()}"
             command = [sys.executable, str(ROOT / "scripts/bench_support/null_server.py"), address, mode]
-            processes[name] = services.start(name.replace(" ", "-").replace("(", "").replace(")", ""),
-                                             command, env, address, log_dir)
+            processes[name] = services.start(
+                name.replace(" ", "-").replace("(", "").replace(")", ""), command, env, address, log_dir
+            )
         for name, auth in ((AUTH_ON, "on"), (AUTH_OFF, "off")):
             address, metrics_address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-            command = [sys.executable, str(ROOT / "scripts/bench_support/auth_cost_server.py"), address, auth,
-                       metrics_address]
-            processes[name] = services.start(f"inventory-auth-{auth}", command,
-                                             {**env, "INVENTORY_DATABASE_URL": database.url}, address, log_dir,
-                                             metrics_address)
+            command = [
+                sys.executable,
+                str(ROOT / "scripts/bench_support/auth_cost_server.py"),
+                address,
+                auth,
+                metrics_address,
+            ]
+            processes[name] = services.start(
+                f"inventory-auth-{auth}",
+                command,
+                {**env, "INVENTORY_DATABASE_URL": database.url},
+                address,
+                log_dir,
+                metrics_address,
+            )
         inventory_address, crm_address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
         inventory_metrics, crm_metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-        processes["inventory"] = services.start("inventory", [str(BIN / "inventory-server")], {
-            **env, "INVENTORY_DATABASE_URL": database.url, "INVENTORY_LISTEN_ADDRESS": inventory_address,
-            "INVENTORY_METRICS_ADDRESS": inventory_metrics,
-        }, inventory_address, log_dir, inventory_metrics)
-        processes["crm"] = services.start("crm", [str(BIN / "crm-server")], {
-            **env, "CRM_LISTEN_ADDRESS": crm_address, "CRM_INVENTORY_TARGET": inventory_address,
-            "CRM_METRICS_ADDRESS": crm_metrics,
-        }, crm_address, log_dir, crm_metrics)
+        processes["inventory"] = services.start(
+            "inventory",
+            [str(BIN / "inventory-server")],
+            {
+                **env,
+                "INVENTORY_DATABASE_URL": database.url,
+                "INVENTORY_LISTEN_ADDRESS": inventory_address,
+                "INVENTORY_METRICS_ADDRESS": inventory_metrics,
+            },
+            inventory_address,
+            log_dir,
+            inventory_metrics,
+        )
+        processes["crm"] = services.start(
+            "crm",
+            [str(BIN / "crm-server")],
+            {
+                **env,
+                "CRM_LISTEN_ADDRESS": crm_address,
+                "CRM_INVENTORY_TARGET": inventory_address,
+                "CRM_METRICS_ADDRESS": crm_metrics,
+            },
+            crm_address,
+            log_dir,
+            crm_metrics,
+        )
         null_request = pb.GetItemRequest(id=1).SerializeToString()
         for name in ("null server (threads)", "null server (grpc.aio)"):
             wait_answering(processes[name], ITEM_SERVICE + "GetItem", null_request)
@@ -225,8 +290,11 @@ def _expect(condition: bool, message: str) -> None:
 def page_token_for(address: str, token: str, request: pb.ListItemsRequest, page: int) -> str:
     """The page token of page `page`, by following next_page_token from page 1."""
     with grpc.insecure_channel(address) as channel:
-        call = channel.unary_unary(ITEM_SERVICE + "ListItems", request_serializer=pb.ListItemsRequest.SerializeToString,
-                                   response_deserializer=pb.ListItemsResponse.FromString)
+        call = channel.unary_unary(
+            ITEM_SERVICE + "ListItems",
+            request_serializer=pb.ListItemsRequest.SerializeToString,
+            response_deserializer=pb.ListItemsResponse.FromString,
+        )
         current = pb.ListItemsRequest()
         current.CopyFrom(request)
         for _ in range(page - 1):
@@ -236,15 +304,33 @@ def page_token_for(address: str, token: str, request: pb.ListItemsRequest, page:
         return current.page_token
 
 
-def competing_load(address: str, load: h2load.Load, in_flight: int, workdir: Path) -> Callable[[float], ContextManager[Any]]:
+def competing_load(
+    address: str, load: h2load.Load, in_flight: int, workdir: Path
+) -> Callable[[float], ContextManager[Any]]:
     """Another client's calls (`load` at `in_flight`, from its own h2load) for as long as a cell runs."""
+
     @contextmanager
     def running(seconds: float) -> Iterator[None]:
         body = workdir / "competing-body.bin"
         body.write_bytes(load.bodies[0])
-        command = ["h2load", f"--data={body}", "-c", "1", "-t", "1", "-m", str(in_flight),
-                   f"--duration={seconds + 2:g}s", "-H", "content-type: application/grpc", "-H", "te: trailers",
-                   "-H", f"authorization: Bearer {load.token}", f"http://{address}{load.path}"]
+        command = [
+            "h2load",
+            f"--data={body}",
+            "-c",
+            "1",
+            "-t",
+            "1",
+            "-m",
+            str(in_flight),
+            f"--duration={seconds + 2:g}s",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "-H",
+            f"authorization: Bearer {load.token}",
+            f"http://{address}{load.path}",
+        ]
         popen = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             time.sleep(0.5)  # its calls are in flight before the measured ones start
@@ -252,12 +338,14 @@ def competing_load(address: str, load: h2load.Load, in_flight: int, workdir: Pat
         finally:
             output = popen.communicate()[0]
             say(f"    competing load: {h2load.summary(output)}")
+
     return running
 
 
 def header_only_streams(address: str, connections: int, streams_each: int) -> Callable[[float], ContextManager[Any]]:
     """A client without a token that opens `streams_each` request HEADERS on each of
     `connections` connections and never sends a message, for as long as a cell runs."""
+
     @contextmanager
     def holding(_seconds: float) -> Iterator[None]:
         host, port = address.rsplit(":", 1)
@@ -269,11 +357,13 @@ def header_only_streams(address: str, connections: int, streams_each: int) -> Ca
         finally:
             for client in clients:
                 client.close()
+
     return holding
 
 
-def build_workloads(args: argparse.Namespace, fixtures: data.Fixtures, tokens: dict[str, str],
-                    processes: dict[str, Process]) -> list[Workload]:
+def build_workloads(
+    args: argparse.Namespace, fixtures: data.Fixtures, tokens: dict[str, str], processes: dict[str, Process]
+) -> list[Workload]:
     frame = h2load.grpc_frame
     inventory_token, customer_token = tokens["inventory"], tokens["customer"]
     categories = sorted(fixtures.category_sizes)
@@ -296,62 +386,153 @@ def build_workloads(args: argparse.Namespace, fixtures: data.Fixtures, tokens: d
                 _expect(len(reply.items) == expected, f"{len(reply.items)} items, not {expected}")
             _expect(len(reply.items) > 0, "no items")
             return f"{len(reply.items)} items of {reply.total_size}"
+
         return check
 
     workloads = [
-        Workload("null server (threads) GetItem", "null server (threads)",
-                 h2load.Load(ITEM_SERVICE + "GetItem", [frame(pb.GetItemRequest(id=1))]), pb.GetItemResponse,
-                 get_item, ("null server (threads)",), note="grpc.server + 16 threads, constant reply, no interceptors"),
-        Workload("null server (grpc.aio) GetItem", "null server (grpc.aio)",
-                 h2load.Load(ITEM_SERVICE + "GetItem", [frame(pb.GetItemRequest(id=1))]), pb.GetItemResponse,
-                 get_item, ("null server (grpc.aio)",), note="grpc.aio server, constant reply"),
-        Workload("GetItem", "inventory",
-                 h2load.Load(ITEM_SERVICE + "GetItem", [frame(pb.GetItemRequest(id=i)) for i in fixtures.item_ids],
-                             inventory_token), pb.GetItemResponse, get_item, ("inventory",),
-                 note=f"{len(fixtures.item_ids)} random active ids, one per h2load process"),
-        *(Workload(name, name, h2load.Load(ITEM_SERVICE + "GetItem",
-                                          [frame(pb.GetItemRequest(id=i)) for i in fixtures.item_ids], inventory_token),
-                   pb.GetItemResponse, get_item, (name,),
-                   note="one process, no item cache: every call reads the database; only the JWT interceptor differs")
-          for name in (AUTH_ON, AUTH_OFF)),
-        Workload("GetItem while 1,000 header-only streams are held", "inventory",
-                 h2load.Load(ITEM_SERVICE + "GetItem", [frame(pb.GetItemRequest(id=i)) for i in fixtures.item_ids],
-                             inventory_token), pb.GetItemResponse, get_item, ("inventory",),
-                 background=header_only_streams(processes["inventory"].address, 10, 100),
-                 note="while a client with no token holds 10 connections x 100 streams whose request never comes"),
-        Workload("GetItem of subject B, subject A searching", "inventory",
-                 h2load.Load(ITEM_SERVICE + "GetItem", [frame(pb.GetItemRequest(id=i)) for i in fixtures.item_ids],
-                             inventory_token), pb.GetItemResponse, get_item, ("inventory",),
-                 background=competing_load(processes["inventory"].address, h2load.Load(
-                     ITEM_SERVICE + "ListItems", [frame(pb.ListItemsRequest(query=args.search, page_size=500))],
-                     tokens["other subject"]), 16, VAR / "work"),
-                 note="while another token subject keeps 16 searches of 500 items in flight (its errors not counted)"),
-        Workload("ListItems category", "inventory",
-                 h2load.Load(ITEM_SERVICE + "ListItems", list_bodies, inventory_token), pb.ListItemsResponse,
-                 page_of(PAGE_SIZE), ("inventory",), note="page 1 of 50, one category per h2load process"),
-        Workload(f"ListItems category page {deep_page}", "inventory",
-                 h2load.Load(ITEM_SERVICE + "ListItems", [], inventory_token), pb.ListItemsResponse,
-                 page_of(None), ("inventory",),
-                 note=f"page {deep_page} of category {categories[0]!r} (token got by following next_page_token)"),
-        Workload(f"ListItems search {args.search!r}", "inventory",
-                 h2load.Load(ITEM_SERVICE + "ListItems", [frame(pb.ListItemsRequest(query=args.search,
-                                                                                 page_size=PAGE_SIZE))],
-                             inventory_token), pb.ListItemsResponse, page_of(None), ("inventory",),
-                 note="ListItems query= (substring of name, sku, brand, category), page size 50"),
-        Workload("AdjustQuantity +-1", "inventory",
-                 h2load.Load(ITEM_SERVICE + "AdjustQuantity", adjust_bodies, inventory_token),
-                 pb.AdjustQuantityResponse, lambda reply: f"quantity {reply.item.quantity}", ("inventory",),
-                 deltas=deltas, note="item k: +1 from one h2load process, -1 from the next; no request_id"),
-        Workload("CRM GetMyItem", "crm",
-                 h2load.Load(CRM_SERVICE + "GetMyItem",
-                             [frame(crm_pb2.GetMyItemRequest(id=i)) for i in fixtures.customer_item_ids],
-                             customer_token), crm_pb2.GetMyItemResponse,
-                 lambda reply: f"item {reply.item.id}", ("crm", "inventory"),
-                 note=f"{BENCH_CUSTOMER}'s own items ({len(fixtures.customer_item_ids)} ids), through inventory"),
-        Workload("CRM ListMyItems", "crm",
-                 h2load.Load(CRM_SERVICE + "ListMyItems", [frame(crm_pb2.ListMyItemsRequest(page_size=PAGE_SIZE))],
-                             customer_token), crm_pb2.ListMyItemsResponse, page_of(min(PAGE_SIZE, fixtures.customer_items)),
-                 ("crm", "inventory"), note=f"page 1 of 50 of {BENCH_CUSTOMER}'s {fixtures.customer_items} items"),
+        Workload(
+            "null server (threads) GetItem",
+            "null server (threads)",
+            h2load.Load(ITEM_SERVICE + "GetItem", [frame(pb.GetItemRequest(id=1))]),
+            pb.GetItemResponse,
+            get_item,
+            ("null server (threads)",),
+            note="grpc.server + 16 threads, constant reply, no interceptors",
+        ),
+        Workload(
+            "null server (grpc.aio) GetItem",
+            "null server (grpc.aio)",
+            h2load.Load(ITEM_SERVICE + "GetItem", [frame(pb.GetItemRequest(id=1))]),
+            pb.GetItemResponse,
+            get_item,
+            ("null server (grpc.aio)",),
+            note="grpc.aio server, constant reply",
+        ),
+        Workload(
+            "GetItem",
+            "inventory",
+            h2load.Load(
+                ITEM_SERVICE + "GetItem", [frame(pb.GetItemRequest(id=i)) for i in fixtures.item_ids], inventory_token
+            ),
+            pb.GetItemResponse,
+            get_item,
+            ("inventory",),
+            note=f"{len(fixtures.item_ids)} random active ids, one per h2load process",
+        ),
+        *(
+            Workload(
+                name,
+                name,
+                h2load.Load(
+                    ITEM_SERVICE + "GetItem",
+                    [frame(pb.GetItemRequest(id=i)) for i in fixtures.item_ids],
+                    inventory_token,
+                ),
+                pb.GetItemResponse,
+                get_item,
+                (name,),
+                note="one process, no item cache: every call reads the database; only the JWT interceptor differs",
+            )
+            for name in (AUTH_ON, AUTH_OFF)
+        ),
+        Workload(
+            "GetItem while 1,000 header-only streams are held",
+            "inventory",
+            h2load.Load(
+                ITEM_SERVICE + "GetItem", [frame(pb.GetItemRequest(id=i)) for i in fixtures.item_ids], inventory_token
+            ),
+            pb.GetItemResponse,
+            get_item,
+            ("inventory",),
+            background=header_only_streams(processes["inventory"].address, 10, 100),
+            note="while a client with no token holds 10 connections x 100 streams whose request never comes",
+        ),
+        Workload(
+            "GetItem of subject B, subject A searching",
+            "inventory",
+            h2load.Load(
+                ITEM_SERVICE + "GetItem", [frame(pb.GetItemRequest(id=i)) for i in fixtures.item_ids], inventory_token
+            ),
+            pb.GetItemResponse,
+            get_item,
+            ("inventory",),
+            background=competing_load(
+                processes["inventory"].address,
+                h2load.Load(
+                    ITEM_SERVICE + "ListItems",
+                    [frame(pb.ListItemsRequest(query=args.search, page_size=500))],
+                    tokens["other subject"],
+                ),
+                16,
+                VAR / "work",
+            ),
+            note="while another token subject keeps 16 searches of 500 items in flight (its errors not counted)",
+        ),
+        Workload(
+            "ListItems category",
+            "inventory",
+            h2load.Load(ITEM_SERVICE + "ListItems", list_bodies, inventory_token),
+            pb.ListItemsResponse,
+            page_of(PAGE_SIZE),
+            ("inventory",),
+            note="page 1 of 50, one category per h2load process",
+        ),
+        Workload(
+            f"ListItems category page {deep_page}",
+            "inventory",
+            h2load.Load(ITEM_SERVICE + "ListItems", [], inventory_token),
+            pb.ListItemsResponse,
+            page_of(None),
+            ("inventory",),
+            note=f"page {deep_page} of category {categories[0]!r} (token got by following next_page_token)",
+        ),
+        Workload(
+            f"ListItems search {args.search!r}",
+            "inventory",
+            h2load.Load(
+                ITEM_SERVICE + "ListItems",
+                [frame(pb.ListItemsRequest(query=args.search, page_size=PAGE_SIZE))],
+                inventory_token,
+            ),
+            pb.ListItemsResponse,
+            page_of(None),
+            ("inventory",),
+            note="ListItems query= (substring of name, sku, brand, category), page size 50",
+        ),
+        Workload(
+            "AdjustQuantity +-1",
+            "inventory",
+            h2load.Load(ITEM_SERVICE + "AdjustQuantity", adjust_bodies, inventory_token),
+            pb.AdjustQuantityResponse,
+            lambda reply: f"quantity {reply.item.quantity}",
+            ("inventory",),
+            deltas=deltas,
+            note="item k: +1 from one h2load process, -1 from the next; no request_id",
+        ),
+        Workload(
+            "CRM GetMyItem",
+            "crm",
+            h2load.Load(
+                CRM_SERVICE + "GetMyItem",
+                [frame(crm_pb2.GetMyItemRequest(id=i)) for i in fixtures.customer_item_ids],
+                customer_token,
+            ),
+            crm_pb2.GetMyItemResponse,
+            lambda reply: f"item {reply.item.id}",
+            ("crm", "inventory"),
+            note=f"{BENCH_CUSTOMER}'s own items ({len(fixtures.customer_item_ids)} ids), through inventory",
+        ),
+        Workload(
+            "CRM ListMyItems",
+            "crm",
+            h2load.Load(
+                CRM_SERVICE + "ListMyItems", [frame(crm_pb2.ListMyItemsRequest(page_size=PAGE_SIZE))], customer_token
+            ),
+            crm_pb2.ListMyItemsResponse,
+            page_of(min(PAGE_SIZE, fixtures.customer_items)),
+            ("crm", "inventory"),
+            note=f"page 1 of 50 of {BENCH_CUSTOMER}'s {fixtures.customer_items} items",
+        ),
     ]
     if args.only:
         pattern = re.compile(args.only, re.IGNORECASE)
@@ -387,8 +568,12 @@ def spot_check(workload: Workload, address: str) -> str:
 # ---------------------------------------------------------------------------- measuring
 
 
-def _errors(servers: list[Process], deltas: list[dict[tuple[str, str, str], int] | None], cut_at_end: int,
-            only_method: str | None = None) -> tuple[int | None, dict[str, int], int, int]:
+def _errors(
+    servers: list[Process],
+    deltas: list[dict[tuple[str, str, str], int] | None],
+    cut_at_end: int,
+    only_method: str | None = None,
+) -> tuple[int | None, dict[str, int], int, int]:
     """(non-OK calls of the first server, every server's non-OK calls by method and code, OK
     calls of the first server, calls cut at the end) from the servers' metrics; None when a
     server has none. The first server is the one called: a CRM call that failed in inventory
@@ -398,7 +583,7 @@ def _errors(servers: list[Process], deltas: list[dict[tuple[str, str, str], int]
         return None, {}, 0, 0
     by_code: dict[str, int] = {}
     errors = ok = cut = 0
-    for index, (process, delta) in enumerate(zip(servers, deltas)):
+    for index, (process, delta) in enumerate(zip(servers, deltas, strict=True)):
         for (_service, method, code), count in (delta or {}).items():
             if only_method is not None and method != only_method:
                 continue  # a competing load's calls, not the measured ones
@@ -416,9 +601,17 @@ def _errors(servers: list[Process], deltas: list[dict[tuple[str, str, str], int]
     return errors, by_code, ok, cut
 
 
-def measure(args: argparse.Namespace, workload: Workload, in_flight: int, processes: dict[str, Process],
-            database: data.Database, workdir: Path, adjust_log: list[dict[str, Any]],
-            profiles: list[tuple[str, Path]], counters: data.PostgresCounters | None) -> Row:
+def measure(
+    args: argparse.Namespace,
+    workload: Workload,
+    in_flight: int,
+    processes: dict[str, Process],
+    database: data.Database,
+    workdir: Path,
+    adjust_log: list[dict[str, Any]],
+    profiles: list[tuple[str, Path]],
+    counters: data.PostgresCounters | None,
+) -> Row:
     target = processes[workload.server]
     servers = [processes[name] for name in workload.servers]
     run = {"max_processes": args.max_h2load}
@@ -428,8 +621,9 @@ def measure(args: argparse.Namespace, workload: Workload, in_flight: int, proces
         warm = h2load.run(target.address, workload.load, in_flight, workdir, duration_s=args.warmup, **run)
         h2load.settle()
         calls = max(int(warm.calls_per_s * args.duration), 20 * in_flight)
-        touched = sorted({workload.deltas[i % len(workload.load.bodies)][0]
-                          for i in range(min(in_flight, args.max_h2load))})
+        touched = sorted(
+            {workload.deltas[i % len(workload.load.bodies)][0] for i in range(min(in_flight, args.max_h2load))}
+        )
         stock_before = data.quantities(database, touched)
     metrics_before = [scrape_handled(p.metrics_address) for p in servers]
     cpu_before = [p.cpu_seconds() for p in servers]
@@ -437,8 +631,12 @@ def measure(args: argparse.Namespace, workload: Workload, in_flight: int, proces
     counted_before = counters.read() if counters else None
     busy_before = machine_busy_ticks()
     started = time.monotonic()
-    profiling = (args.profile and in_flight == args.profile_in_flight and not workload.server.startswith("null")
-                 and not workload.server.startswith("GetItem, auth"))
+    profiling = (
+        args.profile
+        and in_flight == args.profile_in_flight
+        and not workload.server.startswith("null")
+        and not workload.server.startswith("GetItem, auth")
+    )
     spies = []
     if profiling:
         seconds = args.duration + (0 if workload.deltas else args.warmup)
@@ -450,8 +648,9 @@ def measure(args: argparse.Namespace, workload: Workload, in_flight: int, proces
         if workload.deltas:
             result = h2load.run(target.address, workload.load, in_flight, workdir, calls=calls, **run)
         else:
-            result = h2load.run(target.address, workload.load, in_flight, workdir, duration_s=args.duration,
-                                warmup_s=args.warmup, **run)
+            result = h2load.run(
+                target.address, workload.load, in_flight, workdir, duration_s=args.duration, warmup_s=args.warmup, **run
+            )
     wall = time.monotonic() - started
     h2load.settle(1.1 if counters else 0.3)  # PostgreSQL publishes a busy backend's counts once a second
     busy_after = machine_busy_ticks()
@@ -463,7 +662,7 @@ def measure(args: argparse.Namespace, workload: Workload, in_flight: int, proces
         spy.communicate()
         if output.exists():
             profiles.append((f"{workload.name} @{in_flight}, {name}", output))
-    deltas = [handled_delta(before, after) for before, after in zip(metrics_before, metrics_after)]
+    deltas = [handled_delta(before, after) for before, after in zip(metrics_before, metrics_after, strict=True)]
     cut = 0
     if not servers[0].metrics_address:  # the null servers count nothing: h2load's failures are all we know
         errors, by_code, ok = result.failed, {}, result.calls
@@ -476,14 +675,25 @@ def measure(args: argparse.Namespace, workload: Workload, in_flight: int, proces
     cores = cpu_used / wall
     busy = (busy_after[0] - busy_before[0]) / max(busy_after[1] - busy_before[1], 1) * 100
     row = Row(
-        workload.name, in_flight, result.calls_per_s, h2load.percentile(result.latencies_ms, 0.50),
-        h2load.percentile(result.latencies_ms, 0.99), errors, result.calls,
+        workload.name,
+        in_flight,
+        result.calls_per_s,
+        h2load.percentile(result.latencies_ms, 0.50),
+        h2load.percentile(result.latencies_ms, 0.99),
+        errors,
+        result.calls,
         cores / result.calls_per_s * 1e6 if result.calls_per_s else None,
         (db_after - db_before) / wall / result.calls_per_s * 1e6
-        if db_before is not None and db_after is not None and result.calls_per_s and not workload.server.startswith("null")
+        if db_before is not None
+        and db_after is not None
+        and result.calls_per_s
+        and not workload.server.startswith("null")
         else None,
         busy,
-        result.cpu_seconds / wall * 100, by_code, profiled=profiling, cut_at_end=cut,
+        result.cpu_seconds / wall * 100,
+        by_code,
+        profiled=profiling,
+        cut_at_end=cut,
     )
     if counted_before and counted_after and not workload.server.startswith("null"):
         row.db_sessions_opened = counted_after["sessions"] - counted_before["sessions"]
@@ -496,8 +706,12 @@ def measure(args: argparse.Namespace, workload: Workload, in_flight: int, proces
     return row
 
 
-def auth_in_turns(by_name: dict[str, Workload], in_flight: int, measured: Callable[[Workload, int], Row],
-                  auth_turns: list[dict[str, Any]]) -> tuple[Row, Row]:
+def auth_in_turns(
+    by_name: dict[str, Workload],
+    in_flight: int,
+    measured: Callable[[Workload, int], Row],
+    auth_turns: list[dict[str, Any]],
+) -> tuple[Row, Row]:
     """GetItem with and without the JWT interceptor, in AUTH_TURNS turns, which goes first
     alternating: the machine drifts between two cells more than the interceptor costs.
     Returns the rows of the turn with the median ratio, for the table."""
@@ -507,8 +721,9 @@ def auth_in_turns(by_name: dict[str, Workload], in_flight: int, measured: Callab
         cells = {name: measured(by_name[name], in_flight) for name in order}
         with_auth, without = cells[AUTH_ON], cells[AUTH_OFF]
         errors = (with_auth.errors or 0) + (without.errors or 0)
-        auth_turns.append({"in_flight": in_flight, "with": with_auth.calls_per_s, "without": without.calls_per_s,
-                           "errors": errors})
+        auth_turns.append(
+            {"in_flight": in_flight, "with": with_auth.calls_per_s, "without": without.calls_per_s, "errors": errors}
+        )
         ratio = with_auth.calls_per_s / without.calls_per_s if without.calls_per_s else 0.0
         turns.append((ratio, with_auth, without))
     turns.sort(key=lambda turn: turn[0])
@@ -516,8 +731,15 @@ def auth_in_turns(by_name: dict[str, Workload], in_flight: int, measured: Callab
     return with_auth, without
 
 
-def check_adjustments(workload: Workload, in_flight: int, result: h2load.LoadResult, before: dict[int, int],
-                      database: data.Database, errors: int | None, ok: int) -> dict[str, Any]:
+def check_adjustments(
+    workload: Workload,
+    in_flight: int,
+    result: h2load.LoadResult,
+    before: dict[int, int],
+    database: data.Database,
+    errors: int | None,
+    ok: int,
+) -> dict[str, Any]:
     expected = dict(before)
     for body_index, answered in result.answered_by_body:
         item_id, delta = workload.deltas[body_index]
@@ -526,9 +748,17 @@ def check_adjustments(workload: Workload, in_flight: int, result: h2load.LoadRes
     lost = sum(abs(expected[i] - after[i]) for i in before)
     # Exact when every answered call was OK (no call errored, and the servers counted as many OK calls).
     exact = errors == 0 and ok == result.calls
-    return {"in_flight": in_flight, "items": len(before), "calls": result.calls, "errors": errors,
-            "server_ok": ok, "expected_total": sum(expected.values()), "actual_total": sum(after.values()),
-            "lost_updates": lost, "exact": exact}
+    return {
+        "in_flight": in_flight,
+        "items": len(before),
+        "calls": result.calls,
+        "errors": errors,
+        "server_ok": ok,
+        "expected_total": sum(expected.values()),
+        "actual_total": sum(after.values()),
+        "lost_updates": lost,
+        "exact": exact,
+    }
 
 
 def _slug(name: str) -> str:
@@ -539,11 +769,23 @@ def _slug(name: str) -> str:
 
 
 def machine() -> dict[str, Any]:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "unknown")
-    return {"nproc": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)), "cpu_model": model,
-            "kernel": platform.release(), "python": platform.python_version(), "grpcio": grpc.__version__,
-            "h2load": subprocess.run(["h2load", "--version"], capture_output=True, text=True, check=False).stdout.strip()}
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown",
+    )
+    return {
+        "nproc": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "h2load": subprocess.run(["h2load", "--version"], capture_output=True, text=True, check=False).stdout.strip(),
+    }
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -559,21 +801,52 @@ def table(rows: list[Row], earlier: dict[str, dict[int, float]] | None = None) -
     """Each row also as a share of the null grpc.aio server at the same calls in flight: the
     machine's ceiling for a gRPC call in Python, measured in the same run."""
     ceiling = {r.in_flight: r.calls_per_s for r in rows if r.workload == NULL_AIO}
-    header = ["workload", "in flight", "calls/s", "÷ null aio", "p50 ms", "p99 ms", "errors", "server CPU µs/call",
-              "PostgreSQL CPU µs/call", "new DB conns", "machine busy %", "h2load CPU %"]
+    header = [
+        "workload",
+        "in flight",
+        "calls/s",
+        "÷ null aio",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "server CPU µs/call",
+        "PostgreSQL CPU µs/call",
+        "new DB conns",
+        "machine busy %",
+        "h2load CPU %",
+    ]
     if earlier is not None:
         header += ["earlier calls/s", "now / earlier"]
-    body = [[r.workload + (" (profiled)" if r.profiled else ""), str(r.in_flight), _fmt(r.calls_per_s, 0),
-             _fmt(r.calls_per_s / ceiling[r.in_flight]) if ceiling.get(r.in_flight) else "n/a",
-             _fmt(r.p50_ms), _fmt(r.p99_ms), "n/a" if r.errors is None else str(r.errors),
-             _fmt(r.server_cpu_us_per_call, 0), _fmt(r.db_cpu_us_per_call, 0),
-             "n/a" if r.db_sessions_opened is None else str(r.db_sessions_opened), _fmt(r.machine_busy_percent, 0), _fmt(r.h2load_cpu_percent, 0)]
-            + ([] if earlier is None else _comparison(earlier.get(_base_name(r.workload), {}).get(r.in_flight), r))
-            for r in rows]
+    body = [
+        [
+            r.workload + (" (profiled)" if r.profiled else ""),
+            str(r.in_flight),
+            _fmt(r.calls_per_s, 0),
+            _fmt(r.calls_per_s / ceiling[r.in_flight]) if ceiling.get(r.in_flight) else "n/a",
+            _fmt(r.p50_ms),
+            _fmt(r.p99_ms),
+            "n/a" if r.errors is None else str(r.errors),
+            _fmt(r.server_cpu_us_per_call, 0),
+            _fmt(r.db_cpu_us_per_call, 0),
+            "n/a" if r.db_sessions_opened is None else str(r.db_sessions_opened),
+            _fmt(r.machine_busy_percent, 0),
+            _fmt(r.h2load_cpu_percent, 0),
+        ]
+        + ([] if earlier is None else _comparison(earlier.get(_base_name(r.workload), {}).get(r.in_flight), r))
+        for r in rows
+    ]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     left = {0}
+
     def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+        return (
+            "| "
+            + " | ".join(
+                c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            )
+            + " |"
+        )
+
     rule = "|" + "|".join(("-" * (w + 1) + ":") if i not in left else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
     return "\n".join([line(header), rule, *(line(cells) for cells in body)])
 
@@ -644,9 +917,11 @@ def main() -> None:
     env.setdefault("INVENTORY_PIN_CPUS", str(args.pin_cpus).lower())
     env.setdefault("CRM_PIN_CPUS", str(args.pin_cpus).lower())
     issuer = TokenIssuer(AuthSettings(secret=secret_file.read_text().strip()))
-    tokens = {"inventory": issuer.mint("bench", INVENTORY_ROLES, 6 * 3600),
-              "other subject": issuer.mint("bench-other", INVENTORY_ROLES, 6 * 3600),
-              "customer": issuer.mint(BENCH_CUSTOMER, ["customer"], 6 * 3600)}
+    tokens = {
+        "inventory": issuer.mint("bench", INVENTORY_ROLES, 6 * 3600),
+        "other subject": issuer.mint("bench-other", INVENTORY_ROLES, 6 * 3600),
+        "customer": issuer.mint(BENCH_CUSTOMER, ["customer"], 6 * 3600),
+    }
 
     database = prepare_database(args, env)
     fixtures = data.read_fixtures(database, pool=32, customer=BENCH_CUSTOMER)
@@ -663,10 +938,13 @@ def main() -> None:
         workloads = build_workloads(args, fixtures, tokens, processes)
         for workload in workloads:
             checks[workload.name] = spot_check(workload, processes[workload.server].address)
+
         def measured(workload: Workload, in_flight: int) -> Row:
             row = measure(args, workload, in_flight, processes, database, workdir, adjust_log, profiles, counters)
-            say(f"  {row.workload} @{in_flight}: {row.calls_per_s:,.0f}/s, p50 {_fmt(row.p50_ms)} ms, "
-                f"p99 {_fmt(row.p99_ms)} ms, errors {row.errors if row.errors is not None else 'n/a'}")
+            say(
+                f"  {row.workload} @{in_flight}: {row.calls_per_s:,.0f}/s, p50 {_fmt(row.p50_ms)} ms, "
+                f"p99 {_fmt(row.p99_ms)} ms, errors {row.errors if row.errors is not None else 'n/a'}"
+            )
             return row
 
         by_name = {workload.name: workload for workload in workloads}
@@ -696,8 +974,10 @@ def main() -> None:
     explain: list[dict[str, str]] = []
     if database.kind == "postgresql":
         categories = sorted(fixtures.category_sizes)
-        requests = {"ListItems category page 1": pb.ListItemsRequest(category=categories[0], page_size=PAGE_SIZE),
-                    f"ListItems search {args.search!r}": pb.ListItemsRequest(query=args.search, page_size=PAGE_SIZE)}
+        requests = {
+            "ListItems category page 1": pb.ListItemsRequest(category=categories[0], page_size=PAGE_SIZE),
+            f"ListItems search {args.search!r}": pb.ListItemsRequest(query=args.search, page_size=PAGE_SIZE),
+        }
         deep = next((w for w in workloads if "page" in w.name and w.load.bodies), None)
         if deep is not None:
             requests[deep.name] = pb.ListItemsRequest.FromString(deep.load.bodies[0][5:])
@@ -706,23 +986,35 @@ def main() -> None:
                 explain.append({"query": name, "sql": statement, "plan": plan})
 
     meta = {
-        "date": started_at.isoformat(timespec="seconds"), "machine": machine(), "database": database.description,
-        "items": args.items, "customers": data.CUSTOMERS, "duration_s": args.duration, "warmup_s": args.warmup,
-        "max_h2load": args.max_h2load, "search": args.search,
+        "date": started_at.isoformat(timespec="seconds"),
+        "machine": machine(),
+        "database": database.description,
+        "items": args.items,
+        "customers": data.CUSTOMERS,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "max_h2load": args.max_h2load,
+        "search": args.search,
         "processes": {"inventory": env["INVENTORY_PROCESSES"], "crm": env["CRM_PROCESSES"]},
         "pin_cpus": {"inventory": env["INVENTORY_PIN_CPUS"], "crm": env["CRM_PIN_CPUS"]},
         "background_busy_percent": {"before": background[0], "after": background[1]},
     }
     lines = [
         f"date: {meta['date']}",
-        (f"machine: {meta['machine']['nproc']} cores ({meta['machine']['cpu_model']}), "
-         f"Linux {meta['machine']['kernel']}, Python {meta['machine']['python']}, "
-         f"grpcio {meta['machine']['grpcio']}, {meta['machine']['h2load']}"),
-        (f"database: {database.description}; items: {args.items:,} over {data.CUSTOMERS} customers; "
-         f"{args.duration:g} s per cell after {args.warmup:g} s of warm-up"),
-        (f"servers: INVENTORY_PROCESSES={env['INVENTORY_PROCESSES']}, CRM_PROCESSES={env['CRM_PROCESSES']}, "
-         f"INVENTORY_PIN_CPUS={env['INVENTORY_PIN_CPUS']}, CRM_PIN_CPUS={env['CRM_PIN_CPUS']}, "
-         "other settings at their defaults"),
+        (
+            f"machine: {meta['machine']['nproc']} cores ({meta['machine']['cpu_model']}), "
+            f"Linux {meta['machine']['kernel']}, Python {meta['machine']['python']}, "
+            f"grpcio {meta['machine']['grpcio']}, {meta['machine']['h2load']}"
+        ),
+        (
+            f"database: {database.description}; items: {args.items:,} over {data.CUSTOMERS} customers; "
+            f"{args.duration:g} s per cell after {args.warmup:g} s of warm-up"
+        ),
+        (
+            f"servers: INVENTORY_PROCESSES={env['INVENTORY_PROCESSES']}, CRM_PROCESSES={env['CRM_PROCESSES']}, "
+            f"INVENTORY_PIN_CPUS={env['INVENTORY_PIN_CPUS']}, CRM_PIN_CPUS={env['CRM_PIN_CPUS']}, "
+            "other settings at their defaults"
+        ),
         f"other load on the machine (1 s idle sample): {background[0]:.0f}% before, {background[1]:.0f}% after"
         + ("  <- WARNING: something else was running; the numbers are low" if max(background) > 10 else ""),
         "",
@@ -733,24 +1025,34 @@ def main() -> None:
     ]
     for entry in adjust_log:
         verdict = "exact" if entry["exact"] else "NOT exact: some calls errored, so the expected stock is uncertain"
-        lines.append(f"AdjustQuantity @{entry['in_flight']}: {entry['calls']:,} calls on {entry['items']} items, "
-                     f"lost updates: {entry['lost_updates']} ({verdict})")
+        lines.append(
+            f"AdjustQuantity @{entry['in_flight']}: {entry['calls']:,} calls on {entry['items']} items, "
+            f"lost updates: {entry['lost_updates']} ({verdict})"
+        )
     if ledger is not None:
-        lines.append(f"ledger: the movements of the {ledger['items']} adjusted items "
-                     f"{'add up to their quantities' if ledger['agree'] else 'DO NOT add up to their quantities'}")
+        lines.append(
+            f"ledger: the movements of the {ledger['items']} adjusted items "
+            f"{'add up to their quantities' if ledger['agree'] else 'DO NOT add up to their quantities'}"
+        )
     cut = [f"{r.workload} @{r.in_flight} x{r.cut_at_end}" for r in rows if r.cut_at_end]
     if cut:
-        lines.append("cut when h2load ended the cell (reset by it, CANCELLED at the server; not errors): "
-                     + ", ".join(cut))
+        lines.append(
+            "cut when h2load ended the cell (reset by it, CANCELLED at the server; not errors): " + ", ".join(cut)
+        )
     for in_flight in sorted({turn["in_flight"] for turn in auth_turns}):
         # A turn with failed calls has no honest speed: it is shown, not counted.
         turns = [turn for turn in auth_turns if turn["in_flight"] == in_flight]
         ratios = [turn["with"] / turn["without"] for turn in turns if turn["without"] and not turn["errors"]]
-        shown = ", ".join((f"{turn['with'] / turn['without']:.2f}" if turn["without"] else "n/a")
-                          + (f" ({turn['errors']} errors: not counted)" if turn["errors"] else "") for turn in turns)
+        shown = ", ".join(
+            (f"{turn['with'] / turn['without']:.2f}" if turn["without"] else "n/a")
+            + (f" ({turn['errors']} errors: not counted)" if turn["errors"] else "")
+            for turn in turns
+        )
         median = f"median {statistics.median(ratios):.2f}" if ratios else "no turn without errors"
-        lines.append(f"auth interceptor @{in_flight}: GetItem with it / without it, in {len(turns)} turns: "
-                     f"{shown} ({median}; the table shows the median turn)")
+        lines.append(
+            f"auth interceptor @{in_flight}: GetItem with it / without it, in {len(turns)} turns: "
+            f"{shown} ({median}; the table shows the median turn)"
+        )
     errors = {f"{r.workload} @{r.in_flight}": r.errors_by_code for r in rows if r.errors_by_code}
     for cell, by_code in errors.items():
         lines.append(f"errors in {cell}: " + ", ".join(f"{k} x{v}" for k, v in by_code.items()))
@@ -776,19 +1078,34 @@ def main() -> None:
 
     if args.drivers and database.kind == "postgresql":
         say("comparing database drivers (scripts/bench_support/drivers.py) ...")
-        print("\n" + drivers.run(database.url, items=args.items, duration=args.duration, warmup=args.warmup,
-                                 turns=3, progress=say))
+        print(
+            "\n"
+            + drivers.run(
+                database.url, items=args.items, duration=args.duration, warmup=args.warmup, turns=3, progress=say
+            )
+        )
     elif args.drivers:
         print("\ndrivers: not compared, they need PostgreSQL")
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({
-        "meta": meta, "results": [asdict(r) for r in rows], "memory_mb": memory, "adjust_quantity": adjust_log,
-        "auth_interceptor_turns": auth_turns,
-        "ledger": ledger, "explain": explain, "profiles": summaries, "notes": NOTES,
-        "workloads": [{"name": w.name, "note": w.note, "checked": checks.get(w.name, "")} for w in workloads],
-        "server_exit_codes": exit_codes,
-    }, indent=2))
+    args.json.write_text(
+        json.dumps(
+            {
+                "meta": meta,
+                "results": [asdict(r) for r in rows],
+                "memory_mb": memory,
+                "adjust_quantity": adjust_log,
+                "auth_interceptor_turns": auth_turns,
+                "ledger": ledger,
+                "explain": explain,
+                "profiles": summaries,
+                "notes": NOTES,
+                "workloads": [{"name": w.name, "note": w.note, "checked": checks.get(w.name, "")} for w in workloads],
+                "server_exit_codes": exit_codes,
+            },
+            indent=2,
+        )
+    )
     print(f"\nJSON: {args.json}")
 
 

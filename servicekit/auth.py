@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 
-from servicekit.errors import PermissionDenied, Unauthenticated
+from servicekit.errors import Unauthenticated
 from servicekit.settings import EnvReader, SettingsError
 
 SYMMETRIC_ALGORITHMS = frozenset({"HS256"})
@@ -56,7 +57,7 @@ class AuthSettings:
     leeway_s: float = 30.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], prefix: str, *, check: bool = True) -> "AuthSettings":
+    def from_env(cls, env: Mapping[str, str], prefix: str, *, check: bool = True) -> AuthSettings:
         """`check=False` leaves the keys unchecked until a verifier or issuer is built from them."""
         read = EnvReader(env, prefix)
         settings = cls(
@@ -81,9 +82,7 @@ class AuthSettings:
                 )
         elif self.algorithm in ASYMMETRIC_ALGORITHMS:
             if not (self.public_key or self.private_key):
-                raise SettingsError(
-                    f"{self.algorithm} needs JWT_PUBLIC_KEY_FILE (PEM or JWKS) or JWT_PRIVATE_KEY_FILE"
-                )
+                raise SettingsError(f"{self.algorithm} needs JWT_PUBLIC_KEY_FILE (PEM or JWKS) or JWT_PRIVATE_KEY_FILE")
         else:
             raise SettingsError(f"JWT_ALGORITHM must be one of HS256, RS256, ES256, got {self.algorithm!r}")
 
@@ -96,8 +95,11 @@ def _load_verification_keys(settings: AuthSettings) -> dict[str, Any]:
         jwks = jwt.PyJWKSet.from_json(settings.public_key)
         # A token names its key by `kid` before it is verified: only keys that can verify
         # the pinned algorithm may be picked, or a token could choose an RSA key for ES256.
-        return {key.key_id or "": key.key for key in jwks.keys
-                if key.key_type == KEY_TYPE_FOR_ALGORITHM[settings.algorithm] and key.public_key_use != "enc"}
+        return {
+            key.key_id or "": key.key
+            for key in jwks.keys
+            if key.key_type == KEY_TYPE_FOR_ALGORITHM[settings.algorithm] and key.public_key_use != "enc"
+        }
     if settings.public_key:
         return {"": serialization.load_pem_public_key(settings.public_key.encode())}
     private_key = serialization.load_pem_private_key(settings.private_key.encode(), password=None)

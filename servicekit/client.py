@@ -11,9 +11,9 @@ import os
 import threading
 import time
 from collections import namedtuple
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 import grpc.aio
@@ -47,19 +47,23 @@ def service_config(service: str, idempotent_methods: Iterable[str]) -> str:
     call this client cancels is never retried, so a CANCELLED one is the server's, which
     grpc core sends for calls it had received but not started when a server stops
     (grpc/grpc#41785): a rolling restart then shows the caller nothing."""
-    return json.dumps({
-        "loadBalancingConfig": [{"round_robin": {}}],
-        "methodConfig": [{
-            "name": [{"service": service, "method": method} for method in idempotent_methods],
-            "retryPolicy": {
-                "maxAttempts": 3,
-                "initialBackoff": "0.05s",
-                "maxBackoff": "0.5s",
-                "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
-            },
-        }],
-    })
+    return json.dumps(
+        {
+            "loadBalancingConfig": [{"round_robin": {}}],
+            "methodConfig": [
+                {
+                    "name": [{"service": service, "method": method} for method in idempotent_methods],
+                    "retryPolicy": {
+                        "maxAttempts": 3,
+                        "initialBackoff": "0.05s",
+                        "maxBackoff": "0.5s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
+                    },
+                }
+            ],
+        }
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +76,7 @@ class Page(Generic[Element]):
     total_size: int = 0
 
     @classmethod
-    def of(cls, reply: Any) -> "Page[Any]":
+    def of(cls, reply: Any) -> Page[Any]:
         """The page of a List reply with `items`, `next_page_token` and `total_size`."""
         return cls(reply.items, reply.next_page_token, reply.total_size)
 
@@ -100,14 +104,22 @@ class BearerTokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamC
     def _details(self, details: grpc.ClientCallDetails) -> _CallDetails:
         metadata = [*(details.metadata or ()), bearer_metadata(self._token)]
         return _CallDetails(
-            details.method, details.timeout, metadata, details.credentials,
-            details.wait_for_ready, details.compression,
+            details.method,
+            details.timeout,
+            metadata,
+            details.credentials,
+            details.wait_for_ready,
+            details.compression,
         )
 
-    def intercept_unary_unary(self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, request: Any) -> Any:
+    def intercept_unary_unary(
+        self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, request: Any
+    ) -> Any:
         return continuation(self._details(details), request)
 
-    def intercept_unary_stream(self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, request: Any) -> Any:
+    def intercept_unary_stream(
+        self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, request: Any
+    ) -> Any:
         return continuation(self._details(details), request)
 
 
@@ -118,19 +130,25 @@ class _AsyncBearerToken:
     def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         metadata = grpc.aio.Metadata(*(details.metadata or ()), bearer_metadata(self._token))
         return grpc.aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready,
+            details.method,
+            details.timeout,
+            metadata,
+            details.credentials,
+            details.wait_for_ready,
         )
 
 
 class _AsyncUnaryBearerToken(_AsyncBearerToken, grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails,
-                                    request: Any) -> Any:
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
         return await continuation(self._details(details), request)
 
 
 class _AsyncStreamBearerToken(_AsyncBearerToken, grpc.aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails,
-                                     request: Any) -> Any:
+    async def intercept_unary_stream(
+        self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
         return await continuation(self._details(details), request)
 
 
@@ -144,8 +162,14 @@ class MintedServiceToken:
     """A service's own token, minted with its signing key and renewed when a fifth of its
     lifetime is left."""
 
-    def __init__(self, issuer: TokenIssuer, subject: str, roles: Iterable[str], lifetime_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        issuer: TokenIssuer,
+        subject: str,
+        roles: Iterable[str],
+        lifetime_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._issuer = issuer
         self._subject = subject
         self._roles = tuple(roles)
@@ -290,8 +314,9 @@ class AsyncRpcCaller:
     def __init__(self, timeout_s: float) -> None:
         self._timeout_s = timeout_s
 
-    async def __call__(self, method: Callable[..., Awaitable[Reply]], request: Any, *,
-                       retry_safe: bool = False) -> Reply:
+    async def __call__(
+        self, method: Callable[..., Awaitable[Reply]], request: Any, *, retry_safe: bool = False
+    ) -> Reply:
         timeout, metadata = call_bounds(self._timeout_s)
         attempts = RetriedWrite(timeout) if retry_safe else None
         while True:
@@ -349,7 +374,11 @@ class ServiceClient(_ClientBase):
 
     @classmethod
     def connect(
-        cls: type[Client], target: str, token: Callable[[], str], *, timeout_s: float = 5.0,
+        cls: type[Client],
+        target: str,
+        token: Callable[[], str],
+        *,
+        timeout_s: float = 5.0,
         instrument: Callable[[grpc.Channel], grpc.Channel] | None = None,
     ) -> Client:
         """A channel to `target` (host:port, or dns:///name:port to spread calls over every
@@ -377,14 +406,20 @@ class AsyncServiceClient(_ClientBase):
 
     @classmethod
     def connect(
-        cls: type[AsyncClient], target: str, token: Callable[[], str], *, timeout_s: float = 5.0,
+        cls: type[AsyncClient],
+        target: str,
+        token: Callable[[], str],
+        *,
+        timeout_s: float = 5.0,
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     ) -> AsyncClient:
         """As ServiceClient.connect, on a grpc.aio channel; `interceptors` (grpc.aio client
         interceptors, e.g. OpenTelemetry's aio_client_interceptors()) add metrics or
         tracing, and see the token."""
         channel = grpc.aio.insecure_channel(
-            target, options=cls.channel_options(), interceptors=[*async_bearer_token_interceptors(token), *interceptors],
+            target,
+            options=cls.channel_options(),
+            interceptors=[*async_bearer_token_interceptors(token), *interceptors],
         )
         return cls(channel, timeout_s=timeout_s)
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn, Sequence
+from collections.abc import Sequence
+from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -45,8 +46,9 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _ArgumentParser(prog="python -m servicekit.health_probe",
-                             description="Exit 0 when a gRPC server reports SERVING, 1 otherwise.")
+    parser = _ArgumentParser(
+        prog="python -m servicekit.health_probe", description="Exit 0 when a gRPC server reports SERVING, 1 otherwise."
+    )
     parser.add_argument("address", help="host:port the server listens on")
     parser.add_argument("service", nargs="?", default="", help='a service name; "" (default): the whole server')
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds (default %(default)s)")

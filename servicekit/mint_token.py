@@ -1,7 +1,7 @@
 """Mint a JWT for a subject and roles with the configured key; prints the token alone.
 
-    mint-token --subject alice --roles customer
-    mint-token --subject ops --roles inventory.read,inventory.write --lifetime 600
+mint-token --subject alice --roles customer
+mint-token --subject ops --roles inventory.read,inventory.write --lifetime 600
 """
 
 from __future__ import annotations
@@ -19,8 +19,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--subject", required=True, help="the principal: a customer id, or a service name")
     parser.add_argument("--roles", default="", help="comma-separated: inventory.read, inventory.write, customer")
     parser.add_argument("--lifetime", type=int, default=3600, help="seconds until it expires (default 3600)")
-    parser.add_argument("--service", default="inventory", choices=["inventory", "crm"],
-                        help="whose JWT_* settings to use when they differ (INVENTORY_JWT_*, CRM_JWT_*)")
+    parser.add_argument(
+        "--service",
+        default="inventory",
+        choices=["inventory", "crm"],
+        help="whose JWT_* settings to use when they differ (INVENTORY_JWT_*, CRM_JWT_*)",
+    )
     args = parser.parse_args(argv)
     if args.lifetime <= 0:
         parser.error("--lifetime must be at least 1 second")

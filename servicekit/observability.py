@@ -5,14 +5,13 @@ import), so that two servers in one process never mix their counts."""
 from __future__ import annotations
 
 import logging
-import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import grpc
 import grpc.aio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("access")
@@ -22,7 +21,7 @@ LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 
 
 def split_method(full_method: str) -> tuple[str, str]:
-    """"/inventory.v1.ItemService/GetItem" -> ("inventory.v1.ItemService", "GetItem")."""
+    """ "/inventory.v1.ItemService/GetItem" -> ("inventory.v1.ItemService", "GetItem")."""
     service, _, method = full_method.lstrip("/").rpartition("/")
     return service, method
 
@@ -34,23 +33,32 @@ class ServerMetrics:
         self.registry = registry or CollectorRegistry()
         labels = ("grpc_service", "grpc_method")
         self.handled = Counter(
-            "grpc_server_handled", "Calls completed on the server, by status code.",
-            (*labels, "grpc_code"), registry=self.registry,
+            "grpc_server_handled",
+            "Calls completed on the server, by status code.",
+            (*labels, "grpc_code"),
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "grpc_server_handling_seconds", "Time from receiving a call to its status.",
-            labels, buckets=LATENCY_BUCKETS_S, registry=self.registry,
+            "grpc_server_handling_seconds",
+            "Time from receiving a call to its status.",
+            labels,
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
         )
         # livesum: with several worker processes (PROMETHEUS_MULTIPROC_DIR) the live ones add up.
         self.in_flight = Gauge(
-            "grpc_server_in_flight", "Calls being served now (streams included).",
-            labels, registry=self.registry, multiprocess_mode="livesum",
+            "grpc_server_in_flight",
+            "Calls being served now (streams included).",
+            labels,
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.client_handled = Counter(
-            "grpc_client_handled", "Calls this server made to other services, by status code.",
-            (*labels, "grpc_code"), registry=self.registry,
+            "grpc_client_handled",
+            "Calls this server made to other services, by status code.",
+            (*labels, "grpc_code"),
+            registry=self.registry,
         )
-
 
 
 @contextmanager
@@ -75,12 +83,17 @@ def metrics_served(address: str, registry: CollectorRegistry) -> Iterator[int | 
 def log_call(method_name: str, code: str, elapsed_s: float, subject: str) -> None:
     """The access log's line for one call."""
     if access_log.isEnabledFor(logging.INFO):
-        access_log.info("%s %s", method_name, code, extra={
-            "grpc_method": method_name,
-            "grpc_code": code,
-            "duration_ms": round(elapsed_s * 1000, 3),
-            "subject": subject,
-        })
+        access_log.info(
+            "%s %s",
+            method_name,
+            code,
+            extra={
+                "grpc_method": method_name,
+                "grpc_code": code,
+                "duration_ms": round(elapsed_s * 1000, 3),
+                "subject": subject,
+            },
+        )
 
 
 class AsyncClientMetricsInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
@@ -90,8 +103,9 @@ class AsyncClientMetricsInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         self._handled = metrics.client_handled
         self._series: dict[tuple[str, grpc.StatusCode], Any] = {}
 
-    async def intercept_unary_unary(self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails,
-                                    request: Any) -> Any:
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
         call = await continuation(details, request)
         code = await call.code()
         method = details.method.decode() if isinstance(details.method, bytes) else details.method

@@ -21,8 +21,9 @@ import logging
 import math
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -57,7 +58,7 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     def deserialize(data: bytes) -> Any:
         try:
             return deserializer(data)
-        except Exception:  # DecodeError, or whatever a parser raises on bytes from outside
+        except Exception:  # noqa: BLE001 DecodeError, or whatever a parser raises on bytes from outside
             return MALFORMED
 
     return deserialize
@@ -147,7 +148,8 @@ class CallPipeline(grpc.aio.ServerInterceptor):
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = self._handlers.get(details.method)
@@ -155,7 +157,9 @@ class CallPipeline(grpc.aio.ServerInterceptor):
             inner = await continuation(details)
             if inner is None:
                 return None  # unimplemented: grpc answers UNIMPLEMENTED (grpcurl relies on it)
-            handler = self._handlers.setdefault(details.method, self._wrap(_Route(details.method, self._metrics), inner))
+            handler = self._handlers.setdefault(
+                details.method, self._wrap(_Route(details.method, self._metrics), inner)
+            )
         return handler
 
     def _wrap(self, route: _Route, inner: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
@@ -169,8 +173,9 @@ class CallPipeline(grpc.aio.ServerInterceptor):
 
             return grpc.unary_unary_rpc_method_handler(unary_unary, deserialize, serialize)
         if inner.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(self._streaming(route, inner.unary_stream), deserialize,
-                                                        serialize)
+            return grpc.unary_stream_rpc_method_handler(
+                self._streaming(route, inner.unary_stream), deserialize, serialize
+            )
         if inner.stream_unary is not None:
             behaviour = inner.stream_unary
 
@@ -205,8 +210,9 @@ class CallPipeline(grpc.aio.ServerInterceptor):
         call.subject = principal.subject
         current_principal.set(principal)
 
-    async def _unary(self, route: _Route, behaviour: Callable[..., Awaitable[Any]], request: Any,
-                     context: grpc.aio.ServicerContext) -> Any:
+    async def _unary(
+        self, route: _Route, behaviour: Callable[..., Awaitable[Any]], request: Any, context: grpc.aio.ServicerContext
+    ) -> Any:
         started = time.perf_counter()
         call = self._begin(context)
         route.in_flight.inc()
@@ -278,8 +284,9 @@ class CallPipeline(grpc.aio.ServerInterceptor):
         return stream
 
     @staticmethod
-    def _outcome(route: _Route, error: BaseException,
-                 context: grpc.aio.ServicerContext) -> tuple[str, grpc.Status | None]:
+    def _outcome(
+        route: _Route, error: BaseException, context: grpc.aio.ServicerContext
+    ) -> tuple[str, grpc.Status | None]:
         """The code `error` ends the call with, and the status to abort with; none for an
         error that ends the call by itself (a cancellation, an abort the servicer made)."""
         if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
@@ -326,4 +333,3 @@ class _RequestStream:
                 raise errors.MalformedRequest("a request message is not a valid message of its type")
             yield request
         self.ended = True
-

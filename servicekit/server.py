@@ -12,15 +12,16 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Awaitable, Callable, Iterable, Mapping, TypeVar
+from typing import TypeVar
 
 import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
 from grpc_health.v1.health import SERVICE_NAME
+from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
@@ -55,9 +56,11 @@ class ServerLimits:
     calls: CallLimits = field(default_factory=CallLimits)
 
     @classmethod
-    def from_env(cls, read: EnvReader) -> "ServerLimits":
+    def from_env(cls, read: EnvReader) -> ServerLimits:
         return cls(
-            max_streams_per_connection=read.int("MAX_STREAMS_PER_CONNECTION", cls.max_streams_per_connection, minimum=1),
+            max_streams_per_connection=read.int(
+                "MAX_STREAMS_PER_CONNECTION", cls.max_streams_per_connection, minimum=1
+            ),
             max_connection_age_s=read.float("MAX_CONNECTION_AGE_S", cls.max_connection_age_s),
             max_connection_age_grace_s=read.float("MAX_CONNECTION_AGE_GRACE_S", cls.max_connection_age_grace_s),
             min_client_ping_interval_s=read.float("MIN_CLIENT_PING_INTERVAL_S", cls.min_client_ping_interval_s),
@@ -105,7 +108,10 @@ class RunningServer:
 
 
 def new_server(
-    metrics: ServerMetrics, authorizer: Authorizer | None, limits: ServerLimits, tracing: Tracing | None = None,
+    metrics: ServerMetrics,
+    authorizer: Authorizer | None,
+    limits: ServerLimits,
+    tracing: Tracing | None = None,
 ) -> grpc.aio.Server:
     """A grpc.aio server whose calls pass the trace span (when tracing is on), then the
     call pipeline (request id, metrics and access log, auth, caps, error mapping)."""
@@ -126,8 +132,9 @@ async def finish_server(server: grpc.aio.Server, listen_address: str, service_na
     return RunningServer(server, port, health_servicer)
 
 
-async def serve_until_signalled(running: RunningServer, name: str, listen_address: str,
-                                drain_s: float, grace_s: float) -> None:
+async def serve_until_signalled(
+    running: RunningServer, name: str, listen_address: str, drain_s: float, grace_s: float
+) -> None:
     """Starts the server and returns once SIGTERM or SIGINT has stopped it gracefully."""
     await running.server.start()
     host = listen_address.rsplit(":", 1)[0]
@@ -172,7 +179,7 @@ class ServerThread:
         """Runs `coroutine` on the server's loop and waits for its result."""
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()  # type: ignore[arg-type]
 
-    def start(self) -> "ServerThread":
+    def start(self) -> ServerThread:
         self._thread.start()
 
         async def started() -> RunningServer:
@@ -195,7 +202,7 @@ class ServerThread:
         self._thread.join(timeout=10)
         self._loop.close()
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> ServerThread:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -245,8 +252,15 @@ def stay_on_assigned_cpu(env: Mapping[str, str]) -> None:
         os.sched_setaffinity(0, {int(cpu)})
 
 
-def supervise_workers(module: str, prefix: str, processes: int, listen_address: str, metrics_address: str,
-                      stop_timeout_s: float = 30.0, pin_cpus: bool = False) -> int:
+def supervise_workers(
+    module: str,
+    prefix: str,
+    processes: int,
+    listen_address: str,
+    metrics_address: str,
+    stop_timeout_s: float = 30.0,
+    pin_cpus: bool = False,
+) -> int:
     """Runs `processes` copies of the server `module` on one port (SO_REUSEPORT, which
     gRPC sets by default on Linux): a Python process uses about one core, and this uses
     them all. Each worker is a whole server (its own pool, listener and threads); their
@@ -273,8 +287,9 @@ def supervise_workers(module: str, prefix: str, processes: int, listen_address: 
     def kill_stragglers() -> None:
         for worker in workers:
             if worker.poll() is None:
-                log.error("worker %d still running %.0f s after it was told to stop: killing it",
-                          worker.pid, stop_timeout_s)
+                log.error(
+                    "worker %d still running %.0f s after it was told to stop: killing it", worker.pid, stop_timeout_s
+                )
                 worker.kill()
                 worker.wait()
 
@@ -286,9 +301,13 @@ def supervise_workers(module: str, prefix: str, processes: int, listen_address: 
     signal.signal(signal.SIGTERM, stop_workers)
     signal.signal(signal.SIGINT, stop_workers)
     with tempfile.TemporaryDirectory(prefix=f"{prefix.lower()}-metrics-") as metrics_dir:
-        worker_env = {**{name: value for name, value in os.environ.items() if name != WORKER_CPU_VARIABLE},
-                      f"{prefix}_PROCESSES": "1", f"{prefix}_METRICS_ADDRESS": "off",
-                      "PROMETHEUS_MULTIPROC_DIR": metrics_dir, WORKER_VARIABLE: "1"}
+        worker_env = {
+            **{name: value for name, value in os.environ.items() if name != WORKER_CPU_VARIABLE},
+            f"{prefix}_PROCESSES": "1",
+            f"{prefix}_METRICS_ADDRESS": "off",
+            "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
+            WORKER_VARIABLE: "1",
+        }
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=metrics_dir)
         # Bound first: a metrics port in use fails here, before there are workers to orphan.
@@ -299,8 +318,12 @@ def supervise_workers(module: str, prefix: str, processes: int, listen_address: 
                     if not stopping.is_set():
                         env = {**worker_env, WORKER_CPU_VARIABLE: str(cpus[number % len(cpus)])} if cpus else worker_env
                         workers.append(subprocess.Popen([sys.executable, "-m", module], env=env))
-                log.info("%d worker processes of %s started", len(workers), module,
-                         extra={"worker_pids": [worker.pid for worker in workers]})
+                log.info(
+                    "%d worker processes of %s started",
+                    len(workers),
+                    module,
+                    extra={"worker_pids": [worker.pid for worker in workers]},
+                )
                 status = 0
                 while any(worker.poll() is None for worker in workers):
                     for worker in workers:

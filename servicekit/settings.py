@@ -5,8 +5,8 @@ Tests pass a plain dict instead of patching os.environ.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 
 class SettingsError(ValueError):

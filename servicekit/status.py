@@ -27,18 +27,14 @@ INTERNAL_MESSAGE = "internal error"
 
 
 def status_code_for(error: errors.DomainError) -> grpc.StatusCode:
-    return next(
-        STATUS_FOR_ERROR[cls] for cls in type(error).__mro__ if cls in STATUS_FOR_ERROR
-    )
+    return next(STATUS_FOR_ERROR[cls] for cls in type(error).__mro__ if cls in STATUS_FOR_ERROR)
 
 
 def to_rpc_status(error: errors.DomainError) -> grpc.Status:
     code = status_code_for(error)
     status = status_pb2.Status(code=code.value[0], message=str(error))
     if isinstance(error, errors.InvalidField) and error.field:
-        violation = error_details_pb2.BadRequest.FieldViolation(
-            field=error.field, description=error.reason
-        )
+        violation = error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.reason)
         _add_detail(status, error_details_pb2.BadRequest(field_violations=[violation]))
     if isinstance(error, errors.RetryLater):
         delay = duration_pb2.Duration()
@@ -54,6 +50,4 @@ def _add_detail(status: status_pb2.Status, detail: object) -> None:
 
 
 def internal_status() -> grpc.Status:
-    return rpc_status.to_status(
-        status_pb2.Status(code=code_pb2.INTERNAL, message=INTERNAL_MESSAGE)
-    )
+    return rpc_status.to_status(status_pb2.Status(code=code_pb2.INTERNAL, message=INTERNAL_MESSAGE))

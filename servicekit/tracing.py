@@ -3,9 +3,9 @@ on, so the services run without the `tracing` extra installed."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import grpc
 import grpc.aio
@@ -48,10 +48,13 @@ def tracing_started(exporter: str, service_name: str) -> Iterator[Tracing | None
         span_exporter = ConsoleSpanExporter()
     else:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
         span_exporter = OTLPSpanExporter()
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     provider.add_span_processor(BatchSpanProcessor(span_exporter))
     try:
-        yield Tracing(aio_server_interceptor(tracer_provider=provider), aio_client_interceptors(tracer_provider=provider))
+        yield Tracing(
+            aio_server_interceptor(tracer_provider=provider), aio_client_interceptors(tracer_provider=provider)
+        )
     finally:
         provider.shutdown()

@@ -18,12 +18,12 @@ import pytest
 from sqlalchemy import Engine, delete
 from sqlalchemy.engine import make_url
 
+from crm_svc.settings import CrmSettings
 from inventory.v1 import inventory_pb2_grpc
 from inventory_svc.repository import items, request_ids, stock_movements
 from inventory_svc.server import build_item_service
 from inventory_svc.service import ItemService
 from inventory_svc.settings import InventorySettings
-from crm_svc.settings import CrmSettings
 from servicekit.server import ServerThread
 from tests.helpers import TEST_AUTH, authorized_channel, migrated_engine, mint, serving, serving_crm
 
@@ -36,7 +36,10 @@ def throwaway_postgres_database(server_url: str) -> Iterator[str]:
     url = make_url(server_url)
     name = f"inventory_test_{uuid.uuid4().hex[:12]}"
     admin = psycopg2.connect(
-        host=url.host, port=url.port, user=url.username, password=url.password,
+        host=url.host,
+        port=url.port,
+        user=url.username,
+        password=url.password,
         dbname=url.database or "postgres",
     )
     admin.autocommit = True
@@ -128,8 +131,12 @@ def pytest_report_header() -> str:
 
 @pytest.fixture(scope="session")
 def crm_server(inventory_server: ServerThread) -> Iterator[ServerThread]:
-    settings = CrmSettings(listen_address="127.0.0.1:0", inventory_target=f"127.0.0.1:{inventory_server.port}",
-                           auth=TEST_AUTH, inventory_auth=TEST_AUTH)
+    settings = CrmSettings(
+        listen_address="127.0.0.1:0",
+        inventory_target=f"127.0.0.1:{inventory_server.port}",
+        auth=TEST_AUTH,
+        inventory_auth=TEST_AUTH,
+    )
     with serving_crm(settings) as running:
         yield running
 

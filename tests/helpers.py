@@ -13,10 +13,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
@@ -26,10 +26,10 @@ from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
-from inventory.v1 import inventory_pb2 as pb
 from crm_svc import server as crm_server
 from crm_svc.service import CustomerItemsService
 from crm_svc.settings import CrmSettings
+from inventory.v1 import inventory_pb2 as pb
 from inventory_client import AsyncInventoryClient
 from inventory_svc import migrations
 from inventory_svc.server import build_engine, build_item_service, build_server, database_threads
@@ -53,17 +53,23 @@ def grpcurl(address: str, *args: str, data: str | None = None, token: str = "") 
         command += ["-d", data]
     return subprocess.run([*command, address, *args], capture_output=True, text=True, timeout=30)
 
+
 TEST_AUTH = AuthSettings(secret="test-secret-" + "x" * 40, issuer="test-issuer", audience="test-audience")
 INVENTORY_ROLES = ("inventory.read", "inventory.write")
 
 
-def mint(subject: str = "tester", roles: tuple[str, ...] = INVENTORY_ROLES, lifetime_s: float = 300,
-         auth: AuthSettings = TEST_AUTH) -> str:
+def mint(
+    subject: str = "tester",
+    roles: tuple[str, ...] = INVENTORY_ROLES,
+    lifetime_s: float = 300,
+    auth: AuthSettings = TEST_AUTH,
+) -> str:
     return TokenIssuer(auth).mint(subject, roles, lifetime_s)
 
 
 def authorized_channel(address: str, token: str, options: tuple[tuple[str, Any], ...] = ()) -> grpc.Channel:
     return grpc.intercept_channel(grpc.insecure_channel(address, options), BearerTokenInterceptor(lambda: token))
+
 
 _sku_numbers = itertools.count(1)
 
@@ -134,8 +140,10 @@ def migrated_engine(settings: InventorySettings) -> Iterator[Engine]:
 @contextmanager
 def serving(settings: InventorySettings, engine: Engine) -> Iterator[ServerThread]:
     """A real inventory server, wired as inventory_svc.server wires it, on a loop of its own."""
-    with database_threads(settings) as threads, \
-            ServerThread(lambda: build_server(settings, build_item_service(engine, settings), threads)) as served:
+    with (
+        database_threads(settings) as threads,
+        ServerThread(lambda: build_server(settings, build_item_service(engine, settings), threads)) as served,
+    ):
         yield served
 
 
@@ -167,8 +175,11 @@ def service_env(**settings: str) -> dict[str, str]:
     """The environment of a service process: the test keys, metrics on a free port, and `settings`."""
     return {
         **os.environ,
-        "JWT_SECRET": TEST_AUTH.secret, "JWT_ISSUER": TEST_AUTH.issuer, "JWT_AUDIENCE": TEST_AUTH.audience,
-        "INVENTORY_METRICS_ADDRESS": "127.0.0.1:0", "CRM_METRICS_ADDRESS": "127.0.0.1:0",
+        "JWT_SECRET": TEST_AUTH.secret,
+        "JWT_ISSUER": TEST_AUTH.issuer,
+        "JWT_AUDIENCE": TEST_AUTH.audience,
+        "INVENTORY_METRICS_ADDRESS": "127.0.0.1:0",
+        "CRM_METRICS_ADDRESS": "127.0.0.1:0",
         **settings,
     }
 
@@ -179,8 +190,9 @@ class ServiceProcess:
     def __init__(self, module: str, env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
         self._log_file = log_path.open("w")
-        self.process = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env,
-                                        stdout=subprocess.PIPE, stderr=self._log_file, text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", module], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self._log_file, text=True
+        )
 
     def wait_until_serving(self, address: str | None = None, timeout_s: float = 20) -> str:
         """Waits until health answers SERVING at `address` and returns the address. By default
@@ -196,7 +208,7 @@ class ServiceProcess:
 
     def log_lines(self) -> list[dict[str, Any]]:
         text = self.log_path.read_text()
-        complete = text[:text.rfind("\n") + 1]  # not a line still being written
+        complete = text[: text.rfind("\n") + 1]  # not a line still being written
         return [json.loads(line) for line in complete.splitlines() if line.startswith("{")]
 
     def metrics_port(self, timeout_s: float = 20) -> int:
@@ -219,7 +231,8 @@ class ServiceProcess:
             text = reply.read().decode()
         return {
             (sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
         }
 
     def stop(self) -> str:

@@ -21,8 +21,14 @@ GET_ITEM_PATH = "/inventory.v1.ItemService/GetItem"
 
 
 def grpc_headers(host: str, path: str, token: str = "") -> list[tuple[str, str]]:
-    headers = [(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", host),
-               ("content-type", "application/grpc"), ("te", "trailers")]
+    headers = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", host),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ]
     if token:
         headers.append(("authorization", f"Bearer {token}"))
     return headers
@@ -117,7 +123,7 @@ class RawHttp2Client:
         self.socket.settimeout(timeout_s)
         try:
             data = self.socket.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             return
         except (ConnectionResetError, BrokenPipeError):
             data = b""
@@ -144,7 +150,7 @@ class RawHttp2Client:
     def close(self) -> None:
         self.socket.close()
 
-    def __enter__(self) -> "RawHttp2Client":
+    def __enter__(self) -> RawHttp2Client:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -174,9 +180,12 @@ class RawHttp2Client:
         reply = self.replies.get(frame.stream_id)
         if isinstance(frame, hyperframe.frame.HeadersFrame):
             # Decoded even when no reply waits: the header table must follow every block.
-            headers = {name.decode() if isinstance(name, bytes) else name:
-                       value.decode() if isinstance(value, bytes) else value
-                       for name, value in self.connection.decoder.decode(frame.data)}
+            headers = {
+                name.decode() if isinstance(name, bytes) else name: value.decode()
+                if isinstance(value, bytes)
+                else value
+                for name, value in self.connection.decoder.decode(frame.data)
+            }
             if reply is not None:
                 if ":status" in headers:
                     reply.headers = headers

@@ -61,7 +61,8 @@ def committed_protos(revision: str) -> dict[str, str]:
     names = git("ls-tree", "-r", "--name-only", revision, "--", "protos").stdout.splitlines()
     return {
         name.removeprefix("protos/"): git("show", f"{revision}:{name}").stdout
-        for name in names if name.endswith(".proto")
+        for name in names
+        if name.endswith(".proto")
     }
 
 
@@ -102,7 +103,9 @@ def test_buf_breaking_reports_a_deleted_field_and_a_renamed_rpc(buf, tmp_path):
     protos = working_tree_protos()
     inventory = protos["inventory/v1/inventory.proto"]
     changed = inventory.replace("  string etag = 18;\n", "").replace("rpc GetItem(", "rpc FetchItem(")
-    assert changed.count("\n") == inventory.count("\n") - 1 and "FetchItem" in changed, "the protos changed: update this test"
+    assert changed.count("\n") == inventory.count("\n") - 1 and "FetchItem" in changed, (
+        "the protos changed: update this test"
+    )
     protos["inventory/v1/inventory.proto"] = changed
     unchanged = workspace(tmp_path / "unchanged", working_tree_protos())
 

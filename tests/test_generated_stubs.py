@@ -11,13 +11,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _files(folder: Path) -> set[str]:
-    return {str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file() and "__pycache__" not in path.parts}
+    return {
+        str(path.relative_to(folder))
+        for path in folder.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
 
 
 def test_generated_stubs_match_the_protos(tmp_path):
     out = tmp_path / "gen"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--out", str(out)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--out", str(out)], check=True, capture_output=True
+    )
 
     committed, fresh = _files(ROOT / "gen"), _files(out)
     assert committed == fresh, "gen/ has other files than protos/ produce: run scripts/gen_protos"

@@ -29,8 +29,9 @@ def main() -> None:
     if len(sys.argv) != 4 or sys.argv[2] not in ("on", "off"):
         raise SystemExit("usage: auth_cost_server.py ADDRESS on|off METRICS_ADDRESS")
     address, auth, metrics_address = sys.argv[1:]
-    settings = InventorySettings.from_env({**os.environ, "INVENTORY_LISTEN_ADDRESS": address,
-                                           "INVENTORY_LOG_LEVEL": "WARNING"})
+    settings = InventorySettings.from_env(
+        {**os.environ, "INVENTORY_LISTEN_ADDRESS": address, "INVENTORY_LOG_LEVEL": "WARNING"}
+    )
     if settings.pin_cpus:
         # On one core, as the inventory workers are: unpinned, a single process's threads hand
         # the GIL across cores, and its speed swings by a third from one cell to the next, far
@@ -44,8 +45,13 @@ def main() -> None:
     engine.dispose()
 
 
-async def serve(settings: InventorySettings, items: ItemService, threads: DatabaseThreads, metrics: ServerMetrics,
-                require_auth: bool) -> None:
+async def serve(
+    settings: InventorySettings,
+    items: ItemService,
+    threads: DatabaseThreads,
+    metrics: ServerMetrics,
+    require_auth: bool,
+) -> None:
     running = await build_server(settings, items, threads, metrics=metrics, require_auth=require_auth)
     await running.server.start()
     stopping = asyncio.Event()

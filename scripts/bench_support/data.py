@@ -41,10 +41,34 @@ NOUNS_BY_CATEGORY = {
     "sports": ["Yoga Mat", "Water Bottle", "Running Shoes", "Dumbbell", "Bike Helmet", "Backpack"],
 }
 CATEGORIES = list(NOUNS_BY_CATEGORY)
-ADJECTIVES = ["Wireless", "Ergonomic", "Compact", "Heavy-Duty", "Portable", "Stainless", "Smart",
-              "Classic", "Premium", "Quiet", "Rechargeable", "Waterproof"]
-BRANDS = ["Acme", "Northwind", "Contoso", "Globex", "Initech", "Umbrella", "Hooli", "Vandelay",
-          "Stark", "Wayne", "Tyrell", "Soylent"]
+ADJECTIVES = [
+    "Wireless",
+    "Ergonomic",
+    "Compact",
+    "Heavy-Duty",
+    "Portable",
+    "Stainless",
+    "Smart",
+    "Classic",
+    "Premium",
+    "Quiet",
+    "Rechargeable",
+    "Waterproof",
+]
+BRANDS = [
+    "Acme",
+    "Northwind",
+    "Contoso",
+    "Globex",
+    "Initech",
+    "Umbrella",
+    "Hooli",
+    "Vandelay",
+    "Stark",
+    "Wayne",
+    "Tyrell",
+    "Soylent",
+]
 # Matches about one item in 576 (an adjective and a noun together).
 DEFAULT_SEARCH = "wireless mouse"
 # An item of the dataset starts with at least this much stock when it is used by the
@@ -91,8 +115,9 @@ def choose_database(database_url: str | None, var_dir: Path, count: int) -> Data
     suffix = "" if count == DEFAULT_ITEMS else f"_{count}"
     if _postgres_reachable(DEFAULT_POSTGRES_SERVER):
         name = BENCH_DATABASE + suffix
-        return Database(f"{DEFAULT_POSTGRES_SERVER}/{name}", "postgresql", f"PostgreSQL {name} on 127.0.0.1:5432",
-                        owned=True)
+        return Database(
+            f"{DEFAULT_POSTGRES_SERVER}/{name}", "postgresql", f"PostgreSQL {name} on 127.0.0.1:5432", owned=True
+        )
     path = var_dir / f"inventory{suffix}.db"
     return Database(f"sqlite:///{path}", "sqlite", f"SQLite {path} (no PostgreSQL on 127.0.0.1:5432)", owned=True)
 
@@ -139,8 +164,13 @@ def recreate(database: Database) -> None:
 def migrate(database: Database, env: dict[str, str]) -> None:
     """The schema comes from the real migrations, run as a user would run them."""
     migrate_script = Path(sys.executable).with_name("inventory-migrate")
-    finished = subprocess.run([str(migrate_script)], env={**env, "INVENTORY_DATABASE_URL": database.url},
-                              capture_output=True, text=True, check=False)
+    finished = subprocess.run(
+        [str(migrate_script)],
+        env={**env, "INVENTORY_DATABASE_URL": database.url},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if finished.returncode != 0:
         raise SystemExit(f"bench: inventory-migrate failed:\n{finished.stdout}{finished.stderr}")
 
@@ -179,9 +209,26 @@ def generate_items(count: int) -> Iterator[dict[str, Any]]:
         }
 
 
-_COLUMNS = ["sku", "name", "description", "category", "brand", "currency_code", "price_nanos", "cost_nanos",
-            "quantity", "low_stock_threshold", "max_quantity", "is_active", "weight_kg", "dimensions",
-            "customer_id", "create_time", "update_time", "version"]
+_COLUMNS = [
+    "sku",
+    "name",
+    "description",
+    "category",
+    "brand",
+    "currency_code",
+    "price_nanos",
+    "cost_nanos",
+    "quantity",
+    "low_stock_threshold",
+    "max_quantity",
+    "is_active",
+    "weight_kg",
+    "dimensions",
+    "customer_id",
+    "create_time",
+    "update_time",
+    "version",
+]
 _LEDGER_FROM_ITEMS = """
     INSERT INTO stock_movements (item_id, sku, delta, quantity_after, reason, low_stock_change,
                                  low_stock_threshold, customer_id, category, note, principal,
@@ -272,12 +319,18 @@ def read_fixtures(database: Database, pool: int, customer: str) -> Fixtures:
                 candidates = [rng.randint(1, top) for _ in range(pool * 2)]
                 found = connection.execute(select(c.id).where(c.id.in_(candidates), c.is_active)).scalars().all()
                 item_ids.extend(sorted(set(found) - set(item_ids))[: pool - len(item_ids)])
-            owned = connection.execute(
-                select(c.id).where(c.customer_id == customer, c.is_active).order_by(c.id)
-            ).scalars().all()
-            adjustable = connection.execute(
-                select(c.id).where(c.quantity >= ADJUSTABLE_STOCK, c.is_active).order_by(c.id).limit(pool * 20)
-            ).scalars().all()
+            owned = (
+                connection.execute(select(c.id).where(c.customer_id == customer, c.is_active).order_by(c.id))
+                .scalars()
+                .all()
+            )
+            adjustable = (
+                connection.execute(
+                    select(c.id).where(c.quantity >= ADJUSTABLE_STOCK, c.is_active).order_by(c.id).limit(pool * 20)
+                )
+                .scalars()
+                .all()
+            )
             sizes = dict(connection.execute(select(c.category, func.count()).group_by(c.category)).all())
     finally:
         engine.dispose()
@@ -328,8 +381,9 @@ class PostgresCounters:
     def read(self) -> dict[str, int]:
         with self._connection.cursor() as cursor:
             cursor.execute("SELECT pg_stat_clear_snapshot()")
-            cursor.execute("SELECT sessions, xact_commit + xact_rollback FROM pg_stat_database "
-                           "WHERE datname = current_database()")
+            cursor.execute(
+                "SELECT sessions, xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+            )
             sessions, transactions = cursor.fetchone()
         return {"sessions": int(sessions), "transactions": int(transactions)}
 

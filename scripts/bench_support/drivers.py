@@ -49,7 +49,7 @@ if __package__ in (None, ""):
     # Run as a script: scripts/ holds bench_support, as for scripts/bench.py.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import Connection, Engine, create_engine, func, select
+from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.engine import make_url
 
@@ -81,9 +81,21 @@ SEARCH_PAGE = _counted_first_page_statement(("text_pattern",))
 # walks the whole id index and filters (15 ms at 10,000 items instead of 0.5 ms with the
 # trigram indexes). This setting has every execution planned with its values (--custom-plans).
 CUSTOM_PLANS = {"plan_cache_mode": "force_custom_plan"}
-_MOVEMENT_COLUMNS = ["item_id", "sku", "delta", "quantity_after", "reason", "low_stock_change",
-                     "low_stock_threshold", "customer_id", "category", "note", "principal", "request_id",
-                     "create_time"]
+_MOVEMENT_COLUMNS = [
+    "item_id",
+    "sku",
+    "delta",
+    "quantity_after",
+    "reason",
+    "low_stock_change",
+    "low_stock_threshold",
+    "customer_id",
+    "category",
+    "note",
+    "principal",
+    "request_id",
+    "create_time",
+]
 
 
 def _utcnow() -> datetime:
@@ -93,18 +105,34 @@ def _utcnow() -> datetime:
 def _movement(item: Item, delta: int) -> dict[str, Any]:
     """The ledger row of an adjustment, as SqlStockMovementRepository.add writes it (no
     low-stock event: the adjusted items hold far more than their threshold)."""
-    return {"item_id": item.id, "sku": item.sku, "delta": delta, "quantity_after": item.quantity,
-            "reason": MovementReason.CORRECTION.value, "low_stock_change": 0,
-            "low_stock_threshold": item.low_stock_threshold, "customer_id": item.customer_id,
-            "category": item.category, "note": "", "principal": "bench", "request_id": "", "create_time": _utcnow()}
+    return {
+        "item_id": item.id,
+        "sku": item.sku,
+        "delta": delta,
+        "quantity_after": item.quantity,
+        "reason": MovementReason.CORRECTION.value,
+        "low_stock_change": 0,
+        "low_stock_threshold": item.low_stock_threshold,
+        "customer_id": item.customer_id,
+        "category": item.category,
+        "note": "",
+        "principal": "bench",
+        "request_id": "",
+        "create_time": _utcnow(),
+    }
 
 
 def _adjustment(item_id: int, delta: int) -> dict[str, Any]:
     # The repository binds at_most = ceiling - delta, which for delta < 0 is past int32: psycopg2
     # sends it as a literal, but asyncpg and psycopg 3 bind it as the INTEGER it is cast to and
     # fail ("integer out of range"). Capped here; a port needs the cap (or a BigInteger bind) there.
-    return {"item_id": item_id, "delta": delta, "at_least": -delta,
-            "at_most": min(MAX_QUANTITY_VALUE - delta, MAX_QUANTITY_VALUE), "now": _utcnow()}
+    return {
+        "item_id": item_id,
+        "delta": delta,
+        "at_least": -delta,
+        "at_most": min(MAX_QUANTITY_VALUE - delta, MAX_QUANTITY_VALUE),
+        "now": _utcnow(),
+    }
 
 
 class Option(Protocol):
@@ -132,11 +160,18 @@ class SqlAlchemyAsync:
         self.name = name
         connect_args: dict[str, Any] = {}
         if custom_plans:
-            connect_args = ({"server_settings": CUSTOM_PLANS} if driver == "asyncpg"
-                            else {"options": " ".join(f"-c {k}={v}" for k, v in CUSTOM_PLANS.items())})
-        self._engine = create_async_engine(make_url(url).set(drivername=f"postgresql+{driver}"),
-                                           pool_size=POOL, max_overflow=0, pool_pre_ping=pre_ping,
-                                           connect_args=connect_args)
+            connect_args = (
+                {"server_settings": CUSTOM_PLANS}
+                if driver == "asyncpg"
+                else {"options": " ".join(f"-c {k}={v}" for k, v in CUSTOM_PLANS.items())}
+            )
+        self._engine = create_async_engine(
+            make_url(url).set(drivername=f"postgresql+{driver}"),
+            pool_size=POOL,
+            max_overflow=0,
+            pool_pre_ping=pre_ping,
+            connect_args=connect_args,
+        )
 
     async def _rows(self, statement: Any, parameters: dict[str, Any]) -> Sequence[Any]:
         async with self._engine.connect() as connection:
@@ -154,13 +189,12 @@ class SqlAlchemyAsync:
         return _page_and_total(await self._rows(SEARCH_PAGE, {"text_pattern": pattern, "limit": PAGE}))
 
     async def adjust(self, item_id: int, delta: int) -> Item | None:
-        async with self._engine.connect() as connection:
-            async with connection.begin():
-                row = (await connection.execute(_ADD_TO_QUANTITY, _adjustment(item_id, delta))).first()
-                if row is None:
-                    return None
-                item = _item_from_row(row)
-                await connection.execute(_ADD_MOVEMENT, _movement(item, delta))
+        async with self._engine.connect() as connection, connection.begin():
+            row = (await connection.execute(_ADD_TO_QUANTITY, _adjustment(item_id, delta))).first()
+            if row is None:
+                return None
+            item = _item_from_row(row)
+            await connection.execute(_ADD_MOVEMENT, _movement(item, delta))
         return item
 
     async def close(self) -> None:
@@ -174,8 +208,7 @@ class SyncInThreads:
     def __init__(self, name: str, url: str, pre_ping: bool, custom_plans: bool) -> None:
         # custom_plans changes nothing here: psycopg2 sends parameters as literals, never prepares.
         self.name = name
-        self._engine = build_engine(InventorySettings(database_url=url, db_pool_size=POOL,
-                                                      db_pool_pre_ping=pre_ping))
+        self._engine = build_engine(InventorySettings(database_url=url, db_pool_size=POOL, db_pool_pre_ping=pre_ping))
         self._executor = ThreadPoolExecutor(POOL, thread_name_prefix="db")
 
     def _in_thread(self, function: Callable[..., Any], *args: Any) -> Awaitable[Any]:
@@ -231,7 +264,7 @@ class RawStatement:
     defaults: dict[str, Any]
 
     @classmethod
-    def of(cls, statement: Any, column_keys: list[str] | None = None) -> "RawStatement":
+    def of(cls, statement: Any, column_keys: list[str] | None = None) -> RawStatement:
         compiled = statement.compile(dialect=asyncpg_dialect(), column_keys=column_keys)
         return cls(compiled.string, tuple(compiled.positiontup or ()), dict(compiled.params))
 
@@ -274,8 +307,9 @@ class RawAsyncpg:
         async def keep(_connection: Any) -> None:
             pass  # every call ends its own transaction
 
-        return await asyncpg.create_pool(self._dsn, min_size=POOL, max_size=POOL, reset=keep,
-                                         server_settings=self._server_settings)
+        return await asyncpg.create_pool(
+            self._dsn, min_size=POOL, max_size=POOL, reset=keep, server_settings=self._server_settings
+        )
 
     async def _connection(self) -> Any:
         if self._pool is None:  # the first calls come at once: they share one pool being made
@@ -358,8 +392,9 @@ def load(url: str, count: int) -> None:
 
 
 def read_inputs(url: str, search: str = data.DEFAULT_SEARCH) -> Inputs:
-    fixtures = data.read_fixtures(data.Database(url, "postgresql", url, owned=False), pool=256,
-                                  customer=data.customer_id(7))
+    fixtures = data.read_fixtures(
+        data.Database(url, "postgresql", url, owned=False), pool=256, customer=data.customer_id(7)
+    )
     engine = _psycopg2_engine(url)
     try:
         with engine.connect() as connection:
@@ -370,8 +405,13 @@ def read_inputs(url: str, search: str = data.DEFAULT_SEARCH) -> Inputs:
         engine.dispose()
     if last is None or not fixtures.adjust_item_ids:
         raise SystemExit(f"drivers: the database holds too few items (more than {PAGE} are needed)")
-    return Inputs(item_ids=fixtures.item_ids, max_after_id=int(last) - 1, search_pattern=pattern,
-                  search_total=int(rows[0][-1]) if rows else 0, adjust_item_ids=fixtures.adjust_item_ids[:32])
+    return Inputs(
+        item_ids=fixtures.item_ids,
+        max_after_id=int(last) - 1,
+        search_pattern=pattern,
+        search_total=int(rows[0][-1]) if rows else 0,
+        adjust_item_ids=fixtures.adjust_item_ids[:32],
+    )
 
 
 def _quantities_and_ledger(url: str, item_ids: list[int]) -> tuple[dict[int, int], dict[int, int]]:
@@ -449,12 +489,22 @@ def _one_call(option: Option, workload: str, inputs: Inputs, cell: Cell) -> Call
         else:
             cell.added[item_id] = cell.added.get(item_id, 0) + delta
 
-    return {"GetItem": get_item, "ListItems page": list_page, "search page + count": search_page,
-            "AdjustQuantity +-1": adjust}[workload]
+    return {
+        "GetItem": get_item,
+        "ListItems page": list_page,
+        "search page + count": search_page,
+        "AdjustQuantity +-1": adjust,
+    }[workload]
 
 
-async def _keep_calls_in_flight(call: Callable[[random.Random], Awaitable[None]], cell: Cell, in_flight: int,
-                                seconds: float, seed: int, record: bool) -> None:
+async def _keep_calls_in_flight(
+    call: Callable[[random.Random], Awaitable[None]],
+    cell: Cell,
+    in_flight: int,
+    seconds: float,
+    seed: int,
+    record: bool,
+) -> None:
     deadline = time.perf_counter() + seconds
 
     async def task(number: int) -> None:
@@ -463,7 +513,7 @@ async def _keep_calls_in_flight(call: Callable[[random.Random], Awaitable[None]]
             started = time.perf_counter()
             try:
                 await call(rng)
-            except Exception as error:  # counted and shown: a failing option must not stop the others
+            except Exception as error:  # noqa: BLE001 counted and shown: a failing option must not stop the others
                 cell.errors += 1
                 cell.first_problem = cell.first_problem or f"{type(error).__name__}: {error}"
             if record:
@@ -472,8 +522,17 @@ async def _keep_calls_in_flight(call: Callable[[random.Random], Awaitable[None]]
     await asyncio.gather(*(task(number) for number in range(in_flight)))
 
 
-async def _measure(option: Option, workload: str, inputs: Inputs, url: str, turn: int, *, duration: float,
-                   warmup: float, in_flight: int) -> Cell:
+async def _measure(
+    option: Option,
+    workload: str,
+    inputs: Inputs,
+    url: str,
+    turn: int,
+    *,
+    duration: float,
+    warmup: float,
+    in_flight: int,
+) -> Cell:
     cell = Cell(option.name, workload, turn)
     call = _one_call(option, workload, inputs, cell)
     is_adjust = workload.startswith("AdjustQuantity")
@@ -497,10 +556,19 @@ async def _measure(option: Option, workload: str, inputs: Inputs, url: str, turn
     return cell
 
 
-async def compare(url: str, *, duration: float = 5.0, warmup: float = 1.0, turns: int = 3, in_flight: int = POOL,
-                  options: Sequence[str] = tuple(OPTIONS), workloads: Sequence[str] = WORKLOADS,
-                  pre_ping: bool = True, custom_plans: bool = False,
-                  progress: Callable[[str], None] = lambda _: None) -> list[Cell]:
+async def compare(
+    url: str,
+    *,
+    duration: float = 5.0,
+    warmup: float = 1.0,
+    turns: int = 3,
+    in_flight: int = POOL,
+    options: Sequence[str] = tuple(OPTIONS),
+    workloads: Sequence[str] = WORKLOADS,
+    pre_ping: bool = True,
+    custom_plans: bool = False,
+    progress: Callable[[str], None] = lambda _: None,
+) -> list[Cell]:
     """Every option on every workload, `turns` times, the options in a rotated order each turn."""
     inputs = read_inputs(url)
     cells: list[Cell] = []
@@ -510,13 +578,19 @@ async def compare(url: str, *, duration: float = 5.0, warmup: float = 1.0, turns
             option = OPTIONS[name](url, pre_ping, custom_plans)
             try:
                 for workload in workloads:
-                    cell = await _measure(option, workload, inputs, url, turn, duration=duration, warmup=warmup,
-                                          in_flight=in_flight)
+                    cell = await _measure(
+                        option, workload, inputs, url, turn, duration=duration, warmup=warmup, in_flight=in_flight
+                    )
                     cells.append(cell)
-                    progress(f"  turn {turn + 1} {name} {workload}: {cell.calls_per_s:,.0f}/s, "
-                             f"p50 {cell.percentile_ms(0.5):.2f} ms, {cell.cpu_us_per_call:,.0f} µs CPU/call"
-                             + (f", {cell.wrong} wrong, {cell.errors} errors: {cell.first_problem}"
-                                if cell.wrong or cell.errors else ""))
+                    progress(
+                        f"  turn {turn + 1} {name} {workload}: {cell.calls_per_s:,.0f}/s, "
+                        f"p50 {cell.percentile_ms(0.5):.2f} ms, {cell.cpu_us_per_call:,.0f} µs CPU/call"
+                        + (
+                            f", {cell.wrong} wrong, {cell.errors} errors: {cell.first_problem}"
+                            if cell.wrong or cell.errors
+                            else ""
+                        )
+                    )
             finally:
                 await option.close()
     return cells
@@ -531,8 +605,18 @@ def _median(values: list[float]) -> float:
 
 def table(cells: list[Cell]) -> str:
     """Per workload and option: the median turn's figures, each turn's calls/s, and the ratio to the best."""
-    header = ["workload", "option", "calls/s", "calls/s by turn", "p50 ms", "p99 ms", "CPU µs/call", "vs best",
-              "machine busy %", "checks"]
+    header = [
+        "workload",
+        "option",
+        "calls/s",
+        "calls/s by turn",
+        "p50 ms",
+        "p99 ms",
+        "CPU µs/call",
+        "vs best",
+        "machine busy %",
+        "checks",
+    ]
     body = []
     for workload in dict.fromkeys(cell.workload for cell in cells):
         by_option: dict[str, list[Cell]] = {}
@@ -546,29 +630,44 @@ def table(cells: list[Cell]) -> str:
             ledger = [c for c in turn_cells if c.ledger_adds_up is not None]
             checks = "ok" if not bad else f"{bad} wrong/errors"
             if ledger:
-                checks += ", ledger ok" if all(c.ledger_adds_up and c.stock_moved_as_added for c in ledger) \
+                checks += (
+                    ", ledger ok"
+                    if all(c.ledger_adds_up and c.stock_moved_as_added for c in ledger)
                     else ", LEDGER/STOCK WRONG"
-            body.append([
-                workload, name, f"{medians[name]:,.0f}", " / ".join(f"{c.calls_per_s:,.0f}" for c in turn_cells),
-                f"{_median([c.percentile_ms(0.5) for c in turn_cells]):.2f}",
-                f"{_median([c.percentile_ms(0.99) for c in turn_cells]):.2f}",
-                f"{_median([c.cpu_us_per_call for c in turn_cells]):,.0f}",
-                f"{medians[name] / best:.2f}" if best else "n/a",
-                " / ".join(f"{c.machine_busy_percent:.0f}" for c in turn_cells), checks,
-            ])
+                )
+            body.append(
+                [
+                    workload,
+                    name,
+                    f"{medians[name]:,.0f}",
+                    " / ".join(f"{c.calls_per_s:,.0f}" for c in turn_cells),
+                    f"{_median([c.percentile_ms(0.5) for c in turn_cells]):.2f}",
+                    f"{_median([c.percentile_ms(0.99) for c in turn_cells]):.2f}",
+                    f"{_median([c.cpu_us_per_call for c in turn_cells]):,.0f}",
+                    f"{medians[name] / best:.2f}" if best else "n/a",
+                    " / ".join(f"{c.machine_busy_percent:.0f}" for c in turn_cells),
+                    checks,
+                ]
+            )
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
     left = {0, 1, 9}
 
     def line(row: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) if i in left else c.rjust(w)
-                                 for i, (c, w) in enumerate(zip(row, widths))) + " |"
+        return (
+            "| "
+            + " | ".join(
+                c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+            + " |"
+        )
 
     rule = "|" + "|".join("-" * (w + 2) if i in left else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
     return "\n".join([line(header), rule, *(line(row) for row in body)])
 
 
-def describe_run(*, items: int, duration: float, warmup: float, turns: int, in_flight: int, pre_ping: bool,
-                 custom_plans: bool) -> str:
+def describe_run(
+    *, items: int, duration: float, warmup: float, turns: int, in_flight: int, pre_ping: bool, custom_plans: bool
+) -> str:
     import sqlalchemy
 
     versions = []
@@ -577,22 +676,58 @@ def describe_run(*, items: int, duration: float, warmup: float, turns: int, in_f
             versions.append(f"{module} {__import__(module).__version__.split()[0]}")
         except ImportError:
             versions.append(f"{module} missing")
-    return (f"drivers: one asyncio process, {in_flight} calls in flight, {items:,} items, {turns} turns of "
-            f"{duration:g} s per workload after {warmup:g} s of warm-up; pools of {POOL}, pre-ping "
-            f"{'on' if pre_ping else 'off'}, plan_cache_mode "
-            f"{CUSTOM_PLANS['plan_cache_mode'] if custom_plans else 'as the server has it'}; SQLAlchemy {sqlalchemy.__version__}, {', '.join(versions)}; "
-            "figures: the median turn; CPU: this process's, driver threads included")
+    return (
+        f"drivers: one asyncio process, {in_flight} calls in flight, {items:,} items, {turns} turns of "
+        f"{duration:g} s per workload after {warmup:g} s of warm-up; pools of {POOL}, pre-ping "
+        f"{'on' if pre_ping else 'off'}, plan_cache_mode "
+        f"{CUSTOM_PLANS['plan_cache_mode'] if custom_plans else 'as the server has it'}; "
+        f"SQLAlchemy {sqlalchemy.__version__}, {', '.join(versions)}; "
+        "figures: the median turn; CPU: this process's, driver threads included"
+    )
 
 
-def run(url: str, *, items: int, duration: float, warmup: float, turns: int, in_flight: int = POOL,
-        options: Sequence[str] = tuple(OPTIONS), workloads: Sequence[str] = WORKLOADS, pre_ping: bool = True,
-        custom_plans: bool = False, progress: Callable[[str], None] = lambda _: None) -> str:
+def run(
+    url: str,
+    *,
+    items: int,
+    duration: float,
+    warmup: float,
+    turns: int,
+    in_flight: int = POOL,
+    options: Sequence[str] = tuple(OPTIONS),
+    workloads: Sequence[str] = WORKLOADS,
+    pre_ping: bool = True,
+    custom_plans: bool = False,
+    progress: Callable[[str], None] = lambda _: None,
+) -> str:
     """The comparison on a loaded database, as text: a line on how it ran, then the table."""
-    cells = asyncio.run(compare(url, duration=duration, warmup=warmup, turns=turns, in_flight=in_flight,
-                                options=options, workloads=workloads, pre_ping=pre_ping, custom_plans=custom_plans,
-                                progress=progress))
-    return describe_run(items=items, duration=duration, warmup=warmup, turns=turns, in_flight=in_flight,
-                        pre_ping=pre_ping, custom_plans=custom_plans) + "\n\n" + table(cells)
+    cells = asyncio.run(
+        compare(
+            url,
+            duration=duration,
+            warmup=warmup,
+            turns=turns,
+            in_flight=in_flight,
+            options=options,
+            workloads=workloads,
+            pre_ping=pre_ping,
+            custom_plans=custom_plans,
+            progress=progress,
+        )
+    )
+    return (
+        describe_run(
+            items=items,
+            duration=duration,
+            warmup=warmup,
+            turns=turns,
+            in_flight=in_flight,
+            pre_ping=pre_ping,
+            custom_plans=custom_plans,
+        )
+        + "\n\n"
+        + table(cells)
+    )
 
 
 def _say(message: str) -> None:
@@ -607,16 +742,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--turns", type=int, default=3, help="turns of every option (default 3)")
     parser.add_argument("--in-flight", type=int, default=POOL, help=f"concurrent calls (default {POOL})")
     parser.add_argument("--only", help="only the options whose name matches this regular expression")
-    parser.add_argument("--workloads", help=f"only the workloads matching this regular expression "
-                        f"(of: {', '.join(WORKLOADS)})")
-    parser.add_argument("--pre-ping", action=argparse.BooleanOptionalAction, default=True,
-                        help="test each connection at checkout, as the service does by default (default: on)")
-    parser.add_argument("--custom-plans", action="store_true",
-                        help="plan_cache_mode=force_custom_plan on each connection of asyncpg and psycopg 3 "
-                        "(see CUSTOM_PLANS: their prepared text search gets a generic plan otherwise)")
-    parser.add_argument("--reuse-data", action="store_true",
-                        help=f"keep the database when it holds --items items (else it is dropped and made anew: "
-                        f"{DATABASE}, or {DATABASE}_N for other --items, on {data.DEFAULT_POSTGRES_SERVER})")
+    parser.add_argument(
+        "--workloads", help=f"only the workloads matching this regular expression (of: {', '.join(WORKLOADS)})"
+    )
+    parser.add_argument(
+        "--pre-ping",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="test each connection at checkout, as the service does by default (default: on)",
+    )
+    parser.add_argument(
+        "--custom-plans",
+        action="store_true",
+        help="plan_cache_mode=force_custom_plan on each connection of asyncpg and psycopg 3 "
+        "(see CUSTOM_PLANS: their prepared text search gets a generic plan otherwise)",
+    )
+    parser.add_argument(
+        "--reuse-data",
+        action="store_true",
+        help=f"keep the database when it holds --items items (else it is dropped and made anew: "
+        f"{DATABASE}, or {DATABASE}_N for other --items, on {data.DEFAULT_POSTGRES_SERVER})",
+    )
     args = parser.parse_args(argv)
     options = [name for name in OPTIONS if not args.only or re.search(args.only, name, re.IGNORECASE)]
     workloads = [name for name in WORKLOADS if not args.workloads or re.search(args.workloads, name, re.IGNORECASE)]
@@ -629,8 +775,21 @@ def main(argv: list[str] | None = None) -> None:
         data.recreate(database)
         _say(f"loading {args.items:,} items into {database.description} ...")
         load(database.url, args.items)
-    print(run(database.url, items=args.items, duration=args.duration, warmup=args.warmup, turns=args.turns,
-              in_flight=args.in_flight, options=options, workloads=workloads, pre_ping=args.pre_ping, custom_plans=args.custom_plans, progress=_say))
+    print(
+        run(
+            database.url,
+            items=args.items,
+            duration=args.duration,
+            warmup=args.warmup,
+            turns=args.turns,
+            in_flight=args.in_flight,
+            options=options,
+            workloads=workloads,
+            pre_ping=args.pre_ping,
+            custom_plans=args.custom_plans,
+            progress=_say,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,9 @@ from servicekit.page_tokens import decode_page_token, query_fingerprint
 def explain_list_items(database: Database, request: pb.ListItemsRequest, limit: int) -> list[tuple[str, str]]:
     """(statement, plan) for each statement one ListItems call with `request` sends."""
     query = query_from_request(request)
-    after_id = (decode_page_token(request.page_token, query_fingerprint("items", query)).after_id
-                if request.page_token else 0)
+    after_id = (
+        decode_page_token(request.page_token, query_fingerprint("items", query)).after_id if request.page_token else 0
+    )
     engine = connect(database)
     caught: list[tuple[str, Any]] = []
 

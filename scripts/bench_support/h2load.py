@@ -61,8 +61,17 @@ def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if part < total % parts else 0) for part in range(parts)]
 
 
-def run(address: str, load: Load, in_flight: int, workdir: Path, *, max_processes: int,
-        duration_s: float | None = None, warmup_s: float = 0.0, calls: int | None = None) -> LoadResult:
+def run(
+    address: str,
+    load: Load,
+    in_flight: int,
+    workdir: Path,
+    *,
+    max_processes: int,
+    duration_s: float | None = None,
+    warmup_s: float = 0.0,
+    calls: int | None = None,
+) -> LoadResult:
     """Either for `duration_s` (after `warmup_s`, not measured) or for exactly `calls` calls,
     each of which is then answered before h2load ends (so that every call is counted)."""
     processes = min(in_flight, max_processes)
@@ -83,8 +92,18 @@ def run(address: str, load: Load, in_flight: int, workdir: Path, *, max_processe
         body_index = number % len(load.bodies)
         log = workdir / f"h2load-{number}.log"
         log.unlink(missing_ok=True)
-        command = ["h2load", f"--data={body_files[body_index]}", "-c", "1", "-t", "1",
-                   "-m", str(streams[number]), f"--log-file={log}", *headers]
+        command = [
+            "h2load",
+            f"--data={body_files[body_index]}",
+            "-c",
+            "1",
+            "-t",
+            "1",
+            "-m",
+            str(streams[number]),
+            f"--log-file={log}",
+            *headers,
+        ]
         if calls is None:
             assert duration_s is not None
             command += [f"--duration={duration_s:g}s"]
@@ -123,15 +142,18 @@ def run(address: str, load: Load, in_flight: int, workdir: Path, *, max_processe
         rate_sum += _rate(output)
     # A timed run's rate is h2load's own (measured over the same duration in every process);
     # a counted run's is its calls over the time from the first call sent to the last answer.
-    seconds = (sum(n for _, n in answered_by_body) / rate_sum if rate_sum else 0.0) if calls is None \
+    seconds = (
+        (sum(n for _, n in answered_by_body) / rate_sum if rate_sum else 0.0)
+        if calls is None
         else max(last_end - first_start, 1e-9)
+    )
     return LoadResult(len(latencies), failed, seconds, latencies, answered_by_body, cpu)
 
 
 def _count(output: str, prefix: str, name: str) -> int:
     for line in output.splitlines():
         if line.startswith(prefix):
-            for part in line[len(prefix):].split(","):
+            for part in line[len(prefix) :].split(","):
                 words = part.split()
                 if len(words) == 2 and words[1] == name:
                     return int(words[0])
@@ -147,8 +169,10 @@ def _rate(output: str) -> float:
 
 def summary(output: str) -> str:
     """h2load's own count of a run's calls, in a few words."""
-    return (f"{_count(output, 'requests:', 'succeeded')} calls answered HTTP 200 "
-            f"({_count(output, 'requests:', 'failed')} failed) at {_rate(output):,.0f}/s")
+    return (
+        f"{_count(output, 'requests:', 'succeeded')} calls answered HTTP 200 "
+        f"({_count(output, 'requests:', 'failed')} failed) at {_rate(output):,.0f}/s"
+    )
 
 
 def percentile(values: list[float], fraction: float) -> float:

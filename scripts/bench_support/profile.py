@@ -33,12 +33,36 @@ LAYERS = [
 # Steps of a call, each counted in a sample when any frame of its stack is one of these
 # functions (so they include what they call); the shares may overlap.
 STEPS = [
-    ("SQL statements: build, compile/cache key, execute, fetch",
-     ("Connection.execute (", "Connection.exec_driver_sql (", "Result.", "CursorResult.", "ScalarResult.",
-      "select (", "update (", "insert (", "delete (", "where (", "_page_statement (", "_count_statement (", "_filter_values (")),
-    ("DB connection: checkout, pre-ping, begin, rollback, return",
-     ("Engine.connect (", "Pool.connect (", "do_ping (", "Connection.begin (", "Transaction.rollback (",
-      "Connection.close (", "_ConnectionFairy._checkin (")),
+    (
+        "SQL statements: build, compile/cache key, execute, fetch",
+        (
+            "Connection.execute (",
+            "Connection.exec_driver_sql (",
+            "Result.",
+            "CursorResult.",
+            "ScalarResult.",
+            "select (",
+            "update (",
+            "insert (",
+            "delete (",
+            "where (",
+            "_page_statement (",
+            "_count_statement (",
+            "_filter_values (",
+        ),
+    ),
+    (
+        "DB connection: checkout, pre-ping, begin, rollback, return",
+        (
+            "Engine.connect (",
+            "Pool.connect (",
+            "do_ping (",
+            "Connection.begin (",
+            "Transaction.rollback (",
+            "Connection.close (",
+            "_ConnectionFairy._checkin (",
+        ),
+    ),
     ("rows -> domain objects", ("_item_from_row (", "_movement_from_row (")),
     ("domain -> protobuf (convert.py)", ("item_to_proto (", "customer_item_to_proto (")),
     ("calls to inventory (CRM)", ("InventoryClient.",)),
@@ -46,8 +70,17 @@ STEPS = [
     ("metrics", ("MetricWrapperBase.labels (", "Counter.inc (", "Histogram.observe (", "Gauge.inc (", "Gauge.dec (")),
     ("token check", ("TokenVerifier.verify (",)),
     ("request id, call context", ("uuid4 (",)),
-    ("grpc server outside the handler", ("_serve (", "_process_event_and_continue (", "_handle_call (",
-                                         "ThreadPoolExecutor.submit (", "_status (", "_send_response (")),
+    (
+        "grpc server outside the handler",
+        (
+            "_serve (",
+            "_process_event_and_continue (",
+            "_handle_call (",
+            "ThreadPoolExecutor.submit (",
+            "_status (",
+            "_send_response (",
+        ),
+    ),
 ]
 _FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>[^:()]*)(?::\d+)?\)$")
 
@@ -64,9 +97,22 @@ def start(pid: int, seconds: float, output: Path, *, gil_only: bool = True) -> s
     executable = py_spy()
     if executable is None:
         raise SystemExit("bench: --profile needs py-spy: .venv/bin/pip install py-spy")
-    command = [executable, "record", "--pid", str(pid), "--duration", str(max(int(seconds), 1)),
-               "--rate", "200", "--format", "raw", "--output", str(output), "--nonblocking",
-               "--subprocesses"]
+    command = [
+        executable,
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(max(int(seconds), 1)),
+        "--rate",
+        "200",
+        "--format",
+        "raw",
+        "--output",
+        str(output),
+        "--nonblocking",
+        "--subprocesses",
+    ]
     if gil_only:
         command.append("--gil")
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

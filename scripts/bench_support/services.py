@@ -20,8 +20,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 BIN = Path(sys.executable).parent
 # Settings of the user's environment that would override the benchmark's own.
-_OVERRIDDEN = re.compile(r"^((INVENTORY|CRM|CRM_INVENTORY)_)?(JWT_.*|DATABASE_URL|LISTEN_ADDRESS|METRICS_ADDRESS"
-                         r"|INVENTORY_TARGET|INVENTORY_TOKEN_FILE)$")
+_OVERRIDDEN = re.compile(
+    r"^((INVENTORY|CRM|CRM_INVENTORY)_)?(JWT_.*|DATABASE_URL|LISTEN_ADDRESS|METRICS_ADDRESS"
+    r"|INVENTORY_TARGET|INVENTORY_TOKEN_FILE)$"
+)
 
 
 _handed_out: set[int] = set()
@@ -112,8 +114,9 @@ class Process:
 class Services:
     processes: list[Process] = field(default_factory=list)
 
-    def start(self, name: str, command: list[str], env: dict[str, str], address: str, log_dir: Path,
-              metrics_address: str = "") -> Process:
+    def start(
+        self, name: str, command: list[str], env: dict[str, str], address: str, log_dir: Path, metrics_address: str = ""
+    ) -> Process:
         log_path = log_dir / f"{name}.log"
         with log_path.open("wb") as log:
             popen = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -144,8 +147,7 @@ def wait_serving(process: Process, timeout_s: float = 30.0) -> None:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             if process.popen.poll() is not None:
-                raise SystemExit(f"bench: {process.name} exited with {process.popen.returncode}:\n"
-                                 f"{process.log_tail()}")
+                raise SystemExit(f"bench: {process.name} exited with {process.popen.returncode}:\n{process.log_tail()}")
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -153,8 +155,7 @@ def wait_serving(process: Process, timeout_s: float = 30.0) -> None:
             except grpc.RpcError:
                 pass
             if time.monotonic() > deadline:
-                raise SystemExit(f"bench: {process.name} is not SERVING after {timeout_s:.0f} s:\n"
-                                 f"{process.log_tail()}")
+                raise SystemExit(f"bench: {process.name} is not SERVING after {timeout_s:.0f} s:\n{process.log_tail()}")
             time.sleep(0.2)
 
 
@@ -167,9 +168,9 @@ def wait_answering(process: Process, path: str, request: bytes, timeout_s: float
             try:
                 call(request, timeout=1)
                 return
-            except grpc.RpcError:
+            except grpc.RpcError as error:
                 if process.popen.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"bench: {process.name} does not answer:\n{process.log_tail()}")
+                    raise SystemExit(f"bench: {process.name} does not answer:\n{process.log_tail()}") from error
                 time.sleep(0.2)
 
 
@@ -196,12 +197,14 @@ def postgres_cpu_seconds() -> float | None:
         if name == "postgres":
             fields = rest.split()
             tick = os.sysconf("SC_CLK_TCK")
-            processes[int(stat.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick,
-                                                (int(fields[13]) + int(fields[14])) / tick)
+            processes[int(stat.parent.name)] = (
+                int(fields[1]),
+                (int(fields[11]) + int(fields[12])) / tick,
+                (int(fields[13]) + int(fields[14])) / tick,
+            )
     if not processes:
         return None
-    return sum(own + (children if parent not in processes else 0.0)
-               for parent, own, children in processes.values())
+    return sum(own + (children if parent not in processes else 0.0) for parent, own, children in processes.values())
 
 
 def background_busy_percent(seconds: float = 1.0) -> float:
@@ -225,15 +228,16 @@ def scrape_handled(metrics_address: str) -> dict[tuple[str, str, str], float] | 
     for line in body.splitlines():
         if not line.startswith("grpc_server_handled_total{"):
             continue
-        labels_text, _, value = line[len("grpc_server_handled_total{"):].rpartition("}")
+        labels_text, _, value = line[len("grpc_server_handled_total{") :].rpartition("}")
         labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels_text))
         key = (labels.get("grpc_service", ""), labels.get("grpc_method", ""), labels.get("grpc_code", ""))
         counts[key] = float(value.split()[0])
     return counts
 
 
-def handled_delta(before: dict[tuple[str, str, str], float] | None,
-                  after: dict[tuple[str, str, str], float] | None) -> dict[tuple[str, str, str], int] | None:
+def handled_delta(
+    before: dict[tuple[str, str, str], float] | None, after: dict[tuple[str, str, str], float] | None
+) -> dict[tuple[str, str, str], int] | None:
     if before is None or after is None:
         return None
     delta = {key: int(after[key] - before.get(key, 0)) for key in after}

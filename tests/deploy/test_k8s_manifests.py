@@ -26,8 +26,9 @@ MANIFESTS = sorted((ROOT / "k8s").glob("*.yaml"))
 # The oldest Kubernetes we support and the newest kubernetes-validate ships schemas for.
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 # kubernetes-validate (dev extra) installs its command beside the interpreter.
-KUBERNETES_VALIDATE = (shutil.which("kubernetes-validate", path=str(Path(sys.executable).parent))
-                       or shutil.which("kubernetes-validate"))
+KUBERNETES_VALIDATE = shutil.which("kubernetes-validate", path=str(Path(sys.executable).parent)) or shutil.which(
+    "kubernetes-validate"
+)
 
 SERVERS = {
     # Deployment: (its settings prefix, the service its readiness probe asks about, gRPC port)
@@ -61,7 +62,9 @@ def validation_problems(paths: list[Path], version: str) -> str:
     assert KUBERNETES_VALIDATE, "kubernetes-validate is not installed: it comes with the dev extra"
     result = subprocess.run(
         [KUBERNETES_VALIDATE, "--strict", "--quiet", "--kubernetes-version", version, *map(str, paths)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     problems = (result.stdout + result.stderr).strip()
     if result.returncode != 0 and not problems:
@@ -83,8 +86,11 @@ def resources() -> Resources:
 
 def pod_specs(resources: Resources) -> dict[str, dict[str, Any]]:
     """The pod template of every Deployment and Job, by workload name."""
-    return {name: resource["spec"]["template"]["spec"]
-            for (kind, name), resource in resources.items() if kind in ("Deployment", "Job")}
+    return {
+        name: resource["spec"]["template"]["spec"]
+        for (kind, name), resource in resources.items()
+        if kind in ("Deployment", "Job")
+    }
 
 
 def environment(resources: Resources, container: dict[str, Any]) -> dict[str, Any]:
@@ -118,8 +124,9 @@ def secret_file(resources: Resources, pod: dict[str, Any], container: dict[str, 
     return None if secret is None else secret["stringData"].get(file.name)
 
 
-def running_environment(resources: Resources, pod: dict[str, Any], container: dict[str, Any],
-                        files: Path) -> dict[str, str]:
+def running_environment(
+    resources: Resources, pod: dict[str, Any], container: dict[str, Any], files: Path
+) -> dict[str, str]:
     """The variables as the process sees them, with Secrets and the namespace filled in
     and each *_FILE pointing to a copy, in `files`, of what the mounted Secret holds."""
     env: dict[str, str] = {}
@@ -162,11 +169,15 @@ def test_every_manifest_passes_strict_schema_validation(version):
     assert validation_problems(MANIFESTS, version) == ""
 
 
-@pytest.mark.parametrize(("manifest", "problem"), [
-    ("apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {clusterIp: None}\n", "clusterIp"),
-    ("apiVersion: v1\nkind: Servise\nmetadata: {name: x}\n", "Servise"),
-    ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec: {replicas: three}\n", "replicas"),
-], ids=["unknown-field", "unknown-kind", "wrong-type"])
+@pytest.mark.parametrize(
+    ("manifest", "problem"),
+    [
+        ("apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {clusterIp: None}\n", "clusterIp"),
+        ("apiVersion: v1\nkind: Servise\nmetadata: {name: x}\n", "Servise"),
+        ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec: {replicas: three}\n", "replicas"),
+    ],
+    ids=["unknown-field", "unknown-kind", "wrong-type"],
+)
 def test_schema_validation_reports_a_broken_manifest(tmp_path, manifest, problem):
     path = tmp_path / "broken.yaml"
     path.write_text(manifest)
@@ -261,8 +272,11 @@ def test_crm_balances_over_inventory_pods_through_the_headless_service(resources
 @pytest.mark.parametrize("deployment", SERVERS)
 def test_each_deployment_has_a_pod_disruption_budget(resources, deployment):
     labels = resources[("Deployment", deployment)]["spec"]["template"]["metadata"]["labels"]
-    budgets = [budget for (kind, _), budget in resources.items()
-               if kind == "PodDisruptionBudget" and selects(budget["spec"]["selector"]["matchLabels"], labels)]
+    budgets = [
+        budget
+        for (kind, _), budget in resources.items()
+        if kind == "PodDisruptionBudget" and selects(budget["spec"]["selector"]["matchLabels"], labels)
+    ]
 
     assert len(budgets) == 1
 
@@ -299,11 +313,14 @@ def test_every_file_a_setting_names_is_mounted_from_a_secret_holding_it(resource
                     assert secret_file(resources, pod, container, value) is not None, f"{workload}: {name}={value}"
 
 
-@pytest.mark.parametrize(("workload", "read_settings"), [
-    ("inventory", InventorySettings.from_env),
-    ("crm", CrmSettings.from_env),
-    ("inventory-migrate", partial(InventorySettings.from_env, serving=False)),
-])
+@pytest.mark.parametrize(
+    ("workload", "read_settings"),
+    [
+        ("inventory", InventorySettings.from_env),
+        ("crm", CrmSettings.from_env),
+        ("inventory-migrate", partial(InventorySettings.from_env, serving=False)),
+    ],
+)
 def test_every_variable_set_is_a_setting_the_service_reads(resources, tmp_path, workload, read_settings):
     pod = pod_specs(resources)[workload]
     (container,) = pod["containers"]

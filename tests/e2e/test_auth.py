@@ -32,8 +32,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def claims(**overrides) -> dict:
     now = int(time.time())
-    values = {"sub": "tester", "roles": ["inventory.read", "inventory.write"], "iss": TEST_AUTH.issuer,
-              "aud": TEST_AUTH.audience, "iat": now, "nbf": now, "exp": now + 300}
+    values = {
+        "sub": "tester",
+        "roles": ["inventory.read", "inventory.write"],
+        "iss": TEST_AUTH.issuer,
+        "aud": TEST_AUTH.audience,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 300,
+    }
     values.update(overrides)
     return {key: value for key, value in values.items() if value is not None}
 
@@ -77,8 +84,21 @@ def test_call_without_token_is_unauthenticated(inventory_address):
         (lambda: hs256(roles={"inventory.read": True}), "token roles claim is malformed"),
         (lambda: "not.a.jwt", "token is malformed"),
     ],
-    ids=["other-key", "other-audience", "other-issuer", "expired", "not-yet-valid", "no-exp", "huge-exp", "no-sub", "long-sub",
-         "alg-none", "roles-number", "roles-object", "malformed"],
+    ids=[
+        "other-key",
+        "other-audience",
+        "other-issuer",
+        "expired",
+        "not-yet-valid",
+        "no-exp",
+        "huge-exp",
+        "no-sub",
+        "long-sub",
+        "alg-none",
+        "roles-number",
+        "roles-object",
+        "malformed",
+    ],
 )
 @pytest.mark.parametrize("service", ["inventory", "crm"])
 def test_bad_token_is_unauthenticated_with_a_short_reason(inventory_address, crm_address, service, make_token, reason):
@@ -136,26 +156,39 @@ def test_health_needs_no_token(inventory_address):
 
 def test_every_item_service_rpc_has_the_role_we_decided():
     """A new RPC fails here until somebody decides who may call it."""
-    reads = ["GetItem", "ListItems", "ListCustomerItems", "ListLowStockItems", "BatchGetItems",
-             "ListStockMovements", "WatchLowStock"]
+    reads = [
+        "GetItem",
+        "ListItems",
+        "ListCustomerItems",
+        "ListLowStockItems",
+        "BatchGetItems",
+        "ListStockMovements",
+        "WatchLowStock",
+    ]
     writes = ["CreateItem", "UpdateItem", "DeleteItem", "AdjustQuantity"]
-    expected = {**{f"/inventory.v1.ItemService/{name}": "inventory.read" for name in reads},
-                **{f"/inventory.v1.ItemService/{name}": "inventory.write" for name in writes}}
+    expected = {
+        **{f"/inventory.v1.ItemService/{name}": "inventory.read" for name in reads},
+        **{f"/inventory.v1.ItemService/{name}": "inventory.write" for name in writes},
+    }
 
-    assert ROLE_FOR_METHOD == expected
+    assert expected == ROLE_FOR_METHOD
 
 
 # --- asymmetric keys: a server that verifies without holding the signing key -------------
 
 
 def _pem_private(key) -> str:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
 
 
 def _pem_public(key) -> str:
-    return key.public_key().public_bytes(serialization.Encoding.PEM,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -179,8 +212,9 @@ def server_with(tmp_path):
     with ExitStack() as stack:
 
         def start(auth: AuthSettings) -> str:
-            settings = InventorySettings(database_url=f"sqlite:///{tmp_path / 'inventory.db'}",
-                                         listen_address="127.0.0.1:0", auth=auth)
+            settings = InventorySettings(
+                database_url=f"sqlite:///{tmp_path / 'inventory.db'}", listen_address="127.0.0.1:0", auth=auth
+            )
             engine = stack.enter_context(migrated_engine(settings))
             return f"127.0.0.1:{stack.enter_context(serving(settings, engine)).port}"
 
@@ -188,8 +222,11 @@ def server_with(tmp_path):
 
 
 def test_rs256_server_with_only_the_public_pem_accepts_tokens_signed_by_the_private_key(server_with, rsa_key):
-    address = server_with(AuthSettings(algorithm="RS256", public_key=_pem_public(rsa_key),
-                                       issuer=TEST_AUTH.issuer, audience=TEST_AUTH.audience))
+    address = server_with(
+        AuthSettings(
+            algorithm="RS256", public_key=_pem_public(rsa_key), issuer=TEST_AUTH.issuer, audience=TEST_AUTH.audience
+        )
+    )
     token = jwt.encode(claims(roles=["inventory.read"]), _pem_private(rsa_key), algorithm="RS256")
 
     assert get_item_with(address, bearer(token)).code() == grpc.StatusCode.NOT_FOUND  # authenticated
@@ -197,8 +234,9 @@ def test_rs256_server_with_only_the_public_pem_accepts_tokens_signed_by_the_priv
 
 def test_rs256_server_refuses_an_hs256_token_keyed_with_its_public_key(server_with, rsa_key):
     public_pem = _pem_public(rsa_key)
-    address = server_with(AuthSettings(algorithm="RS256", public_key=public_pem,
-                                       issuer=TEST_AUTH.issuer, audience=TEST_AUTH.audience))
+    address = server_with(
+        AuthSettings(algorithm="RS256", public_key=public_pem, issuer=TEST_AUTH.issuer, audience=TEST_AUTH.audience)
+    )
     # The classic confusion attack: HMAC keyed with the public key the verifier trusts
     # (made by hand: PyJWT itself refuses a PEM as an HMAC key).
     signing_input = f"{_b64(json.dumps({'alg': 'HS256', 'typ': 'JWT'}))}.{_b64(json.dumps(claims()))}"
@@ -213,14 +251,15 @@ def test_rs256_server_refuses_an_hs256_token_keyed_with_its_public_key(server_wi
 
 def test_es256_server_with_a_jwks_picks_the_key_named_by_kid(server_with, ec_key, rsa_key):
     other = ec.generate_private_key(ec.SECP256R1())
-    jwks = '{"keys": [%s, %s, %s]}' % (
+    jwks = '{{"keys": [{}, {}, {}]}}'.format(
         jwt.algorithms.ECAlgorithm.to_jwk(other.public_key()).replace("{", '{"kid": "old", ', 1),
         jwt.algorithms.ECAlgorithm.to_jwk(ec_key.public_key()).replace("{", '{"kid": "current", ', 1),
         # Identity providers publish mixed sets: a token must not pick a key of another type.
         jwt.algorithms.RSAAlgorithm.to_jwk(rsa_key.public_key()).replace("{", '{"kid": "rsa", ', 1),
     )
-    address = server_with(AuthSettings(algorithm="ES256", public_key=jwks,
-                                       issuer=TEST_AUTH.issuer, audience=TEST_AUTH.audience))
+    address = server_with(
+        AuthSettings(algorithm="ES256", public_key=jwks, issuer=TEST_AUTH.issuer, audience=TEST_AUTH.audience)
+    )
 
     good = jwt.encode(claims(), _pem_private(ec_key), algorithm="ES256", headers={"kid": "current"})
     wrong_kid = jwt.encode(claims(), _pem_private(ec_key), algorithm="ES256", headers={"kid": "old"})
@@ -238,10 +277,20 @@ def test_es256_server_with_a_jwks_picks_the_key_named_by_kid(server_with, ec_key
 
 def test_mint_token_script_makes_a_token_the_server_accepts(inventory_address, items_stub):
     created = create(items_stub)
-    env = {**os.environ, "JWT_SECRET": TEST_AUTH.secret, "JWT_ISSUER": TEST_AUTH.issuer,
-           "JWT_AUDIENCE": TEST_AUTH.audience}
-    minted = subprocess.run([str(ROOT / "scripts" / "mint_token"), "--subject", "ops", "--roles", "inventory.read"],
-                            env=env, capture_output=True, text=True, timeout=120, check=True)
+    env = {
+        **os.environ,
+        "JWT_SECRET": TEST_AUTH.secret,
+        "JWT_ISSUER": TEST_AUTH.issuer,
+        "JWT_AUDIENCE": TEST_AUTH.audience,
+    }
+    minted = subprocess.run(
+        [str(ROOT / "scripts" / "mint_token"), "--subject", "ops", "--roles", "inventory.read"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
 
     with authorized_channel(inventory_address, minted.stdout.strip()) as channel:
         item = inventory_pb2_grpc.ItemServiceStub(channel).GetItem(pb.GetItemRequest(id=created.id)).item

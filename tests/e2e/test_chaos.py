@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from sqlalchemy.engine import make_url
@@ -27,7 +26,14 @@ from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
 from inventory_svc.settings import InventorySettings
 from tests.helpers import (
-    ServiceProcess, authorized_channel, create, eventually, free_port, migrated_engine, mint, service_env,
+    ServiceProcess,
+    authorized_channel,
+    create,
+    eventually,
+    free_port,
+    migrated_engine,
+    mint,
+    service_env,
 )
 
 POOL_SIZE = 4  # and as many again in overflow: at most 8 connections a replica, 100 are shared on the server
@@ -148,11 +154,17 @@ class Replica:
 
     def start(self) -> None:
         self.starts += 1
-        env = service_env(INVENTORY_DATABASE_URL=self.database_url, INVENTORY_LISTEN_ADDRESS=self.address,
-                          INVENTORY_PROCESSES="1", INVENTORY_DB_POOL_SIZE=str(POOL_SIZE),
-                          INVENTORY_MAX_WORKERS=str(MOST_CONNECTIONS), INVENTORY_SHUTDOWN_GRACE_S="5")
-        self.process = ServiceProcess("inventory_svc.server", env,
-                                      self.log_dir / f"inventory-{self.port}-{self.starts}.log")
+        env = service_env(
+            INVENTORY_DATABASE_URL=self.database_url,
+            INVENTORY_LISTEN_ADDRESS=self.address,
+            INVENTORY_PROCESSES="1",
+            INVENTORY_DB_POOL_SIZE=str(POOL_SIZE),
+            INVENTORY_MAX_WORKERS=str(MOST_CONNECTIONS),
+            INVENTORY_SHUTDOWN_GRACE_S="5",
+        )
+        self.process = ServiceProcess(
+            "inventory_svc.server", env, self.log_dir / f"inventory-{self.port}-{self.starts}.log"
+        )
         self.process.wait_until_serving(self.address)
 
     def stop(self) -> None:
@@ -213,8 +225,15 @@ def change_stock(stubs: list, first: int, item_id: int, delta: int, outcomes: Ou
             outcomes.saw(error.code())
             if error.code() not in RETRIED:
                 with outcomes.lock:
-                    outcomes.unexpected.append(Unexpected(time.monotonic(), (first + attempt) % len(stubs),
-                                                          error.code().name, error.details() or "", request_id))
+                    outcomes.unexpected.append(
+                        Unexpected(
+                            time.monotonic(),
+                            (first + attempt) % len(stubs),
+                            error.code().name,
+                            error.details() or "",
+                            request_id,
+                        )
+                    )
             if error.code() not in RETRIED or time.monotonic() > gives_up_at:
                 with outcomes.lock:
                     outcomes.given_up.append(request_id)
@@ -230,8 +249,9 @@ def change_stock(stubs: list, first: int, item_id: int, delta: int, outcomes: Ou
 def ledger(stub, item_id: int) -> list[pb.StockMovement]:
     movements, token = [], ""
     while True:
-        page = stub.ListStockMovements(pb.ListStockMovementsRequest(item_id=item_id, page_size=100, page_token=token),
-                                       timeout=10)
+        page = stub.ListStockMovements(
+            pb.ListStockMovementsRequest(item_id=item_id, page_size=100, page_token=token), timeout=10
+        )
         movements.extend(page.movements)
         if not (token := page.next_page_token):
             return movements
@@ -270,7 +290,7 @@ class PoolSampler:
             for replica in self._replicas:
                 try:
                     self.highest = max(self.highest, replica.pool_gauge("db_pool_connections_open"))
-                except Exception:  # a replica being restarted has no /metrics for a moment
+                except Exception:  # noqa: BLE001 a replica being restarted has no /metrics for a moment
                     pass
 
     def stop(self) -> None:
@@ -279,12 +299,21 @@ class PoolSampler:
 
 
 def test_restarts_and_database_cuts_show_writers_only_retried_unavailable_and_lose_or_repeat_nothing(
-        postgres_url, tmp_path):
+    postgres_url, tmp_path
+):
     with replicas_behind_a_proxy(postgres_url, tmp_path) as (proxy, replicas), ExitStack() as channels:
-        stubs = [inventory_pb2_grpc.ItemServiceStub(channels.enter_context(authorized_channel(
-            replica.address, mint("chaos-writer"),
-            (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 500)))))
-            for replica in replicas]
+        stubs = [
+            inventory_pb2_grpc.ItemServiceStub(
+                channels.enter_context(
+                    authorized_channel(
+                        replica.address,
+                        mint("chaos-writer"),
+                        (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 500)),
+                    )
+                )
+            )
+            for replica in replicas
+        ]
         items = [create(stubs[number % 2], quantity=10_000) for number in range(ITEMS)]
         outcomes = Outcomes()
         stopping = threading.Event()
@@ -322,9 +351,11 @@ def test_restarts_and_database_cuts_show_writers_only_retried_unavailable_and_lo
         in_use = [replica.pool_gauge("db_pool_connections_in_use") for replica in replicas]
         open_now = [replica.pool_gauge("db_pool_connections_open") for replica in replicas]
 
-    print(f"statuses seen: {dict(outcomes.statuses)}; changes accepted: {len(outcomes.accepted)}; "
-          f"database connections cut: {proxy.connections_cut}; most through the proxy: {proxy.most_connections}; "
-          f"highest pool connections open: {sampler.highest}")
+    print(
+        f"statuses seen: {dict(outcomes.statuses)}; changes accepted: {len(outcomes.accepted)}; "
+        f"database connections cut: {proxy.connections_cut}; most through the proxy: {proxy.most_connections}; "
+        f"highest pool connections open: {sampler.highest}"
+    )
     assert proxy.connections_cut > 0, "the cut met no connection: it proved nothing"
     assert outcomes.statuses[grpc.StatusCode.UNAVAILABLE.name] > 0, "nothing was unavailable: the chaos missed"
     # grpc core ends the calls a server has received but not yet handed to a handler when it
@@ -332,18 +363,26 @@ def test_restarts_and_database_cuts_show_writers_only_retried_unavailable_and_lo
     # ran, so nothing changed, but the client is told CANCELLED, not UNAVAILABLE (our clients
     # retry those reads). Those, and only those, are set apart here: on the replica being
     # stopped, while it stopped, never served, and (below) never applied.
-    served_cancelled = [line for process in replicas[0].stopped_processes for line in process.log_lines()
-                        if line.get("grpc_code") == "CANCELLED"]
-    at_shutdown = [u for u in outcomes.unexpected
-                   if u.code == "CANCELLED" and u.replica == 0 and stopping_at <= u.at <= stopped_at + 0.5]
+    served_cancelled = [
+        line
+        for process in replicas[0].stopped_processes
+        for line in process.log_lines()
+        if line.get("grpc_code") == "CANCELLED"
+    ]
+    at_shutdown = [
+        u
+        for u in outcomes.unexpected
+        if u.code == "CANCELLED" and u.replica == 0 and stopping_at <= u.at <= stopped_at + 0.5
+    ]
     unexplained = [u for u in outcomes.unexpected if u not in at_shutdown]
     assert unexplained == [], f"statuses seen: {dict(outcomes.statuses)}; unexpected: {unexplained}"
     assert served_cancelled == [], "a call the stopped replica was serving was cancelled"
     assert sorted(outcomes.given_up) == sorted(u.request_id for u in at_shutdown), "a change was never accepted"
     for item in items:
         assert sum(movement.delta for movement in ledgers[item.id]) == quantities[item.id]
-    recorded = Counter(movement.request_id for movements in ledgers.values() for movement in movements
-                       if movement.request_id)
+    recorded = Counter(
+        movement.request_id for movements in ledgers.values() for movement in movements if movement.request_id
+    )
     assert {request_id for request_id, times in recorded.items() if times > 1} == set(), "a change was applied twice"
     assert set(recorded) == set(outcomes.accepted), "the ledger and the accepted changes differ"
     for movements in ledgers.values():

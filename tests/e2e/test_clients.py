@@ -21,10 +21,17 @@ from crm_svc.client import CrmClient
 from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
 from inventory_client import AsyncInventoryClient, InventoryClient, ItemFilter, money
-from servicekit.errors import (
-    AlreadyExists, Cancelled, Conflict, DeadlineExceeded, FailedPrecondition, InvalidField, NotFound, PermissionDenied,
-)
 from servicekit.call_context import CallContext, current_call
+from servicekit.errors import (
+    AlreadyExists,
+    Cancelled,
+    Conflict,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidField,
+    NotFound,
+    PermissionDenied,
+)
 from tests.helpers import mint
 
 ITEM_SERVICE = pb.DESCRIPTOR.services_by_name["ItemService"]
@@ -43,7 +50,9 @@ def snake_case(name: str) -> str:
     ],
 )
 def test_each_client_has_a_method_for_every_rpc_of_its_contract(client_class, service):
-    missing = [method.name for method in service.methods if not callable(getattr(client_class, snake_case(method.name), None))]
+    missing = [
+        method.name for method in service.methods if not callable(getattr(client_class, snake_case(method.name), None))
+    ]
 
     assert missing == []
 
@@ -54,8 +63,7 @@ def parameters(client_class: type, name: str) -> list[inspect.Parameter]:
 
 def test_the_asyncio_client_has_the_same_parameters_as_the_synchronous_one():
     names = [snake_case(method.name) for method in ITEM_SERVICE.methods]
-    differing = [name for name in names
-                 if parameters(InventoryClient, name) != parameters(AsyncInventoryClient, name)]
+    differing = [name for name in names if parameters(InventoryClient, name) != parameters(AsyncInventoryClient, name)]
 
     assert differing == []
 
@@ -120,8 +128,17 @@ def inventory(client_kind, inventory_address):
 
 
 def widget(**overrides: Any) -> pb.Item:
-    values = dict(sku="W-1", name="Widget", price=money("USD", "2.50"), quantity=3, low_stock_threshold=1,
-                  customer_id="alice", cost=money("USD", "1"), weight_kg=0.5, max_quantity=9)
+    values = dict(
+        sku="W-1",
+        name="Widget",
+        price=money("USD", "2.50"),
+        quantity=3,
+        low_stock_threshold=1,
+        customer_id="alice",
+        cost=money("USD", "1"),
+        weight_kg=0.5,
+        max_quantity=9,
+    )
     values.update(overrides)
     return pb.Item(**values)
 
@@ -129,8 +146,12 @@ def widget(**overrides: Any) -> pb.Item:
 def test_create_item_returns_the_stored_item_and_get_item_reads_it(inventory):
     created = inventory.create_item(widget(), request_id="5a0e8f2c-0d3f-4a55-9d0e-1b1d3c2a7f01")
 
-    assert (created.sku, created.price, created.cost, created.weight_kg) == ("W-1", money("USD", "2.5"),
-                                                                            money("USD", "1"), 0.5)
+    assert (created.sku, created.price, created.cost, created.weight_kg) == (
+        "W-1",
+        money("USD", "2.5"),
+        money("USD", "1"),
+        0.5,
+    )
     assert created.id > 0 and created.etag
     assert inventory.get_item(created.id) == created
 
@@ -179,7 +200,9 @@ def test_list_customer_items_lists_that_customers_active_items_unless_asked_for_
 
     assert [item.id for item in inventory.list_customer_items("alice").items] == [own.id]
     assert [item.id for item in inventory.list_customer_items("alice", include_inactive=True).items] == [
-        own.id, retired.id]
+        own.id,
+        retired.id,
+    ]
 
 
 def test_adjust_quantity_adds_a_delta_or_sets_a_quantity(inventory):
@@ -306,8 +329,9 @@ def recording_inventory():
     server.stop(grace=None)
 
 
-def test_a_call_made_while_serving_one_carries_its_token_request_id_and_remaining_time(client_kind,
-                                                                                     recording_inventory):
+def test_a_call_made_while_serving_one_carries_its_token_request_id_and_remaining_time(
+    client_kind, recording_inventory
+):
     address, servicer = recording_inventory
     client = connected(client_kind, address, lambda: "the-token")
     reset = current_call.set(CallContext(deadline=time.monotonic() + 3, request_id="req-7"))
@@ -318,7 +342,9 @@ def test_a_call_made_while_serving_one_carries_its_token_request_id_and_remainin
         client.close()
 
     assert [pair for pair in servicer.metadata if pair[0] in ("authorization", "x-request-id")] == [
-        ("x-request-id", "req-7"), ("authorization", "Bearer the-token")]
+        ("x-request-id", "req-7"),
+        ("authorization", "Bearer the-token"),
+    ]
     assert servicer.time_remaining is not None and servicer.time_remaining <= 3.1
 
 
@@ -336,8 +362,7 @@ def test_a_call_made_after_the_serving_calls_deadline_is_deadline_exceeded_unsen
     assert servicer.metadata == []
 
 
-def test_a_write_with_a_request_id_is_tried_again_when_a_stopping_server_cancels_it(client_kind,
-                                                                                    recording_inventory):
+def test_a_write_with_a_request_id_is_tried_again_when_a_stopping_server_cancels_it(client_kind, recording_inventory):
     address, servicer = recording_inventory
     servicer.cancel_first = 1
     client = connected(client_kind, address, lambda: "the-token")

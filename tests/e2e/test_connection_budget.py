@@ -27,9 +27,13 @@ def pg_engine(postgres_url: str) -> Iterator[Engine]:
 def allowed(pg_engine: Engine) -> int:
     """What the server lets ordinary connections have, less the headroom."""
     with pg_engine.connect() as connection:
-        reserved = connection.execute(text(
-            "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int"
-            " - coalesce(current_setting('reserved_connections', true), '0')::int")).scalar_one()
+        reserved = connection.execute(
+            text(
+                "SELECT current_setting('max_connections')::int"
+                " - current_setting('superuser_reserved_connections')::int"
+                " - coalesce(current_setting('reserved_connections', true), '0')::int"
+            )
+        ).scalar_one()
     return int(reserved) - DEFAULT_HEADROOM
 
 
@@ -78,10 +82,17 @@ def test_sqlite_has_no_budget_to_check(tmp_path):
 
 def test_a_server_whose_processes_cannot_fit_warns_once_at_start(postgres_url, tmp_path):
     # Two worker processes of 60 + 60 connections each cannot fit in max_connections 100.
-    env = service_env(INVENTORY_DATABASE_URL=postgres_url, INVENTORY_LISTEN_ADDRESS=f"127.0.0.1:{free_port()}",
-                      INVENTORY_PROCESSES="2", INVENTORY_DB_POOL_SIZE="60", INVENTORY_MAX_WORKERS="2")
-    with migrated_engine(InventorySettings(database_url=postgres_url)), \
-            service_process("inventory_svc.server", env, tmp_path / "inventory.log") as process:
+    env = service_env(
+        INVENTORY_DATABASE_URL=postgres_url,
+        INVENTORY_LISTEN_ADDRESS=f"127.0.0.1:{free_port()}",
+        INVENTORY_PROCESSES="2",
+        INVENTORY_DB_POOL_SIZE="60",
+        INVENTORY_MAX_WORKERS="2",
+    )
+    with (
+        migrated_engine(InventorySettings(database_url=postgres_url)),
+        service_process("inventory_svc.server", env, tmp_path / "inventory.log") as process,
+    ):
         process.wait_until_serving(env["INVENTORY_LISTEN_ADDRESS"])
         warnings = [line["message"] for line in process.log_lines() if line["level"] == "WARNING"]
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
 import grpc
+import pytest
 
 from crm.v1 import crm_pb2 as crm
 from crm.v1 import crm_pb2_grpc
@@ -29,12 +29,27 @@ def as_customer(crm_address):
 def shop(items_stub) -> dict[str, int]:
     """Items of two customers and of nobody; returns ids by sku."""
     specs = [
-        dict(sku="AL-KB", name="Keyboard", category="peripherals", brand="Keyco", customer_id="alice",
-             price=usd(90), cost=usd(40), quantity=5, low_stock_threshold=2),
+        dict(
+            sku="AL-KB",
+            name="Keyboard",
+            category="peripherals",
+            brand="Keyco",
+            customer_id="alice",
+            price=usd(90),
+            cost=usd(40),
+            quantity=5,
+            low_stock_threshold=2,
+        ),
         dict(sku="AL-MS", name="Mouse 100%", category="peripherals", brand="Pointa", customer_id="alice"),
         dict(sku="AL-MN", name="Monitor", category="displays", brand="Viewo", customer_id="alice"),
-        dict(sku="AL-OLD", name="Old keyboard", category="peripherals", brand="Keyco", customer_id="alice",
-             is_active=False),
+        dict(
+            sku="AL-OLD",
+            name="Old keyboard",
+            category="peripherals",
+            brand="Keyco",
+            customer_id="alice",
+            is_active=False,
+        ),
         dict(sku="BO-KB", name="Keyboard", category="peripherals", brand="Keyco", customer_id="bob"),
         dict(sku="NOBODY", name="Keyboard", category="peripherals", brand="Keyco"),
     ]
@@ -95,8 +110,7 @@ def test_inactive_or_unowned_items_are_not_found(as_customer, shop, sku):
         ({}, ["AL-KB", "AL-MS", "AL-MN"]),
     ],
 )
-def test_search_my_items_matches_text_and_filters_within_the_callers_items(as_customer, shop, request_fields,
-                                                                            expected):
+def test_search_my_items_matches_text_and_filters_within_the_callers_items(as_customer, shop, request_fields, expected):
     reply = as_customer("alice").SearchMyItems(crm.SearchMyItemsRequest(**request_fields))
 
     assert skus(reply) == expected
@@ -145,8 +159,10 @@ def test_a_forged_page_token_whose_total_passes_int32_is_invalid_argument(as_cus
         create(items_stub, customer_id="alice")
     token = as_customer("alice").ListMyItems(crm.ListMyItemsRequest(page_size=1)).next_page_token
 
-    error = rpc_error(as_customer("alice").ListMyItems,
-                      crm.ListMyItemsRequest(page_size=1, page_token=page_token_with_total(token, 2**31)))
+    error = rpc_error(
+        as_customer("alice").ListMyItems,
+        crm.ListMyItemsRequest(page_size=1, page_token=page_token_with_total(token, 2**31)),
+    )
 
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_request_fields(error) == ["page_token"]
@@ -195,8 +211,11 @@ def test_crm_refuses_a_token_without_the_customer_role(as_customer):
 def test_crm_refuses_a_customer_token_whose_subject_no_item_could_name(as_customer, subject):
     stub = as_customer(subject)
 
-    for call, request in ((stub.ListMyItems, crm.ListMyItemsRequest()), (stub.GetMyItem, crm.GetMyItemRequest(id=1)),
-                          (stub.SearchMyItems, crm.SearchMyItemsRequest(query="key"))):
+    for call, request in (
+        (stub.ListMyItems, crm.ListMyItemsRequest()),
+        (stub.GetMyItem, crm.GetMyItemRequest(id=1)),
+        (stub.SearchMyItems, crm.SearchMyItemsRequest(query="key")),
+    ):
         error = rpc_error(call, request)
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED
         assert error.details() == "this token's subject is not a customer id"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 import threading
 import time
 from concurrent import futures
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -18,14 +18,18 @@ from inventory.v1 import inventory_pb2_grpc
 from inventory_svc.settings import InventorySettings
 from tests.helpers import TEST_AUTH, authorized_channel, create, free_port, mint, rpc_error, serving, serving_crm
 
-
 # gRPC sends a deadline as a timeout header rounded up, so the receiver may see a hair more.
 TIMEOUT_ROUNDING_S = 0.01
 
 
 def crm_settings(inventory_port: int, **overrides) -> CrmSettings:
-    return CrmSettings(listen_address="127.0.0.1:0", inventory_target=f"127.0.0.1:{inventory_port}",
-                       auth=TEST_AUTH, inventory_auth=TEST_AUTH, **overrides)
+    return CrmSettings(
+        listen_address="127.0.0.1:0",
+        inventory_target=f"127.0.0.1:{inventory_port}",
+        auth=TEST_AUTH,
+        inventory_auth=TEST_AUTH,
+        **overrides,
+    )
 
 
 def customer_stub(address: str, customer_id: str = "alice"):
@@ -105,8 +109,9 @@ def test_the_callers_deadline_reaches_inventory_and_bounds_the_crm_call(slow_inv
         channel, alice = customer_stub(f"127.0.0.1:{crm_running.port}")
         with channel:
             started = time.monotonic()
-            error = rpc_error(alice.ListMyItems, crm.ListMyItemsRequest(), timeout=DEADLINE_S,
-                              metadata=(("x-request-id", "req-42"),))
+            error = rpc_error(
+                alice.ListMyItems, crm.ListMyItemsRequest(), timeout=DEADLINE_S, metadata=(("x-request-id", "req-42"),)
+            )
             elapsed = time.monotonic() - started
 
     assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -133,8 +138,7 @@ def test_without_a_caller_deadline_the_crm_applies_its_own(slow_inventory):
     assert len(servicer.request_ids) == 1  # one was made up for the logs
 
 
-def test_inventory_refusing_the_crms_token_is_unavailable_to_the_customer(inventory_server, empty_database,
-                                                                           tmp_path):
+def test_inventory_refusing_the_crms_token_is_unavailable_to_the_customer(inventory_server, empty_database, tmp_path):
     token_file = tmp_path / "crm-token"
     token_file.write_text(mint(subject="crm", roles=("customer",)))  # lacks inventory.read
     settings = crm_settings(inventory_server.port, inventory_token_file=str(token_file))
@@ -178,12 +182,18 @@ def test_crm_and_inventory_can_use_audiences_of_their_own(engine, empty_database
     customer_auth = replace(TEST_AUTH, audience="crm")
     inventory_settings = InventorySettings(listen_address="127.0.0.1:0", auth=inventory_auth)
     with serving(inventory_settings, engine) as inventory:
-        settings = CrmSettings(listen_address="127.0.0.1:0", inventory_target=f"127.0.0.1:{inventory.port}",
-                               auth=customer_auth, inventory_auth=inventory_auth)
+        settings = CrmSettings(
+            listen_address="127.0.0.1:0",
+            inventory_target=f"127.0.0.1:{inventory.port}",
+            auth=customer_auth,
+            inventory_auth=inventory_auth,
+        )
         customer_token = mint(subject="alice", roles=("customer", "inventory.read"), auth=customer_auth)
-        with serving_crm(settings) as crm_running:
-            with authorized_channel(f"127.0.0.1:{crm_running.port}", customer_token) as channel:
-                reply = crm_pb2_grpc.CustomerItemsServiceStub(channel).ListMyItems(crm.ListMyItemsRequest(), timeout=5)
+        with (
+            serving_crm(settings) as crm_running,
+            authorized_channel(f"127.0.0.1:{crm_running.port}", customer_token) as channel,
+        ):
+            reply = crm_pb2_grpc.CustomerItemsServiceStub(channel).ListMyItems(crm.ListMyItemsRequest(), timeout=5)
         with authorized_channel(f"127.0.0.1:{inventory.port}", customer_token) as channel:
             refused = rpc_error(inventory_pb2_grpc.ItemServiceStub(channel).ListItems, pb.ListItemsRequest())
 

@@ -23,17 +23,29 @@ from inventory_svc import repository
 from inventory_svc.settings import InventorySettings
 from servicekit.errors import Unavailable
 from tests.helpers import (
-    TEST_AUTH, authorized_channel, create, eventually, migrated_engine, mint, rpc_error, service_env, service_process,
+    TEST_AUTH,
+    authorized_channel,
+    create,
+    eventually,
+    migrated_engine,
+    mint,
+    rpc_error,
+    service_env,
+    service_process,
     serving,
 )
 
 
 def cut_every_connection(database_url: str) -> None:
     url = make_url(database_url)
-    with psycopg2.connect(host=url.host, port=url.port, user=url.username, dbname="postgres") as admin, \
-            admin.cursor() as cursor:
-        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                       "WHERE datname = %s AND pid <> pg_backend_pid()", (url.database,))
+    with (
+        psycopg2.connect(host=url.host, port=url.port, user=url.username, dbname="postgres") as admin,
+        admin.cursor() as cursor,
+    ):
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (url.database,),
+        )
 
 
 @contextmanager
@@ -63,21 +75,26 @@ def connections_refused(database_url: str) -> Iterator[None]:
 
 @contextmanager
 def serving_on_one_connection(postgres_url: str, pre_ping: bool) -> Iterator[str]:
-    settings = InventorySettings(database_url=postgres_url, listen_address="127.0.0.1:0", auth=TEST_AUTH,
-                                 max_workers=1, db_pool_size=1,  # one connection: the test knows which one dies
-                                 db_pool_pre_ping=pre_ping)
+    settings = InventorySettings(
+        database_url=postgres_url,
+        listen_address="127.0.0.1:0",
+        auth=TEST_AUTH,
+        max_workers=1,
+        db_pool_size=1,  # one connection: the test knows which one dies
+        db_pool_pre_ping=pre_ping,
+    )
     with migrated_engine(settings) as engine, serving(settings, engine) as running:
         yield f"127.0.0.1:{running.port}"
 
 
 @contextmanager
 def an_item_whose_connection_was_cut(
-    postgres_url: str, pre_ping: bool,
+    postgres_url: str,
+    pre_ping: bool,
 ) -> Iterator[tuple[inventory_pb2_grpc.ItemServiceStub, pb.Item]]:
     """A stub of a server on one connection, and an item made through it; then every database
     connection is cut."""
-    with serving_on_one_connection(postgres_url, pre_ping) as address, \
-            authorized_channel(address, mint()) as channel:
+    with serving_on_one_connection(postgres_url, pre_ping) as address, authorized_channel(address, mint()) as channel:
         items = inventory_pb2_grpc.ItemServiceStub(channel)
         item = create(items, quantity=5)
         cut_every_connection(postgres_url)
@@ -118,8 +135,11 @@ def test_a_sqlite_writer_stuck_behind_another_is_unavailable_and_writes_nothing(
     monkeypatch.setattr(repository, "SQLITE_BUSY_TIMEOUT_MS", 200)  # not the 10 s a server waits
     database = tmp_path / "inventory.db"
     settings = InventorySettings(database_url=f"sqlite:///{database}", listen_address="127.0.0.1:0", auth=TEST_AUTH)
-    with migrated_engine(settings) as engine, serving(settings, engine) as running, \
-            authorized_channel(f"127.0.0.1:{running.port}", mint()) as channel:
+    with (
+        migrated_engine(settings) as engine,
+        serving(settings, engine) as running,
+        authorized_channel(f"127.0.0.1:{running.port}", mint()) as channel,
+    ):
         items = inventory_pb2_grpc.ItemServiceStub(channel)
         item = create(items, quantity=5)
         other_writer = sqlite3.connect(database, isolation_level=None)
@@ -139,14 +159,19 @@ def test_a_database_outage_logs_one_warning_with_its_reason_and_no_traceback(pos
     # A real server process: it runs the change listener too, whose connection the cut loses.
     def listener_connected() -> bool:
         with admin_of(postgres_url) as cursor:
-            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND query LIKE %s",
-                           (make_url(postgres_url).database, "%inventory_listener_probe%"))
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND query LIKE %s",
+                (make_url(postgres_url).database, "%inventory_listener_probe%"),
+            )
             return cursor.fetchone()[0] > 0
 
-    env = service_env(INVENTORY_DATABASE_URL=postgres_url, INVENTORY_LISTEN_ADDRESS="127.0.0.1:0",
-                      INVENTORY_DB_POOL_PRE_PING="false")  # so that calls meet the dead connections too
-    with migrated_engine(InventorySettings(database_url=postgres_url)), \
-            service_process("inventory_svc.server", env, tmp_path / "inventory.log") as service:
+    env = service_env(
+        INVENTORY_DATABASE_URL=postgres_url, INVENTORY_LISTEN_ADDRESS="127.0.0.1:0", INVENTORY_DB_POOL_PRE_PING="false"
+    )  # so that calls meet the dead connections too
+    with (
+        migrated_engine(InventorySettings(database_url=postgres_url)),
+        service_process("inventory_svc.server", env, tmp_path / "inventory.log") as service,
+    ):
         with authorized_channel(service.wait_until_serving(), mint()) as channel:
             items = inventory_pb2_grpc.ItemServiceStub(channel)
             item = create(items, quantity=5)

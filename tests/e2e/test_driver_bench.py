@@ -15,7 +15,7 @@ from tests.conftest import throwaway_postgres_database
 
 # scripts/ is where bench_support lives (scripts/bench runs from there, it is no package).
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-from bench_support import drivers  # noqa: E402
+from bench_support import drivers
 
 ITEMS = 500
 
@@ -59,5 +59,5 @@ def test_adjust_quantity_moves_the_stock_by_what_it_added_and_the_ledger_adds_up
 
 
 def test_the_table_has_a_row_per_option_and_workload(comparison):
-    rows = [line for line in drivers.table(list(comparison.values())).splitlines()[2:]]
+    rows = list(drivers.table(list(comparison.values())).splitlines()[2:])
     assert len(rows) == len(drivers.OPTIONS) * len(drivers.WORKLOADS)

@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event
 
+from crm_svc.settings import CrmSettings
 from inventory_svc.demo import seed_demo_items
 from inventory_svc.server import build_item_service
 from inventory_svc.settings import InventorySettings
-from crm_svc.settings import CrmSettings
 from tests.helpers import TEST_AUTH, eventually, grpcurl, migrated_engine, mint, serving, serving_crm
 
 ROOT = Path(__file__).resolve().parents[2]
+
 
 @pytest.fixture(scope="module")
 def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -57,8 +58,11 @@ def test_grpcurl_describes_the_item_service_and_its_messages(address):
 def test_grpcurl_creates_and_reads_an_item_as_json(address):
     token = mint()
     created = grpcurl(
-        address, "inventory.v1.ItemService/CreateItem", token=token,
-        data='{"item": {"sku": "CLI-1", "name": "From the shell", "price": {"currency_code": "EUR", "units": 3, "nanos": 500000000}, "quantity": 4}}',
+        address,
+        "inventory.v1.ItemService/CreateItem",
+        token=token,
+        data='{"item": {"sku": "CLI-1", "name": "From the shell", '
+        '"price": {"currency_code": "EUR", "units": 3, "nanos": 500000000}, "quantity": 4}}',
     )
     assert created.returncode == 0, created.stderr
     item_id = json.loads(created.stdout)["item"]["id"]
@@ -90,28 +94,45 @@ def test_grpcurl_shows_which_field_is_invalid(address):
 
 def readme_grpcurl_block() -> str:
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Trying it with grpcurl"):]
+    section = readme[readme.index("## Trying it with grpcurl") :]
     start = section.index("```sh\n") + len("```sh\n")
-    return section[start: section.index("```", start)]
+    return section[start : section.index("```", start)]
 
 
 def test_readme_grpcurl_examples_work_as_printed(tmp_path):
     settings = InventorySettings(
         database_url=f"sqlite:///{tmp_path / 'inventory.db'}", listen_address="127.0.0.1:0", auth=TEST_AUTH
     )
-    with migrated_engine(settings) as engine, serving(settings, engine) as running, serving_crm(CrmSettings(
-        listen_address="127.0.0.1:0", inventory_target=f"127.0.0.1:{running.port}", auth=TEST_AUTH, inventory_auth=TEST_AUTH,
-    )) as crm_running:
+    with (
+        migrated_engine(settings) as engine,
+        serving(settings, engine) as running,
+        serving_crm(
+            CrmSettings(
+                listen_address="127.0.0.1:0",
+                inventory_target=f"127.0.0.1:{running.port}",
+                auth=TEST_AUTH,
+                inventory_auth=TEST_AUTH,
+            )
+        ) as crm_running,
+    ):
         seed_demo_items(build_item_service(engine))
-        block = (readme_grpcurl_block().replace("127.0.0.1:50051", f"127.0.0.1:{running.port}")
-                 .replace("127.0.0.1:50052", f"127.0.0.1:{crm_running.port}"))
+        block = (
+            readme_grpcurl_block()
+            .replace("127.0.0.1:50051", f"127.0.0.1:{running.port}")
+            .replace("127.0.0.1:50052", f"127.0.0.1:{crm_running.port}")
+        )
         commands = [line for line in block.replace("\\\n", " ").splitlines() if line.startswith(".venv/bin/grpcurl")]
         assert len(commands) >= 14
         # Each grpcurl line fails the script on its own: set -e stops at the first failing one.
-        env = {**os.environ, "JWT_SECRET": TEST_AUTH.secret, "JWT_ISSUER": TEST_AUTH.issuer,
-               "JWT_AUDIENCE": TEST_AUTH.audience}
-        result = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=ROOT, env=env,
-                                capture_output=True, text=True, timeout=120)
+        env = {
+            **os.environ,
+            "JWT_SECRET": TEST_AUTH.secret,
+            "JWT_ISSUER": TEST_AUTH.issuer,
+            "JWT_AUDIENCE": TEST_AUTH.audience,
+        }
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", block], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
     assert result.returncode == 0, result.stderr
     replies = json_documents(result.stdout)
     my_items, my_item = replies[-4], replies[-1]  # the CRM's ListMyItems and GetMyItem
@@ -134,7 +155,7 @@ def json_documents(text: str) -> list[dict]:
 
 def readme_watch_blocks() -> tuple[str, str]:
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### Watching low stock"):]
+    section = readme[readme.index("### Watching low stock") :]
     blocks = section.split("```sh\n")[1:3]
     return blocks[0].split("```")[0], blocks[1].split("```")[0]
 
@@ -143,8 +164,12 @@ def test_readme_watch_example_shows_the_event_and_the_ledger(tmp_path):
     settings = InventorySettings(
         database_url=f"sqlite:///{tmp_path / 'inventory.db'}", listen_address="127.0.0.1:0", auth=TEST_AUTH
     )
-    env = {**os.environ, "JWT_SECRET": TEST_AUTH.secret, "JWT_ISSUER": TEST_AUTH.issuer,
-           "JWT_AUDIENCE": TEST_AUTH.audience}
+    env = {
+        **os.environ,
+        "JWT_SECRET": TEST_AUTH.secret,
+        "JWT_ISSUER": TEST_AUTH.issuer,
+        "JWT_AUDIENCE": TEST_AUTH.audience,
+    }
     watch_block, adjust_block = readme_watch_blocks()
     with migrated_engine(settings) as engine, serving(settings, engine) as running:
         seed_demo_items(build_item_service(engine))
@@ -157,15 +182,31 @@ def test_readme_watch_example_shows_the_event_and_the_ledger(tmp_path):
                 ledger_reads.append(statement)
 
         port = f"127.0.0.1:{running.port}"
-        watcher = subprocess.Popen(["bash", "-c", watch_block.replace("127.0.0.1:50051", port)], cwd=ROOT, env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        watcher = subprocess.Popen(
+            ["bash", "-c", watch_block.replace("127.0.0.1:50051", port)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         watched: list[str] = []
         reader = threading.Thread(target=lambda: watched.extend(watcher.stdout), daemon=True)
         reader.start()
         try:
             assert eventually(lambda: ledger_reads, 30), "grpcurl's watch did not start"
-            runs = [subprocess.run(["bash", "-euo", "pipefail", "-c", adjust_block.replace("127.0.0.1:50051", port)],
-                                   cwd=ROOT, env=env, capture_output=True, text=True, timeout=60) for _ in range(2)]
+            runs = [
+                subprocess.run(
+                    ["bash", "-euo", "pipefail", "-c", adjust_block.replace("127.0.0.1:50051", port)],
+                    cwd=ROOT,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+                for _ in range(2)
+            ]
             assert all(run.returncode == 0 for run in runs), runs[-1].stderr
             assert eventually(lambda: "BECAME_LOW" in "".join(watched), 30), "no event in grpcurl's output"
             time.sleep(0.5)  # room for a wrong second event to show

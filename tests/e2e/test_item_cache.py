@@ -24,7 +24,13 @@ from inventory_svc.server import build_item_service
 from inventory_svc.settings import InventorySettings
 from servicekit.errors import NotFound
 from tests.helpers import (
-    ServiceProcess, authorized_channel, create, migrated_engine, mint, service_env, service_process,
+    ServiceProcess,
+    authorized_channel,
+    create,
+    migrated_engine,
+    mint,
+    service_env,
+    service_process,
 )
 
 SEEN_WITHIN_S = 0.1
@@ -46,7 +52,9 @@ def replicas(postgres_url, tmp_path) -> Iterator[list[Replica]]:
         started = []
         for number in range(2):
             env = service_env(INVENTORY_DATABASE_URL=postgres_url, INVENTORY_LISTEN_ADDRESS="127.0.0.1:0")
-            process = stack.enter_context(service_process("inventory_svc.server", env, tmp_path / f"inventory-{number}.log"))
+            process = stack.enter_context(
+                service_process("inventory_svc.server", env, tmp_path / f"inventory-{number}.log")
+            )
             address = process.wait_until_serving()
             channel = stack.enter_context(authorized_channel(address, mint()))
             started.append(Replica(inventory_pb2_grpc.ItemServiceStub(channel), process))
@@ -113,7 +121,7 @@ def test_a_process_reads_its_own_writes_before_any_notification(postgres_url):
             lambda: items.adjust_quantity(item.id, set_to=20),
             lambda: items.update_item(item.id, {"quantity": 30}, etag=""),
         ]
-        for expected, change in zip((11, 20, 30), changes):
+        for expected, change in zip((11, 20, 30), changes, strict=True):
             for _ in range(3):
                 items.get_item(item.id)
             change()
@@ -131,8 +139,11 @@ def test_updates_deletes_and_hand_made_sql_reach_every_replica(replicas, postgre
     item = create(replica_a, quantity=10)
     warm(replica_a, item.id)
 
-    replica_b.UpdateItem(pb.UpdateItemRequest(item=pb.Item(id=item.id, quantity=20),
-                                              update_mask=field_mask_pb2.FieldMask(paths=["quantity"])))
+    replica_b.UpdateItem(
+        pb.UpdateItemRequest(
+            item=pb.Item(id=item.id, quantity=20), update_mask=field_mask_pb2.FieldMask(paths=["quantity"])
+        )
+    )
     assert quantity_seen_in_time(replica_a, item.id, 20)
 
     warm(replica_a, item.id)
@@ -157,15 +168,20 @@ def test_a_lost_listener_turns_the_cache_off(replicas, postgres_url):
 
     # Every connection is cut, the listener's too: the change below notifies nobody, so only
     # the cache turning itself off (well before its entries' 5 s age limit) can show it.
-    run_sql(postgres_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                          "WHERE datname = current_database() AND pid <> pg_backend_pid(); "
-                          "UPDATE items SET quantity = 11")
+    run_sql(
+        postgres_url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid(); "
+        "UPDATE items SET quantity = 11",
+    )
 
     assert seconds_until_seen(replica_a, item.id, 11) <= SEEN_AT_WORST_S
 
 
 def run_sql(database_url: str, statement: str) -> None:
     url = make_url(database_url)
-    with psycopg2.connect(host=url.host, port=url.port, user=url.username, dbname=url.database) as connection, \
-            connection.cursor() as cursor:
+    with (
+        psycopg2.connect(host=url.host, port=url.port, user=url.username, dbname=url.database) as connection,
+        connection.cursor() as cursor,
+    ):
         cursor.execute(statement)

@@ -39,16 +39,38 @@ def test_create_item_assigns_id_timestamps_and_etag(items_stub):
 
 def test_create_item_keeps_every_field_exactly(items_stub):
     sent = new_item(
-        sku="FULL-1", name="Full", description="all fields", category="tools", brand="Acme",
-        price=usd(1234, 560_000_001), cost=usd(0, 1), quantity=7, low_stock_threshold=3,
-        max_quantity=40, is_active=False, weight_kg=1.25, dimensions="1 x 2 x 3 cm",
+        sku="FULL-1",
+        name="Full",
+        description="all fields",
+        category="tools",
+        brand="Acme",
+        price=usd(1234, 560_000_001),
+        cost=usd(0, 1),
+        quantity=7,
+        low_stock_threshold=3,
+        max_quantity=40,
+        is_active=False,
+        weight_kg=1.25,
+        dimensions="1 x 2 x 3 cm",
         customer_id="cust-9",
     )
     created = items_stub.CreateItem(pb.CreateItemRequest(item=sent)).item
 
-    for field in ("sku", "name", "description", "category", "brand", "price", "quantity",
-                  "low_stock_threshold", "max_quantity", "is_active", "weight_kg",
-                  "dimensions", "customer_id"):
+    for field in (
+        "sku",
+        "name",
+        "description",
+        "category",
+        "brand",
+        "price",
+        "quantity",
+        "low_stock_threshold",
+        "max_quantity",
+        "is_active",
+        "weight_kg",
+        "dimensions",
+        "customer_id",
+    ):
         assert getattr(created, field) == getattr(sent, field), field
     assert created.cost == usd(0, 1)
 
@@ -135,16 +157,56 @@ def test_get_item_without_id_is_invalid_argument(items_stub):
 @pytest.fixture
 def catalog(items_stub) -> dict[str, pb.Item]:
     specs = [
-        dict(sku="A-1", name="Blue Widget", category="widgets", brand="Acme", price=usd(5),
-             quantity=0, low_stock_threshold=2, customer_id="alice"),
-        dict(sku="A-2", name="Red widget", category="widgets", brand="Bolt", price=usd(15),
-             quantity=3, low_stock_threshold=3, customer_id="alice"),
-        dict(sku="B-1", name="Gadget 100%", category="gadgets", brand="Acme", price=usd(25),
-             quantity=50, low_stock_threshold=5, customer_id="bob"),
-        dict(sku="B_2", name="Gizmo", category="gadgets", brand="Cogs", price=usd(35, 500_000_000),
-             quantity=8, low_stock_threshold=10, customer_id="bob", is_active=False),
-        dict(sku="C-1", name="Thing", category="misc", brand="acmeware", price=usd(45),
-             quantity=100, low_stock_threshold=1),
+        dict(
+            sku="A-1",
+            name="Blue Widget",
+            category="widgets",
+            brand="Acme",
+            price=usd(5),
+            quantity=0,
+            low_stock_threshold=2,
+            customer_id="alice",
+        ),
+        dict(
+            sku="A-2",
+            name="Red widget",
+            category="widgets",
+            brand="Bolt",
+            price=usd(15),
+            quantity=3,
+            low_stock_threshold=3,
+            customer_id="alice",
+        ),
+        dict(
+            sku="B-1",
+            name="Gadget 100%",
+            category="gadgets",
+            brand="Acme",
+            price=usd(25),
+            quantity=50,
+            low_stock_threshold=5,
+            customer_id="bob",
+        ),
+        dict(
+            sku="B_2",
+            name="Gizmo",
+            category="gadgets",
+            brand="Cogs",
+            price=usd(35, 500_000_000),
+            quantity=8,
+            low_stock_threshold=10,
+            customer_id="bob",
+            is_active=False,
+        ),
+        dict(
+            sku="C-1",
+            name="Thing",
+            category="misc",
+            brand="acmeware",
+            price=usd(45),
+            quantity=100,
+            low_stock_threshold=1,
+        ),
     ]
     return {spec["sku"]: create(items_stub, **spec) for spec in specs}
 
@@ -313,9 +375,7 @@ def test_tampered_page_token_is_invalid_argument(items_stub):
 def test_page_token_of_another_query_is_invalid_argument(items_stub):
     token = _first_page_token(items_stub, category="widgets")
 
-    error = rpc_error(
-        items_stub.ListItems, pb.ListItemsRequest(page_size=1, page_token=token, category="gadgets")
-    )
+    error = rpc_error(items_stub.ListItems, pb.ListItemsRequest(page_size=1, page_token=token, category="gadgets"))
 
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_request_fields(error) == ["page_token"]
@@ -346,8 +406,9 @@ def update(stub, item: pb.Item, *paths: str) -> pb.Item:
 def test_update_item_changes_only_the_masked_fields(items_stub):
     created = create(items_stub, name="old", description="kept", price=usd(10))
 
-    updated = update(items_stub, pb.Item(id=created.id, name="new", description="ignored", price=usd(12)),
-                     "name", "price")
+    updated = update(
+        items_stub, pb.Item(id=created.id, name="new", description="ignored", price=usd(12)), "name", "price"
+    )
 
     assert (updated.name, updated.price, updated.description) == ("new", usd(12), "kept")
     assert updated.etag != created.etag
@@ -478,9 +539,7 @@ def test_list_customer_items_lists_only_that_customers_active_items(items_stub, 
 
 
 def test_list_customer_items_includes_inactive_when_asked(items_stub, catalog):
-    response = items_stub.ListCustomerItems(
-        pb.ListCustomerItemsRequest(customer_id="bob", include_inactive=True)
-    )
+    response = items_stub.ListCustomerItems(pb.ListCustomerItemsRequest(customer_id="bob", include_inactive=True))
 
     assert [item.sku for item in response.items] == ["B-1", "B_2"]
 

@@ -51,26 +51,39 @@ class LimitedServer:
 
     def handled(self, service: str, method: str, code: str) -> float:
         value = self.metrics.registry.get_sample_value(
-            "grpc_server_handled_total", {"grpc_service": service, "grpc_method": method, "grpc_code": code})
+            "grpc_server_handled_total", {"grpc_service": service, "grpc_method": method, "grpc_code": code}
+        )
         return value or 0.0
 
     def in_flight(self, method: str) -> float:
         value = self.metrics.registry.get_sample_value(
-            "grpc_server_in_flight", {"grpc_service": ITEM_SERVICE, "grpc_method": method})
+            "grpc_server_in_flight", {"grpc_service": ITEM_SERVICE, "grpc_method": method}
+        )
         return value or 0.0
 
 
 @contextmanager
-def limited_server(tmp_path: Path, limits: ServerLimits = ServerLimits(), **settings: object) -> Iterator[LimitedServer]:
+def limited_server(tmp_path: Path, limits: ServerLimits | None = None, **settings: object) -> Iterator[LimitedServer]:
     """A real inventory server on a SQLite database of its own, with `limits`, whose metrics
     registry the test reads."""
     database = tmp_path / "inventory.db"
-    inventory_settings = InventorySettings(database_url=f"sqlite:///{database}", listen_address="127.0.0.1:0",
-                                           auth=TEST_AUTH, limits=limits, **settings)  # type: ignore[arg-type]
+    inventory_settings = InventorySettings(
+        database_url=f"sqlite:///{database}",
+        listen_address="127.0.0.1:0",
+        auth=TEST_AUTH,
+        limits=limits or ServerLimits(),
+        **settings,
+    )  # type: ignore[arg-type]
     metrics = ServerMetrics()
-    with migrated_engine(inventory_settings) as engine, database_threads(inventory_settings) as threads, \
-            ServerThread(lambda: build_server(inventory_settings, build_item_service(engine, inventory_settings),
-                                              threads, metrics=metrics)) as served:
+    with (
+        migrated_engine(inventory_settings) as engine,
+        database_threads(inventory_settings) as threads,
+        ServerThread(
+            lambda: build_server(
+                inventory_settings, build_item_service(engine, inventory_settings), threads, metrics=metrics
+            )
+        ) as served,
+    ):
         yield LimitedServer("127.0.0.1", served.port, metrics, database)
 
 
@@ -124,8 +137,11 @@ def timed(call, *args, **kwargs):
 
 def test_connections_full_of_requests_that_never_arrive_leave_the_server_answering(tmp_path):
     limits = ServerLimits(max_streams_per_connection=100)
-    with limited_server(tmp_path, limits) as server, item_stub(server, "tester") as items, \
-            grpc.insecure_channel(server.address, (("grpc.use_local_subchannel_pool", 1),)) as health_channel:
+    with (
+        limited_server(tmp_path, limits) as server,
+        item_stub(server, "tester") as items,
+        grpc.insecure_channel(server.address, (("grpc.use_local_subchannel_pool", 1),)) as health_channel,
+    ):
         item = create(items)
         floods = [RawHttp2Client(server.host, server.port, respect_stream_limit=False) for _ in range(3)]
         try:
@@ -134,8 +150,9 @@ def test_connections_full_of_requests_that_never_arrive_leave_the_server_answeri
                 sent = flood.open_header_only_streams(150, token=mint("tester"))
                 assert len(sent) == 150  # this client ignores the server's limit
             for flood in floods:  # the server refuses what is past its limit on each connection
-                assert flood.wait_until(lambda flood=flood: len(flood.reset_streams()) >= 50, 5), \
+                assert flood.wait_until(lambda flood=flood: len(flood.reset_streams()) >= 50, 5), (
                     f"only {len(flood.reset_streams())} of the streams past the limit were refused"
+                )
                 assert set(flood.reset_streams().values()) == {h2.errors.ErrorCodes.REFUSED_STREAM}
 
             health = health_pb2_grpc.HealthStub(health_channel)
@@ -160,16 +177,23 @@ def test_connections_full_of_requests_that_never_arrive_leave_the_server_answeri
 
 def test_a_subjects_calls_past_its_cap_are_resource_exhausted_with_retry_info_while_others_are_served(tmp_path):
     limits = ServerLimits(calls=CallLimits(max_calls_per_subject=2))
-    with limited_server(tmp_path, limits) as server, item_stub(server, "alice") as alice, \
-            item_stub(server, "bob") as bob, ThreadPoolExecutor(2) as callers:
+    with (
+        limited_server(tmp_path, limits) as server,
+        item_stub(server, "alice") as alice,
+        item_stub(server, "bob") as bob,
+        ThreadPoolExecutor(2) as callers,
+    ):
         item = create(alice, quantity=10)
         with sqlite_write_lock(server.database):
-            slow = [callers.submit(alice.AdjustQuantity, pb.AdjustQuantityRequest(id=item.id, delta=1), timeout=30)
-                    for _ in range(2)]
+            slow = [
+                callers.submit(alice.AdjustQuantity, pb.AdjustQuantityRequest(id=item.id, delta=1), timeout=30)
+                for _ in range(2)
+            ]
             assert until(lambda: server.in_flight("AdjustQuantity") == 2), "the two slow calls never started"
 
-            refused = rpc_error(alice.AdjustQuantity, pb.AdjustQuantityRequest(id=item.id, delta=1),
-                                timeout=ANSWERED_WITHIN_S)
+            refused = rpc_error(
+                alice.AdjustQuantity, pb.AdjustQuantityRequest(id=item.id, delta=1), timeout=ANSWERED_WITHIN_S
+            )
             reply, bob_s = timed(bob.GetItem, pb.GetItemRequest(id=item.id), timeout=ANSWERED_WITHIN_S)
 
             assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -185,11 +209,14 @@ def test_a_subject_with_an_override_has_its_own_cap(tmp_path):
     with limited_server(tmp_path, limits) as server, item_stub(server, "crm") as crm, ThreadPoolExecutor(5) as callers:
         item = create(crm, quantity=10)
         with sqlite_write_lock(server.database):
-            slow = [callers.submit(crm.AdjustQuantity, pb.AdjustQuantityRequest(id=item.id, delta=1), timeout=30)
-                    for _ in range(5)]
+            slow = [
+                callers.submit(crm.AdjustQuantity, pb.AdjustQuantityRequest(id=item.id, delta=1), timeout=30)
+                for _ in range(5)
+            ]
             assert until(lambda: server.in_flight("AdjustQuantity") == 5), "five calls of crm were not all admitted"
-            refused = rpc_error(crm.AdjustQuantity, pb.AdjustQuantityRequest(id=item.id, delta=1),
-                                timeout=ANSWERED_WITHIN_S)
+            refused = rpc_error(
+                crm.AdjustQuantity, pb.AdjustQuantityRequest(id=item.id, delta=1), timeout=ANSWERED_WITHIN_S
+            )
             assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # its own cap, five, still holds
             assert all(not call.done() for call in slow)
         assert sorted(call.result().item.quantity for call in slow) == [11, 12, 13, 14, 15]
@@ -213,8 +240,10 @@ def test_a_connection_that_never_completes_a_request_is_told_to_go_away_then_clo
 
 
 def test_a_client_pinging_in_a_tight_loop_is_told_too_many_pings_and_disconnected(tmp_path):
-    with limited_server(tmp_path, ServerLimits(min_client_ping_interval_s=10)) as server, \
-            RawHttp2Client(server.host, server.port) as raw:
+    with (
+        limited_server(tmp_path, ServerLimits(min_client_ping_interval_s=10)) as server,
+        RawHttp2Client(server.host, server.port) as raw,
+    ):
         deadline = time.monotonic() + 5
         pings = 0
         while raw.goaway() is None and not raw.closed and time.monotonic() < deadline:
@@ -252,8 +281,11 @@ class Watch:
 
 
 def test_a_subjects_watch_past_its_cap_is_resource_exhausted_with_retry_info_while_others_open(tmp_path):
-    with limited_server(tmp_path, max_watches_per_subject=1) as server, item_stub(server, "alice") as alice, \
-            item_stub(server, "bob") as bob:
+    with (
+        limited_server(tmp_path, max_watches_per_subject=1) as server,
+        item_stub(server, "alice") as alice,
+        item_stub(server, "bob") as bob,
+    ):
         item = create(alice, quantity=1, low_stock_threshold=2)  # low from the start: every watch sees it
         first = Watch(alice)
         try:
@@ -288,8 +320,13 @@ def test_request_bytes_that_are_no_message_are_invalid_argument_and_counted_so(t
         assert reply.grpc_status == grpc.StatusCode.INVALID_ARGUMENT.value[0]
         assert counted, "not counted as INVALID_ARGUMENT"
         assert server.handled(ITEM_SERVICE, "ListItems", "INVALID_ARGUMENT") == 1
-        assert sum(server.handled(ITEM_SERVICE, "ListItems", code) for code in ("OK", "INTERNAL", "UNKNOWN",
-                                                                                "UNAUTHENTICATED")) == 0
+        assert (
+            sum(
+                server.handled(ITEM_SERVICE, "ListItems", code)
+                for code in ("OK", "INTERNAL", "UNKNOWN", "UNAUTHENTICATED")
+            )
+            == 0
+        )
 
 
 # --- abandoned streams -----------------------------------------------------------------------
@@ -310,10 +347,13 @@ def test_a_cancelled_reflection_stream_is_counted_cancelled_and_logs_no_error(tm
         stream.cancel()
         requests.put(None)
 
-        counted = until(lambda: server.handled("grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo",
-                                               "CANCELLED") == 1)
-        others = {code: server.handled("grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo", code)
-                  for code in ("OK", "UNKNOWN", "INTERNAL")}
+        counted = until(
+            lambda: server.handled("grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo", "CANCELLED") == 1
+        )
+        others = {
+            code: server.handled("grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo", code)
+            for code in ("OK", "UNKNOWN", "INTERNAL")
+        }
 
     assert ITEM_SERVICE in {service.name for service in reply.list_services_response.service}
     assert counted, f"not counted as CANCELLED: {others}"

@@ -20,7 +20,13 @@ from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
 from inventory_svc.settings import InventorySettings
 from tests.helpers import (
-    ServiceProcess, authorized_channel, create, migrated_engine, mint, rpc_error, service_env,
+    ServiceProcess,
+    authorized_channel,
+    create,
+    migrated_engine,
+    mint,
+    rpc_error,
+    service_env,
     service_process,
 )
 
@@ -42,13 +48,18 @@ def deployment(tmp_path: Path, **settings: str) -> Iterator[Deployment]:
     database_url = f"sqlite:///{tmp_path / 'inventory.db'}"
     with migrated_engine(InventorySettings(database_url=database_url)):
         pass
-    env = service_env(INVENTORY_DATABASE_URL=database_url, INVENTORY_LISTEN_ADDRESS="127.0.0.1:0",
-                      CRM_LISTEN_ADDRESS="127.0.0.1:0", **settings)
+    env = service_env(
+        INVENTORY_DATABASE_URL=database_url,
+        INVENTORY_LISTEN_ADDRESS="127.0.0.1:0",
+        CRM_LISTEN_ADDRESS="127.0.0.1:0",
+        **settings,
+    )
     with ExitStack() as stack:
         inventory = stack.enter_context(service_process("inventory_svc.server", env, tmp_path / "inventory.log"))
         inventory_address = inventory.wait_until_serving()
-        crm = stack.enter_context(service_process(
-            "crm_svc.server", {**env, "CRM_INVENTORY_TARGET": inventory_address}, tmp_path / "crm.log"))
+        crm = stack.enter_context(
+            service_process("crm_svc.server", {**env, "CRM_INVENTORY_TARGET": inventory_address}, tmp_path / "crm.log")
+        )
         yield Deployment(inventory, crm, inventory_address, crm.wait_until_serving())
 
 
@@ -79,11 +90,23 @@ def test_a_scrape_counts_the_calls_just_made_by_method_and_status(services):
 
     metrics = services.inventory.metrics()
 
-    assert sample(metrics, "grpc_server_handled_total", grpc_service=ITEMS, grpc_method="CreateItem", grpc_code="OK") == 1
-    assert sample(metrics, "grpc_server_handled_total", grpc_service=ITEMS, grpc_method="GetItem",
-                  grpc_code="NOT_FOUND") == 1
-    assert sample(metrics, "grpc_server_handled_total", grpc_service=ITEMS, grpc_method="ListItems",
-                  grpc_code="UNAUTHENTICATED") == 1
+    assert (
+        sample(metrics, "grpc_server_handled_total", grpc_service=ITEMS, grpc_method="CreateItem", grpc_code="OK") == 1
+    )
+    assert (
+        sample(metrics, "grpc_server_handled_total", grpc_service=ITEMS, grpc_method="GetItem", grpc_code="NOT_FOUND")
+        == 1
+    )
+    assert (
+        sample(
+            metrics,
+            "grpc_server_handled_total",
+            grpc_service=ITEMS,
+            grpc_method="ListItems",
+            grpc_code="UNAUTHENTICATED",
+        )
+        == 1
+    )
     assert sample(metrics, "grpc_server_handling_seconds_count", grpc_service=ITEMS, grpc_method="GetItem") == 1
     assert sample(metrics, "grpc_server_in_flight", grpc_service=ITEMS, grpc_method="GetItem") == 0
     assert sample(metrics, "db_pool_size") >= 1
@@ -99,10 +122,14 @@ def test_the_crm_counts_its_inventory_calls_by_status(services):
     metrics = services.crm.metrics()
 
     assert sample(metrics, "grpc_client_handled_total", grpc_service=ITEMS, grpc_method="GetItem", grpc_code="OK") == 1
-    assert sample(metrics, "grpc_client_handled_total", grpc_service=ITEMS, grpc_method="GetItem",
-                  grpc_code="NOT_FOUND") == 1
-    assert sample(metrics, "grpc_server_handled_total", grpc_service=CRM, grpc_method="GetMyItem",
-                  grpc_code="NOT_FOUND") == 1
+    assert (
+        sample(metrics, "grpc_client_handled_total", grpc_service=ITEMS, grpc_method="GetItem", grpc_code="NOT_FOUND")
+        == 1
+    )
+    assert (
+        sample(metrics, "grpc_server_handled_total", grpc_service=CRM, grpc_method="GetMyItem", grpc_code="NOT_FOUND")
+        == 1
+    )
 
 
 def access_lines(service: ServiceProcess, method: str) -> list[dict[str, Any]]:
@@ -153,7 +180,10 @@ def test_traces_are_off_by_default_and_cross_from_crm_to_inventory_when_on(tmp_p
     assert inventory_found["context"]["trace_id"] == crm_found["context"]["trace_id"]
     assert inventory_missing["context"]["trace_id"] == crm_missing["context"]["trace_id"]
     not_found = grpc.StatusCode.NOT_FOUND.value[0]
-    assert [span["attributes"]["rpc.grpc.status_code"] for span in (inventory_found, inventory_missing)] == [0, not_found]
+    assert [span["attributes"]["rpc.grpc.status_code"] for span in (inventory_found, inventory_missing)] == [
+        0,
+        not_found,
+    ]
     assert crm_missing["attributes"]["rpc.grpc.status_code"] == not_found
 
 
@@ -166,9 +196,16 @@ def test_a_stream_cut_by_its_deadline_is_counted_as_deadline_exceeded(services):
 
     def counted_and_in_flight() -> tuple[float, float]:
         metrics = services.inventory.metrics()
-        return (sample(metrics, "grpc_server_handled_total", grpc_service=ITEMS,
-                       grpc_method="WatchLowStock", grpc_code="DEADLINE_EXCEEDED"),
-                sample(metrics, "grpc_server_in_flight", grpc_service=ITEMS, grpc_method="WatchLowStock"))
+        return (
+            sample(
+                metrics,
+                "grpc_server_handled_total",
+                grpc_service=ITEMS,
+                grpc_method="WatchLowStock",
+                grpc_code="DEADLINE_EXCEEDED",
+            ),
+            sample(metrics, "grpc_server_in_flight", grpc_service=ITEMS, grpc_method="WatchLowStock"),
+        )
 
     deadline = time.monotonic() + 10  # the server notices at its next look at the stream
     while counted_and_in_flight() != (1, 0) and time.monotonic() < deadline:

@@ -25,20 +25,27 @@ POOL_SIZE = 2  # build_engine allows as many again as overflow
 
 def connections_seen_by_the_database(database_url: str) -> int:
     with admin_of(database_url) as cursor:
-        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND backend_type = 'client backend'",
-                       (make_url(database_url).database,))
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND backend_type = 'client backend'",
+            (make_url(database_url).database,),
+        )
         return int(cursor.fetchone()[0])
 
 
 @pytest.fixture(params=[True, False], ids=["pre-ping", "no-pre-ping"])
 def served(request, postgres_url) -> Iterator[tuple[inventory_pb2_grpc.ItemServiceStub, Engine, ServerMetrics]]:
-    settings = InventorySettings(database_url=postgres_url, listen_address="127.0.0.1:0", auth=TEST_AUTH,
-                                 max_workers=8, db_pool_size=POOL_SIZE, db_pool_pre_ping=request.param)
+    settings = InventorySettings(
+        database_url=postgres_url,
+        listen_address="127.0.0.1:0",
+        auth=TEST_AUTH,
+        max_workers=8,
+        db_pool_size=POOL_SIZE,
+        db_pool_pre_ping=request.param,
+    )
     metrics = ServerMetrics()
     with migrated_engine(settings) as engine:
         watch_pool(metrics, engine.pool, POOL_SIZE)
-        with serving(settings, engine) as running, \
-                authorized_channel(f"127.0.0.1:{running.port}", mint()) as channel:
+        with serving(settings, engine) as running, authorized_channel(f"127.0.0.1:{running.port}", mint()) as channel:
             yield inventory_pb2_grpc.ItemServiceStub(channel), engine, metrics
 
 
@@ -50,6 +57,7 @@ def gauge(metrics: ServerMetrics, name: str) -> float:
 
 def busy(items: inventory_pb2_grpc.ItemServiceStub, item_id: int, calls: int = 40) -> list[grpc.StatusCode]:
     """Many calls at once, so that the pool lends out every connection and overflows."""
+
     def call(_: int) -> grpc.StatusCode:
         try:
             items.AdjustQuantity(pb.AdjustQuantityRequest(id=item_id, delta=1))
@@ -78,8 +86,9 @@ def test_the_gauges_read_what_the_pool_holds_after_cuts_and_refusals(served, pos
     assert gauge(metrics, "db_pool_connections_in_use") == 0
     assert 1 <= gauge(metrics, "db_pool_connections_open") <= 2 * POOL_SIZE
     # Polled: a backend whose connection was just closed stays in pg_stat_activity a moment.
-    assert eventually(lambda: gauge(metrics, "db_pool_connections_open")
-                      == connections_seen_by_the_database(postgres_url), 5)
+    assert eventually(
+        lambda: gauge(metrics, "db_pool_connections_open") == connections_seen_by_the_database(postgres_url), 5
+    )
 
 
 def test_in_use_counts_the_connections_lent_out_now(served):

@@ -13,7 +13,14 @@ from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
 from inventory_svc.settings import InventorySettings
 from tests.helpers import (
-    ServiceProcess, authorized_channel, free_port, migrated_engine, mint, rpc_error, service_env, service_process,
+    ServiceProcess,
+    authorized_channel,
+    free_port,
+    migrated_engine,
+    mint,
+    rpc_error,
+    service_env,
+    service_process,
 )
 
 CONNECTIONS = 20
@@ -27,8 +34,12 @@ def test_two_processes_share_the_port_and_report_their_calls_together(tmp_path):
     with migrated_engine(InventorySettings(database_url=database_url)):
         pass
     address = f"127.0.0.1:{free_port()}"
-    env = service_env(INVENTORY_DATABASE_URL=database_url, INVENTORY_LISTEN_ADDRESS=address, INVENTORY_PROCESSES="2",
-                      INVENTORY_PIN_CPUS="true")
+    env = service_env(
+        INVENTORY_DATABASE_URL=database_url,
+        INVENTORY_LISTEN_ADDRESS=address,
+        INVENTORY_PROCESSES="2",
+        INVENTORY_PIN_CPUS="true",
+    )
     with service_process("inventory_svc.server", env, tmp_path / "inventory.log") as inventory:
         inventory.wait_until_serving(address)
         # That is one worker; the other may still be importing and would miss every call.
@@ -46,9 +57,21 @@ def test_two_processes_share_the_port_and_report_their_calls_together(tmp_path):
         inventory.stop()
 
     assert inventory.process.returncode == 0
-    assert metrics[("grpc_server_handled_total", frozenset({
-        ("grpc_service", "inventory.v1.ItemService"), ("grpc_method", "GetItem"), ("grpc_code", "NOT_FOUND"),
-    }))] == CONNECTIONS
+    assert (
+        metrics[
+            (
+                "grpc_server_handled_total",
+                frozenset(
+                    {
+                        ("grpc_service", "inventory.v1.ItemService"),
+                        ("grpc_method", "GetItem"),
+                        ("grpc_code", "NOT_FOUND"),
+                    }
+                ),
+            )
+        ]
+        == CONNECTIONS
+    )
     lines = inventory.log_lines()
     serving_pids = {line["pid"] for line in lines if line.get("logger") == "access"}
     assert len(serving_pids) == 2

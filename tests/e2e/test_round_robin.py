@@ -10,28 +10,46 @@ from crm.v1 import crm_pb2, crm_pb2_grpc
 from inventory.v1 import inventory_pb2_grpc
 from inventory_svc.settings import InventorySettings
 from tests.helpers import (
-    authorized_channel, create, migrated_engine, mint, service_env, service_process,
+    authorized_channel,
+    create,
+    migrated_engine,
+    mint,
+    service_env,
+    service_process,
 )
 
 CALLS = 30
 
 
 def handled_get_items(replica) -> float:
-    return replica.metrics().get(("grpc_server_handled_total", frozenset({
-        ("grpc_service", "inventory.v1.ItemService"), ("grpc_method", "GetItem"), ("grpc_code", "OK"),
-    })), 0.0)
+    return replica.metrics().get(
+        (
+            "grpc_server_handled_total",
+            frozenset(
+                {
+                    ("grpc_service", "inventory.v1.ItemService"),
+                    ("grpc_method", "GetItem"),
+                    ("grpc_code", "OK"),
+                }
+            ),
+        ),
+        0.0,
+    )
 
 
 def test_crm_spreads_calls_over_three_inventories_and_survives_one_stopping(tmp_path):
     database_url = f"sqlite:///{tmp_path / 'inventory.db'}"
     with migrated_engine(InventorySettings(database_url=database_url)):
         pass
-    env = service_env(INVENTORY_DATABASE_URL=database_url, INVENTORY_LISTEN_ADDRESS="127.0.0.1:0",
-                      CRM_LISTEN_ADDRESS="127.0.0.1:0")
+    env = service_env(
+        INVENTORY_DATABASE_URL=database_url, INVENTORY_LISTEN_ADDRESS="127.0.0.1:0", CRM_LISTEN_ADDRESS="127.0.0.1:0"
+    )
     with ExitStack() as stack:
         replicas, inventory_addresses = [], []
         for number in range(3):
-            replica = stack.enter_context(service_process("inventory_svc.server", env, tmp_path / f"inventory-{number}.log"))
+            replica = stack.enter_context(
+                service_process("inventory_svc.server", env, tmp_path / f"inventory-{number}.log")
+            )
             inventory_addresses.append(replica.wait_until_serving())
             replicas.append(replica)
         # A static list of addresses resolves like the headless Service's DNS name does.
@@ -41,7 +59,8 @@ def test_crm_spreads_calls_over_three_inventories_and_survives_one_stopping(tmp_
         with authorized_channel(inventory_addresses[0], mint()) as channel:
             item = create(inventory_pb2_grpc.ItemServiceStub(channel), customer_id="alice")
         alice = crm_pb2_grpc.CustomerItemsServiceStub(
-            stack.enter_context(authorized_channel(crm_address, mint("alice", ("customer",)))))
+            stack.enter_context(authorized_channel(crm_address, mint("alice", ("customer",))))
+        )
 
         # Round robin picks among the connections that are up: until all three are, the first
         # calls may go to fewer replicas.
@@ -52,7 +71,7 @@ def test_crm_spreads_calls_over_three_inventories_and_survives_one_stopping(tmp_
         before = [handled_get_items(replica) for replica in replicas]
         for _ in range(CALLS):
             assert alice.GetMyItem(crm_pb2.GetMyItemRequest(id=item.id), timeout=5).item.id == item.id
-        spread = [handled_get_items(replica) - calls for replica, calls in zip(replicas, before)]
+        spread = [handled_get_items(replica) - calls for replica, calls in zip(replicas, before, strict=True)]
         assert sum(spread) == CALLS and all(calls >= CALLS / 6 for calls in spread), spread
 
         totals = [handled_get_items(replica) for replica in replicas]
@@ -61,4 +80,8 @@ def test_crm_spreads_calls_over_three_inventories_and_survives_one_stopping(tmp_
             assert alice.GetMyItem(crm_pb2.GetMyItemRequest(id=item.id), timeout=5).item.id == item.id
         after = [handled_get_items(replica) for replica in replicas[1:]]
         assert sum(after) - sum(totals[1:]) == CALLS and all(
-            now > before for now, before in zip(after, totals[1:])), (totals, after)
+            now > before for now, before in zip(after, totals[1:], strict=True)
+        ), (
+            totals,
+            after,
+        )

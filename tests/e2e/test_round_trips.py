@@ -53,8 +53,13 @@ def statements_sent(engine: Engine) -> Iterator[list[tuple[str, bool]]]:
 
 
 def fields(sku: str, quantity: int = 10, low_stock_threshold: int = 2) -> ItemFields:
-    return ItemFields(sku=f"{sku}-{uuid.uuid4().hex[:8]}", name="Round trip", price=Money("EUR", 10**9),
-                      quantity=quantity, low_stock_threshold=low_stock_threshold)
+    return ItemFields(
+        sku=f"{sku}-{uuid.uuid4().hex[:8]}",
+        name="Round trip",
+        price=Money("EUR", 10**9),
+        quantity=quantity,
+        low_stock_threshold=low_stock_threshold,
+    )
 
 
 def test_a_stock_change_is_one_statement_in_autocommit(service, pg_engine):
@@ -76,7 +81,9 @@ def test_a_stock_change_with_a_request_id_that_crosses_the_threshold_is_one_stat
     assert changed.quantity == 1
     with SqlUnitOfWork(pg_engine) as uow:
         assert [m.low_stock_change for m in uow.movements.list_page(item.id, None, 10)] == [
-            LowStockChange.BECAME_LOW, LowStockChange.NONE]
+            LowStockChange.BECAME_LOW,
+            LowStockChange.NONE,
+        ]
 
 
 def test_a_new_item_with_a_request_id_is_one_statement(service, pg_engine):

@@ -76,8 +76,12 @@ def test_sigterm_reports_not_serving_then_exits_cleanly(tmp_path):
         "INVENTORY_METRICS_ADDRESS": "off",
     }
     server = subprocess.Popen(
-        [sys.executable, "-m", "inventory_svc.server"], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "inventory_svc.server"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         assert eventually(lambda: _health_status(address) == health_pb2.HealthCheckResponse.SERVING, 20)

@@ -148,15 +148,22 @@ def test_every_change_of_stock_is_in_the_ledger_with_reason_and_principal(invent
         stub = inventory_pb2_grpc.ItemServiceStub(channel)
         item = create(stub, quantity=5, low_stock_threshold=1)
         request_id = str(uuid.uuid4())
-        adjust(stub, item.id, delta=10, reason=REASON.STOCK_MOVEMENT_REASON_RESTOCK, note="PO 4711",
-               request_id=request_id)
+        adjust(
+            stub, item.id, delta=10, reason=REASON.STOCK_MOVEMENT_REASON_RESTOCK, note="PO 4711", request_id=request_id
+        )
         adjust(stub, item.id, delta=-2, reason=REASON.STOCK_MOVEMENT_REASON_SALE)
         adjust(stub, item.id, set_quantity=12)
         adjust(stub, item.id, delta=-1)
-        stub.UpdateItem(pb.UpdateItemRequest(item=pb.Item(id=item.id, quantity=20),
-                                             update_mask=field_mask_pb2.FieldMask(paths=["quantity"])))
-        stub.UpdateItem(pb.UpdateItemRequest(item=pb.Item(id=item.id, name="renamed"),
-                                             update_mask=field_mask_pb2.FieldMask(paths=["name"])))
+        stub.UpdateItem(
+            pb.UpdateItemRequest(
+                item=pb.Item(id=item.id, quantity=20), update_mask=field_mask_pb2.FieldMask(paths=["quantity"])
+            )
+        )
+        stub.UpdateItem(
+            pb.UpdateItemRequest(
+                item=pb.Item(id=item.id, name="renamed"), update_mask=field_mask_pb2.FieldMask(paths=["name"])
+            )
+        )
         stub.DeleteItem(pb.DeleteItemRequest(id=item.id))
 
         ledger = movements(stub, item.id)
@@ -198,8 +205,11 @@ def test_stock_movements_of_an_unknown_item_are_not_found(items_stub):
 
 @pytest.mark.parametrize(
     ("fields", "field"),
-    [({"reason": REASON.STOCK_MOVEMENT_REASON_ITEM_CREATED}, "reason"), ({"reason": 42}, "reason"),
-     ({"note": "n" * 501}, "note")],
+    [
+        ({"reason": REASON.STOCK_MOVEMENT_REASON_ITEM_CREATED}, "reason"),
+        ({"reason": 42}, "reason"),
+        ({"note": "n" * 501}, "note"),
+    ],
 )
 def test_adjust_quantity_with_a_bad_reason_or_note_is_invalid_argument(items_stub, fields, field):
     item = create(items_stub, quantity=3)
@@ -232,7 +242,7 @@ def test_ledger_and_items_agree_after_200_concurrent_adjustments(items_stub):
         quantity = items_stub.GetItem(pb.GetItemRequest(id=item.id)).item.quantity
         assert sum(m.delta for m in ledger) == quantity >= 0
         assert ledger[0].quantity_after == quantity
-        expected_changes = sum(ok for ok, (item_id, _) in zip(applied, plan) if item_id == item.id)
+        expected_changes = sum(ok for ok, (item_id, _) in zip(applied, plan, strict=True) if item_id == item.id)
         assert len(ledger) == 1 + expected_changes
 
 

@@ -18,7 +18,14 @@ from inventory_svc.domain import LowStockChange, MovementReason, StockMovement
 from inventory_svc.repository import SqlUnitOfWork
 from inventory_svc.settings import InventorySettings
 from tests.helpers import (
-    TEST_AUTH, authorized_channel, create, migrated_engine, mint, rpc_error, service_env, service_process,
+    TEST_AUTH,
+    authorized_channel,
+    create,
+    migrated_engine,
+    mint,
+    rpc_error,
+    service_env,
+    service_process,
     serving,
 )
 
@@ -152,7 +159,11 @@ def test_deleting_a_low_item_ends_its_low_state(items_stub):
     low, gone = watcher.next(), watcher.next()
     assert (low.kind, low.reason) == (BECAME_LOW, pb.STOCK_MOVEMENT_REASON_OTHER)
     assert (gone.kind, gone.item_id, gone.quantity, gone.reason) == (
-        RECOVERED, item.id, 0, pb.STOCK_MOVEMENT_REASON_ITEM_DELETED)
+        RECOVERED,
+        item.id,
+        0,
+        pb.STOCK_MOVEMENT_REASON_ITEM_DELETED,
+    )
     watcher.stream.cancel()
 
 
@@ -169,7 +180,8 @@ def test_reconnecting_with_the_last_cursor_misses_nothing(items_stub):
     resumed = Watcher(items_stub, pb.WatchLowStockRequest(after_cursor=last_seen.cursor))
 
     assert [(e.item_id, e.kind) for e in (resumed.next(), resumed.next())] == [
-        (second.id, BECAME_LOW), (first.id, RECOVERED),
+        (second.id, BECAME_LOW),
+        (first.id, RECOVERED),
     ]
     resumed.stream.cancel()
 
@@ -220,8 +232,11 @@ def test_a_cancelled_watch_frees_its_place(engine, empty_database):
 def test_a_watch_whose_caller_gave_up_while_it_opened_frees_its_place(postgres_url):
     # PostgreSQL's LOCK TABLE makes the watch's first read wait.
     category = f"gave-up-{uuid.uuid4().hex[:8]}"  # the database is shared: watch only this test's items
-    with migrated_engine(InventorySettings(database_url=postgres_url)) as engine, \
-            one_watcher_server(engine) as (_, stub), engine.connect() as locker:
+    with (
+        migrated_engine(InventorySettings(database_url=postgres_url)) as engine,
+        one_watcher_server(engine) as (_, stub),
+        engine.connect() as locker,
+    ):
         locker.exec_driver_sql("LOCK TABLE stock_movements IN ACCESS EXCLUSIVE MODE")  # until rollback
         # A watch from now reads the latest event id first: that read now waits for the lock,
         # in a database thread that cannot be stopped, past its caller's deadline.
@@ -231,8 +246,11 @@ def test_a_watch_whose_caller_gave_up_while_it_opened_frees_its_place(postgres_u
 
         item = create(stub, quantity=1, low_stock_threshold=2, category=category)
         # The watch opened for the caller that left is closed as soon as its read is done.
-        retry = watch_once_a_place_is_free(stub, pb.WatchLowStockRequest(category=category, after_cursor=0),
-                                           "the watch opened for a caller that left kept its place")
+        retry = watch_once_a_place_is_free(
+            stub,
+            pb.WatchLowStockRequest(category=category, after_cursor=0),
+            "the watch opened for a caller that left kept its place",
+        )
         assert retry.next().item_id == item.id
         retry.stream.cancel()
 
@@ -255,10 +273,13 @@ def test_server_shutdown_ends_watch_streams_cleanly(engine, empty_database):
 def replica(database_url: str, log_path: Path):
     """A real inventory server process, as a deployment runs it."""
     # Watchers re-read the ledger only every 30 s on their own: a quick event came by NOTIFY.
-    env = service_env(INVENTORY_DATABASE_URL=database_url, INVENTORY_LISTEN_ADDRESS="127.0.0.1:0",
-                      INVENTORY_WATCH_POLL_S="30")
-    with service_process("inventory_svc.server", env, log_path) as process, \
-            authorized_channel(process.wait_until_serving(), mint()) as channel:
+    env = service_env(
+        INVENTORY_DATABASE_URL=database_url, INVENTORY_LISTEN_ADDRESS="127.0.0.1:0", INVENTORY_WATCH_POLL_S="30"
+    )
+    with (
+        service_process("inventory_svc.server", env, log_path) as process,
+        authorized_channel(process.wait_until_serving(), mint()) as channel,
+    ):
         yield inventory_pb2_grpc.ItemServiceStub(channel)
 
 
@@ -286,8 +307,17 @@ def test_a_new_watch_starts_before_a_low_stock_event_still_being_committed(postg
     # Ordinary movements do not queue for the ids of low-stock events: one that commits
     # while an event is still open must not carry a new watcher's start past that event.
     def movement(change: LowStockChange) -> StockMovement:
-        return StockMovement(item_id=1, sku="SKU-1", delta=-1, quantity_after=2, reason=MovementReason.SALE,
-                             low_stock_change=change, low_stock_threshold=2, customer_id="", category="")
+        return StockMovement(
+            item_id=1,
+            sku="SKU-1",
+            delta=-1,
+            quantity_after=2,
+            reason=MovementReason.SALE,
+            low_stock_change=change,
+            low_stock_threshold=2,
+            customer_id="",
+            category="",
+        )
 
     with migrated_engine(InventorySettings(database_url=postgres_url)) as engine:
         with SqlUnitOfWork(engine, for_write=True) as open_event:
@@ -316,4 +346,3 @@ def test_negative_cursor_is_invalid_argument(items_stub):
     stream = items_stub.WatchLowStock(pb.WatchLowStockRequest(after_cursor=-1), timeout=5)
 
     assert rpc_error(next, stream).code() == grpc.StatusCode.INVALID_ARGUMENT
-

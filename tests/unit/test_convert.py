@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from google.protobuf import field_mask_pb2, timestamp_pb2
@@ -10,7 +10,11 @@ from google.type import money_pb2
 
 from inventory.v1 import inventory_pb2 as pb
 from inventory_svc.convert import (
-    changes_from_update, item_to_proto, money_from_proto, money_to_proto, timestamp_to_proto,
+    changes_from_update,
+    item_to_proto,
+    money_from_proto,
+    money_to_proto,
+    timestamp_to_proto,
 )
 from inventory_svc.domain import Item, Money
 from servicekit.errors import InvalidField
@@ -59,11 +63,14 @@ def test_update_of_nothing_is_refused():
     assert raised.value.field == "update_mask"
 
 
-@pytest.mark.parametrize("moment", [
-    datetime(2026, 11, 25, 8, 40, 12, 345678, tzinfo=timezone.utc),
-    datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc),  # before the epoch: seconds round down
-    datetime(2026, 11, 25, 9, 40, 0, 1, tzinfo=timezone(timedelta(hours=1))),
-])
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2026, 11, 25, 8, 40, 12, 345678, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),  # before the epoch: seconds round down
+        datetime(2026, 11, 25, 9, 40, 0, 1, tzinfo=timezone(timedelta(hours=1))),
+    ],
+)
 def test_timestamps_convert_as_protobufs_own_conversion_does(moment):
     expected = timestamp_pb2.Timestamp()
     expected.FromDatetime(moment)
@@ -72,25 +79,57 @@ def test_timestamps_convert_as_protobufs_own_conversion_does(moment):
 
 
 def test_an_item_becomes_its_message_field_by_field():
-    created, updated = datetime(2026, 11, 1, 9, 30, 0, 123456, tzinfo=timezone.utc), datetime(2026, 11, 2, tzinfo=timezone.utc)
-    item = Item(sku="A-1", name="Lamp", price=Money("EUR", 19_990_000_000), description="warm", category="lights",
-                brand="Lumo", cost=Money("EUR", 7_500_000_000), quantity=4, low_stock_threshold=2, max_quantity=20,
-                is_active=False, weight_kg=1.25, dimensions="20x20x40 cm", customer_id="alice", id=7,
-                create_time=created, update_time=updated, version=3)
+    created, updated = (
+        datetime(2026, 11, 1, 9, 30, 0, 123456, tzinfo=UTC),
+        datetime(2026, 11, 2, tzinfo=UTC),
+    )
+    item = Item(
+        sku="A-1",
+        name="Lamp",
+        price=Money("EUR", 19_990_000_000),
+        description="warm",
+        category="lights",
+        brand="Lumo",
+        cost=Money("EUR", 7_500_000_000),
+        quantity=4,
+        low_stock_threshold=2,
+        max_quantity=20,
+        is_active=False,
+        weight_kg=1.25,
+        dimensions="20x20x40 cm",
+        customer_id="alice",
+        id=7,
+        create_time=created,
+        update_time=updated,
+        version=3,
+    )
 
     assert item_to_proto(item) == pb.Item(
-        id=7, sku="A-1", name="Lamp", description="warm", category="lights", brand="Lumo",
+        id=7,
+        sku="A-1",
+        name="Lamp",
+        description="warm",
+        category="lights",
+        brand="Lumo",
         price=money_pb2.Money(currency_code="EUR", units=19, nanos=990_000_000),
-        cost=money_pb2.Money(currency_code="EUR", units=7, nanos=500_000_000), quantity=4, low_stock_threshold=2,
-        max_quantity=20, is_active=False, weight_kg=1.25, dimensions="20x20x40 cm", customer_id="alice",
+        cost=money_pb2.Money(currency_code="EUR", units=7, nanos=500_000_000),
+        quantity=4,
+        low_stock_threshold=2,
+        max_quantity=20,
+        is_active=False,
+        weight_kg=1.25,
+        dimensions="20x20x40 cm",
+        customer_id="alice",
         create_time=timestamp_pb2.Timestamp(seconds=int(created.timestamp()), nanos=123456000),
-        update_time=timestamp_pb2.Timestamp(seconds=int(updated.timestamp())), etag="3",
+        update_time=timestamp_pb2.Timestamp(seconds=int(updated.timestamp())),
+        etag="3",
     )
 
 
 def test_an_items_unset_optional_fields_stay_unset_in_its_message():
-    moment = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    message = item_to_proto(Item(sku="B-2", name="Bare", price=Money("USD", 1), id=8, create_time=moment,
-                                 update_time=moment))
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    message = item_to_proto(
+        Item(sku="B-2", name="Bare", price=Money("USD", 1), id=8, create_time=moment, update_time=moment)
+    )
 
     assert [name for name in ("cost", "max_quantity", "weight_kg") if message.HasField(name)] == []

@@ -13,9 +13,13 @@ SECRET = "s" * 32
 
 
 def test_the_service_prefixed_name_wins_over_the_plain_one():
-    settings = InventorySettings.from_env({
-        "DATABASE_URL": "sqlite:///plain.db", "INVENTORY_DATABASE_URL": "sqlite:///prefixed.db", "JWT_SECRET": SECRET,
-    })
+    settings = InventorySettings.from_env(
+        {
+            "DATABASE_URL": "sqlite:///plain.db",
+            "INVENTORY_DATABASE_URL": "sqlite:///prefixed.db",
+            "JWT_SECRET": SECRET,
+        }
+    )
 
     assert settings.database_url == "sqlite:///prefixed.db"
 
@@ -67,10 +71,14 @@ def test_a_prefixed_secret_wins_over_a_plain_secret_file(tmp_path):
 
 
 def test_the_crm_mints_towards_inventory_with_settings_of_their_own():
-    settings = CrmSettings.from_env({
-        "CRM_JWT_SECRET": SECRET, "CRM_JWT_AUDIENCE": "crm",
-        "CRM_INVENTORY_JWT_SECRET": "i" * 32, "CRM_INVENTORY_JWT_AUDIENCE": "inventory",
-    })
+    settings = CrmSettings.from_env(
+        {
+            "CRM_JWT_SECRET": SECRET,
+            "CRM_JWT_AUDIENCE": "crm",
+            "CRM_INVENTORY_JWT_SECRET": "i" * 32,
+            "CRM_INVENTORY_JWT_AUDIENCE": "inventory",
+        }
+    )
 
     assert (settings.auth.audience, settings.auth.secret) == ("crm", SECRET)
     assert (settings.inventory_auth.audience, settings.inventory_auth.secret) == ("inventory", "i" * 32)
@@ -90,4 +98,6 @@ def test_pin_cpus_refuses_anything_else():
 
 def test_pool_pre_ping_is_on_unless_turned_off():
     assert InventorySettings.from_env({"JWT_SECRET": SECRET}).db_pool_pre_ping
-    assert not InventorySettings.from_env({"JWT_SECRET": SECRET, "INVENTORY_DB_POOL_PRE_PING": "false"}).db_pool_pre_ping
+    assert not InventorySettings.from_env(
+        {"JWT_SECRET": SECRET, "INVENTORY_DB_POOL_PRE_PING": "false"}
+    ).db_pool_pre_ping

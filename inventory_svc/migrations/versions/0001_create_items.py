@@ -52,9 +52,7 @@ def upgrade() -> None:
         # Trigram indexes serve the case-insensitive substring filters (name_contains, query).
         op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
         for column in TEXT_SEARCH_COLUMNS:
-            op.execute(
-                f"CREATE INDEX ix_items_{column}_trgm ON items USING gin (lower({column}) gin_trgm_ops)"
-            )
+            op.execute(f"CREATE INDEX ix_items_{column}_trgm ON items USING gin (lower({column}) gin_trgm_ops)")
 
 
 def downgrade() -> None:

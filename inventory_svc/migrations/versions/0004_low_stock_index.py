@@ -17,7 +17,9 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_index(
-        "ix_items_low_stock_id", "items", ["id"],
+        "ix_items_low_stock_id",
+        "items",
+        ["id"],
         postgresql_where=sa.text("is_active = true AND quantity <= low_stock_threshold"),
         sqlite_where=sa.text("is_active = 1 AND quantity <= low_stock_threshold"),
     )

@@ -38,8 +38,13 @@ def upgrade() -> None:
     else:
         # SQLite adds only virtual generated columns to an existing table.
         op.execute(f"ALTER TABLE items ADD COLUMN is_low_stock BOOLEAN GENERATED ALWAYS AS ({LOW_STOCK}) VIRTUAL")
-    op.create_index("ix_items_low_stock_id", "items", ["id"],
-                    postgresql_where=sa.text("is_low_stock"), sqlite_where=sa.text("is_low_stock = 1"))
+    op.create_index(
+        "ix_items_low_stock_id",
+        "items",
+        ["id"],
+        postgresql_where=sa.text("is_low_stock"),
+        sqlite_where=sa.text("is_low_stock = 1"),
+    )
 
 
 def downgrade() -> None:
@@ -49,7 +54,9 @@ def downgrade() -> None:
         op.execute("ALTER TABLE items RESET (fillfactor)")
     op.create_index("ix_items_quantity", "items", ["quantity"])
     op.create_index(
-        "ix_items_low_stock_id", "items", ["id"],
+        "ix_items_low_stock_id",
+        "items",
+        ["id"],
         postgresql_where=sa.text("is_active = true AND quantity <= low_stock_threshold"),
         sqlite_where=sa.text("is_active = 1 AND quantity <= low_stock_threshold"),
     )

@@ -1,0 +1,41 @@
+"""The code stays as ruff (lint and format) wants it, by the rules in pyproject.toml
+([tool.ruff]): a finding fails the suite, and so CI."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tool(name: str) -> str:
+    """A tool of the dev extra, from this interpreter's environment first."""
+    return shutil.which(name, path=str(Path(sys.executable).parent)) or name
+
+
+def run(*command: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_ruff_finds_nothing_to_lint():
+    result = run(tool("ruff"), "check", "--no-cache", ".")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_finds_nothing_to_format():
+    result = run(tool("ruff"), "format", "--check", "--no-cache", ".")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_fails_on_a_finding(tmp_path):
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    (tmp_path / "module.py").write_text("import os\n")  # an unused import
+
+    result = run(tool("ruff"), "check", "--no-cache", ".", cwd=tmp_path)
+
+    assert result.returncode == 1 and "F401" in result.stdout, result.stdout + result.stderr
