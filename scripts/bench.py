@@ -73,6 +73,8 @@ BENCH_CUSTOMER = data.customer_id(7)
 INVENTORY_ROLES = ["inventory.read", "inventory.write"]
 AUTH_ON, AUTH_OFF = "GetItem, auth interceptor on", "GetItem, auth interceptor off"
 AUTH_TURNS = 3
+DOCS_PERFORMANCE = ROOT / "docs" / "performance.md"
+TABLE_START, TABLE_END = "<!-- bench:table:start -->", "<!-- bench:table:end -->"
 
 
 @dataclass
@@ -181,6 +183,11 @@ def parse_args() -> argparse.Namespace:
         "(scripts/bench_support/drivers.py, 3 turns of --duration) and print its table",
     )
     parser.add_argument("--json", type=Path, default=VAR / "latest.json")
+    parser.add_argument(
+        "--write-docs",
+        action="store_true",
+        help=f"then put this run's table into {DOCS_PERFORMANCE.relative_to(ROOT)}, between its bench:table markers",
+    )
     parser.add_argument(
         "--compare", type=Path, help="a JSON of an earlier run (e.g. at 10,000 items): adds its calls/s and the ratio"
     )
@@ -862,6 +869,16 @@ def _comparison(earlier: float | None, row: Row) -> list[str]:
     return [_fmt(earlier, 0), f"{row.calls_per_s / earlier:.2f}"]
 
 
+def with_bench_table(document: str, summary: list[str]) -> str:
+    """`document` with the text between the bench markers replaced by a run's summary: the
+    table as printed, each other line as a list item (Markdown would run them together)."""
+    start, end = document.find(TABLE_START), document.find(TABLE_END)
+    if start == -1 or end < start:
+        raise ValueError(f"no {TABLE_START} ... {TABLE_END} in the document")
+    block = "\n".join(line if not line or line.startswith("|") else f"- {line}" for line in summary)
+    return f"{document[: start + len(TABLE_START)]}\n{block.strip()}\n{document[end:]}"
+
+
 def read_earlier(path: Path) -> dict[str, dict[int, float]]:
     earlier: dict[str, dict[int, float]] = {}
     for result in json.loads(path.read_text())["results"]:
@@ -904,6 +921,8 @@ def main() -> None:
     if not h2load.available():
         raise SystemExit(f"bench: {h2load.INSTALL_HINT}")
     in_flights = [int(n) for n in args.in_flight.split(",")]
+    if args.write_docs:
+        with_bench_table(DOCS_PERFORMANCE.read_text(), [])  # fails now, not after the run, without markers
     VAR.mkdir(parents=True, exist_ok=True)
     log_dir, workdir = VAR / "logs", VAR / "work"
     log_dir.mkdir(exist_ok=True)
@@ -1056,6 +1075,7 @@ def main() -> None:
     errors = {f"{r.workload} @{r.in_flight}": r.errors_by_code for r in rows if r.errors_by_code}
     for cell, by_code in errors.items():
         lines.append(f"errors in {cell}: " + ", ".join(f"{k} x{v}" for k, v in by_code.items()))
+    summary = list(lines)
     lines += ["", "workloads:"] + [f"  {w.name}: {w.note}; checked: {checks.get(w.name, '')}" for w in workloads]
     lines += ["", "notes:"] + [f"  - {note}" for note in NOTES]
     if any(code not in (0, None) for code in exit_codes.values()) or None in exit_codes.values():
@@ -1107,6 +1127,9 @@ def main() -> None:
         )
     )
     print(f"\nJSON: {args.json}")
+    if args.write_docs:
+        DOCS_PERFORMANCE.write_text(with_bench_table(DOCS_PERFORMANCE.read_text(), summary))
+        print(f"table written to {DOCS_PERFORMANCE}")
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -94,7 +96,7 @@ def test_grpcurl_shows_which_field_is_invalid(address):
 
 def readme_grpcurl_block() -> str:
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Trying it with grpcurl") :]
+    section = readme[readme.index("## A tour with grpcurl") :]
     start = section.index("```sh\n") + len("```sh\n")
     return section[start : section.index("```", start)]
 
@@ -155,7 +157,7 @@ def json_documents(text: str) -> list[dict]:
 
 def readme_watch_blocks() -> tuple[str, str]:
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### Watching low stock") :]
+    section = readme[readme.index("**Watching low stock.**") :]
     blocks = section.split("```sh\n")[1:3]
     return blocks[0].split("```")[0], blocks[1].split("```")[0]
 
@@ -223,3 +225,119 @@ def test_readme_watch_example_shows_the_event_and_the_ledger(tmp_path):
     assert [(e["item_id"], e["kind"], e["quantity"]) for e in events] == [("3", "LOW_STOCK_EVENT_KIND_BECAME_LOW", 2)]
     ledger = json_documents(runs[-1].stdout)[-1]["movements"]
     assert [m["reason"] for m in ledger] == ["STOCK_MOVEMENT_REASON_SALE", "STOCK_MOVEMENT_REASON_ITEM_CREATED"]
+
+
+# Docs whose ```console blocks are transcripts: `$ command` lines, each followed by what it printed.
+TRANSCRIPT_DOCS = ("docs/api.md",)
+# In a transcript, a line of just "..." stands for any number of lines left out.
+ANY_LINES = "..."
+
+
+@dataclass
+class TranscriptExample:
+    command: str
+    printed: list[str] = field(default_factory=list)
+
+
+def transcript_examples(markdown: str) -> list[TranscriptExample]:
+    """Every `$ ` command of the document's console blocks, in order, with the lines under it."""
+    examples: list[TranscriptExample] = []
+    for block in re.findall(r"^```console\n(.*?)^```", markdown, flags=re.DOTALL | re.MULTILINE):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.startswith("$ "):
+                examples.append(TranscriptExample(line[2:]))
+            else:
+                assert examples, f"output before any command in a console block: {line!r}"
+                examples[-1].printed.append(line)
+    return examples
+
+
+def _normalised(lines: list[str]) -> list[str]:
+    """Runs of blanks as one space (grpcurl indents details with a tab); no blank lines at the ends."""
+    kept = [" ".join(line.split()) for line in lines]
+    while kept and not kept[-1]:
+        kept.pop()
+    while kept and not kept[0]:
+        kept.pop(0)
+    return kept
+
+
+def prints_as_shown(shown: list[str], printed: str) -> bool:
+    pattern = "".join(
+        r"(?:[^\n]*\n)*?" if line == ANY_LINES else re.escape(line) + r"\n" for line in _normalised(shown)
+    )
+    actual = "".join(line + "\n" for line in _normalised(printed.splitlines()))
+    return re.fullmatch(pattern, actual) is not None
+
+
+def run_transcript(examples: list[TranscriptExample], ports: dict[str, str]) -> list[str]:
+    """Runs the commands in one shell, in order (so that variables carry over), and returns
+    what each printed, stdout and stderr together, as a reader's terminal shows it."""
+    script = []
+    for number, example in enumerate(examples):
+        command = example.command
+        for printed_address, address in ports.items():
+            command = command.replace(printed_address, address)
+        script.append(f"printf '\\n@@@ %d\\n' {number}\n{{ {command} ; }} 2>&1")
+    env = {
+        **os.environ,
+        "JWT_SECRET": TEST_AUTH.secret,
+        "JWT_ISSUER": TEST_AUTH.issuer,
+        "JWT_AUDIENCE": TEST_AUTH.audience,
+    }
+    result = subprocess.run(
+        ["bash", "-uo", "pipefail", "-c", "\n".join(script)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    outputs = re.split(r"\n@@@ \d+\n", "\n" + result.stdout)[1:]
+    assert len(outputs) == len(examples), result.stdout + result.stderr
+    return outputs
+
+
+@pytest.mark.parametrize("document", TRANSCRIPT_DOCS)
+def test_documented_answers_are_what_the_servers_answer(tmp_path, document):
+    examples = transcript_examples((ROOT / document).read_text())
+    shown = "\n".join(line for example in examples for line in example.printed)
+    # The status table's kinds of error each have a real example, the BadRequest one included.
+    for code in ("InvalidArgument", "NotFound", "AlreadyExists", "Aborted", "FailedPrecondition"):
+        assert f"Code: {code}" in shown, f"{document} shows no {code}"
+    for code in ("Unauthenticated", "PermissionDenied"):
+        assert f"Code: {code}" in shown, f"{document} shows no {code}"
+    assert "google.rpc.BadRequest" in shown
+    settings = InventorySettings(
+        database_url=f"sqlite:///{tmp_path / 'inventory.db'}", listen_address="127.0.0.1:0", auth=TEST_AUTH
+    )
+    with (
+        migrated_engine(settings) as engine,
+        serving(settings, engine) as running,
+        serving_crm(
+            CrmSettings(
+                listen_address="127.0.0.1:0",
+                inventory_target=f"127.0.0.1:{running.port}",
+                auth=TEST_AUTH,
+                inventory_auth=TEST_AUTH,
+            )
+        ) as crm_running,
+    ):
+        seed_demo_items(build_item_service(engine))
+        outputs = run_transcript(
+            examples,
+            {"127.0.0.1:50051": f"127.0.0.1:{running.port}", "127.0.0.1:50052": f"127.0.0.1:{crm_running.port}"},
+        )
+    wrong = [
+        f"$ {example.command}\nshown:\n" + "\n".join(example.printed) + f"\nprinted:\n{printed}"
+        for example, printed in zip(examples, outputs, strict=True)
+        if not prints_as_shown(example.printed, printed)
+    ]
+    assert not wrong, "\n\n".join(wrong)
+
+
+def test_a_transcript_line_of_dots_stands_for_any_lines_and_nothing_else_differs():
+    assert prints_as_shown(["{", "...", '  "etag": "2"', "}"], '{\n  "id": "4",\n  "x": 1,\n  "etag": "2"\n}\n')
+    assert prints_as_shown(["1)\t{}"], "1)  {}\n\n")
+    assert not prints_as_shown(["{", "...", '  "etag": "2"', "}"], '{\n  "etag": "3"\n}\n')
+    assert not prints_as_shown(["ERROR:", "  Code: NotFound"], "ERROR:\n  Code: NotFound\n  Message: extra\n")
