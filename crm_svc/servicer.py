@@ -15,12 +15,13 @@ from crm_svc.service import CustomerItemsService
 from inventory.v1 import inventory_pb2
 from servicekit.auth import current_principal
 from servicekit.client import Page
+from servicekit.contract import method_path
 
 CUSTOMER_ROLE = "customer"
 Reply = TypeVar("Reply", pb.ListMyItemsResponse, pb.SearchMyItemsResponse)
 _CRM_SERVICE = pb.DESCRIPTOR.services_by_name["CustomerItemsService"]
 # Every RPC needs a customer token; the auth interceptor denies any method missing here.
-ROLE_FOR_METHOD = {f"/{_CRM_SERVICE.full_name}/{method.name}": CUSTOMER_ROLE for method in _CRM_SERVICE.methods}
+ROLE_FOR_METHOD = {method_path(method): CUSTOMER_ROLE for method in _CRM_SERVICE.methods}
 
 
 def _customer_item_values(item: inventory_pb2.Item) -> dict[str, Any]:

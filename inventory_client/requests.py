@@ -111,16 +111,8 @@ def movements_page(reply: pb.ListStockMovementsResponse) -> Page[pb.StockMovemen
 
 
 class ItemServiceContract:
-    """What both clients say of inventory.v1.ItemService: its stub, its name, and the reads,
-    which the channel retries on UNAVAILABLE."""
+    """What both clients say of inventory.v1.ItemService: its stub and its descriptor, whose
+    reads (marked NO_SIDE_EFFECTS) the channel retries on UNAVAILABLE."""
 
     stub_class = inventory_pb2_grpc.ItemServiceStub  # a grpc.aio channel takes the same stub
-    service_name = pb.DESCRIPTOR.services_by_name["ItemService"].full_name
-    idempotent_methods = (
-        "GetItem",
-        "ListItems",
-        "ListCustomerItems",
-        "ListLowStockItems",
-        "BatchGetItems",
-        "ListStockMovements",
-    )
+    service = pb.DESCRIPTOR.services_by_name["ItemService"]

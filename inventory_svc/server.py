@@ -19,13 +19,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import Pool
 
 from inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from inventory_client.roles import ROLE_FOR_METHOD
 from inventory_svc import migrations
 from inventory_svc.async_service import AsyncItemService, DatabaseThreads
 from inventory_svc.connection_budget import connection_budget_warning
 from inventory_svc.item_cache import ItemCache
 from inventory_svc.repository import PostgresChangeListener, SqlUnitOfWork, prepare_engine
 from inventory_svc.service import ItemService, LowStockSignal
-from inventory_svc.servicer import ROLE_FOR_METHOD, ItemServicer
+from inventory_svc.servicer import ItemServicer
 from inventory_svc.settings import InventorySettings
 from servicekit.auth import TokenVerifier
 from servicekit.logging import configure_logging

@@ -13,7 +13,6 @@ import grpc.aio
 
 from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
-from inventory_client.roles import READ_ROLE, WRITE_ROLE
 from inventory_svc.async_service import AsyncItemService
 from inventory_svc.convert import (
     add_items,
@@ -27,15 +26,6 @@ from inventory_svc.convert import (
 )
 from inventory_svc.domain import Page
 from servicekit.auth import current_principal
-
-_ITEM_SERVICE = pb.DESCRIPTOR.services_by_name["ItemService"]
-_WRITES = frozenset({"CreateItem", "UpdateItem", "DeleteItem", "AdjustQuantity"})  # all else reads
-# The role each RPC needs; the auth interceptor denies any method missing here.
-ROLE_FOR_METHOD = {
-    f"/{_ITEM_SERVICE.full_name}/{method.name}": WRITE_ROLE if method.name in _WRITES else READ_ROLE
-    for method in _ITEM_SERVICE.methods
-}
-
 
 Reply = TypeVar("Reply", pb.ListItemsResponse, pb.ListCustomerItemsResponse, pb.ListLowStockItemsResponse)
 

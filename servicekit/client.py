@@ -17,12 +17,14 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 import grpc.aio
+from google.protobuf.descriptor import ServiceDescriptor
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from servicekit import errors
 from servicekit.auth import TokenIssuer
 from servicekit.call_context import REQUEST_ID_METADATA, current_call
+from servicekit.contract import retried_methods
 from servicekit.status import STATUS_FOR_ERROR
 
 log = logging.getLogger(__name__)
@@ -346,12 +348,11 @@ AsyncClient = TypeVar("AsyncClient", bound="AsyncServiceClient")
 
 
 class _ClientBase:
-    """What a typed client says of its service (the stub class, the service's full name and
-    the methods safe to retry), and what it holds: the channel, the stub, the caller."""
+    """What a typed client says of its service (the stub class and the service's descriptor,
+    whose reads the channel retries), and what it holds: the channel, the stub, the caller."""
 
     stub_class: Callable[[Any], Any]
-    service_name: str
-    idempotent_methods: tuple[str, ...]
+    service: ServiceDescriptor
     _caller_class: Callable[[float], Any]
 
     def __init__(self, channel: Any, *, timeout_s: float = 5.0) -> None:
@@ -362,13 +363,14 @@ class _ClientBase:
 
     @classmethod
     def channel_options(cls) -> list[tuple[str, Any]]:
-        return [*CHANNEL_OPTIONS, ("grpc.service_config", service_config(cls.service_name, cls.idempotent_methods))]
+        config = service_config(cls.service.full_name, retried_methods(cls.service))
+        return [*CHANNEL_OPTIONS, ("grpc.service_config", config)]
 
 
 class ServiceClient(_ClientBase):
     """Base of the typed clients: one long-lived grpc.Channel, the stub, the caller.
 
-    A subclass names its stub class, its service and the methods safe to retry."""
+    A subclass names its stub class and its service's descriptor."""
 
     _caller_class = RpcCaller
 
