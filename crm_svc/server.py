@@ -18,8 +18,8 @@ from crm_svc.service import CustomerItemsService
 from crm_svc.servicer import ROLE_FOR_METHOD, CustomerItemsServicer
 from crm_svc.settings import CrmSettings
 from inventory_client import READ_ROLE, AsyncInventoryClient
-from servicekit.auth import TokenIssuer, TokenVerifier
 from servicekit.client import MintedServiceToken, TokenFile
+from servicekit.jwt import TokenIssuer, TokenVerifier
 from servicekit.logging import configure_logging
 from servicekit.observability import AsyncClientMetricsInterceptor, ServerMetrics, metrics_served
 from servicekit.pipeline import Authorizer

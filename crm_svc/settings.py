@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from servicekit.auth import AuthSettings
+from servicekit.jwt import AuthSettings
 from servicekit.server import ServerLimits
 from servicekit.settings import EnvReader
 

@@ -28,7 +28,7 @@ from inventory_svc.repository import PostgresChangeListener, SqlUnitOfWork, prep
 from inventory_svc.service import ItemService, LowStockSignal
 from inventory_svc.servicer import ItemServicer
 from inventory_svc.settings import InventorySettings
-from servicekit.auth import TokenVerifier
+from servicekit.jwt import TokenVerifier
 from servicekit.logging import configure_logging
 from servicekit.observability import ServerMetrics, metrics_served
 from servicekit.pipeline import Authorizer

@@ -22,9 +22,9 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from servicekit import errors
-from servicekit.auth import TokenIssuer
 from servicekit.call_context import REQUEST_ID_METADATA, current_call
 from servicekit.contract import retried_methods
+from servicekit.jwt import TokenIssuer
 from servicekit.status import STATUS_FOR_ERROR
 
 log = logging.getLogger(__name__)

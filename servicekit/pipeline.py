@@ -29,8 +29,9 @@ import grpc
 import grpc.aio
 
 from servicekit import errors
-from servicekit.auth import PUBLIC_METHOD_PREFIXES, Principal, TokenVerifier, bearer_token, current_principal
+from servicekit.auth import PUBLIC_METHOD_PREFIXES, bearer_token, current_principal
 from servicekit.call_context import REQUEST_ID_METADATA, CallContext, current_call, new_request_id
+from servicekit.jwt import Principal, TokenVerifier
 from servicekit.observability import ServerMetrics, log_call, split_method
 from servicekit.status import internal_status, to_rpc_status
 

@@ -25,7 +25,7 @@ from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
 from inventory_client.roles import ROLE_FOR_METHOD
 from inventory_svc.settings import InventorySettings
-from servicekit.auth import AuthSettings
+from servicekit.jwt import AuthSettings
 from tests.helpers import TEST_AUTH, authorized_channel, create, migrated_engine, mint, new_item, rpc_error, serving
 
 ROOT = Path(__file__).resolve().parents[2]

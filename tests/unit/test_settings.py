@@ -6,7 +6,7 @@ import pytest
 
 from crm_svc.settings import CrmSettings
 from inventory_svc.settings import InventorySettings
-from servicekit.auth import AuthSettings
+from servicekit.jwt import AuthSettings
 from servicekit.settings import SettingsError
 
 SECRET = "s" * 32
