@@ -23,15 +23,9 @@ from servicekit.jwt import TokenIssuer, TokenVerifier
 from servicekit.logging import configure_logging
 from servicekit.observability import AsyncClientMetricsInterceptor, ServerMetrics, metrics_served
 from servicekit.pipeline import Authorizer
-from servicekit.server import (
-    RunningServer,
-    finish_server,
-    new_server,
-    serve_until_signalled,
-    stay_on_assigned_cpu,
-    supervise_workers,
-)
+from servicekit.server import RunningServer, finish_server, new_server, serve_until_signalled
 from servicekit.tracing import Tracing, tracing_started
+from servicekit.workers import stay_on_assigned_cpu, supervise_workers
 
 log = logging.getLogger(__name__)
 
