@@ -19,65 +19,12 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from servicekit.observability import ServerMetrics
-from servicekit.pipeline import Authorizer, CallLimits, CallPipeline
-from servicekit.settings import EnvReader
+from servicekit.pipeline import Authorizer, CallPipeline
+from servicekit.server_settings import ServerLimits, ServerSettings
 from servicekit.tracing import Tracing
 
 log = logging.getLogger(__name__)
 Value = TypeVar("Value")
-
-
-@dataclass(frozen=True)
-class ServerLimits:
-    """What keeps a server answering whatever its clients do. Beyond a cap a call answers
-    RESOURCE_EXHAUSTED with a google.rpc.RetryInfo; grpc-go's server options are the model."""
-
-    # HTTP/2 streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
-    max_streams_per_connection: int = 100
-    # A connection is told to go away (GOAWAY) after this long, so that round-robin clients find
-    # replicas added since; its calls then get `max_connection_age_grace_s` before it is closed,
-    # which also ends connections whose streams never completed a request.
-    max_connection_age_s: float = 300.0
-    max_connection_age_grace_s: float = 30.0
-    # Keepalive enforcement: a client pinging more often than this (while no call is open) is
-    # told to calm down and then disconnected.
-    min_client_ping_interval_s: float = 10.0
-    # The server's own pings find connections whose peer vanished without a word.
-    keepalive_s: float = 60.0
-    keepalive_timeout_s: float = 20.0
-    calls: CallLimits = field(default_factory=CallLimits)
-
-    @classmethod
-    def from_env(cls, read: EnvReader) -> ServerLimits:
-        return cls(
-            max_streams_per_connection=read.int(
-                "MAX_STREAMS_PER_CONNECTION", cls.max_streams_per_connection, minimum=1
-            ),
-            max_connection_age_s=read.float("MAX_CONNECTION_AGE_S", cls.max_connection_age_s),
-            max_connection_age_grace_s=read.float("MAX_CONNECTION_AGE_GRACE_S", cls.max_connection_age_grace_s),
-            min_client_ping_interval_s=read.float("MIN_CLIENT_PING_INTERVAL_S", cls.min_client_ping_interval_s),
-            keepalive_s=read.float("KEEPALIVE_S", cls.keepalive_s),
-            keepalive_timeout_s=read.float("KEEPALIVE_TIMEOUT_S", cls.keepalive_timeout_s),
-            calls=CallLimits(
-                max_calls_in_flight=read.int("MAX_CALLS_IN_FLIGHT", CallLimits.max_calls_in_flight, minimum=1),
-                max_calls_per_subject=read.int("MAX_CALLS_PER_SUBJECT", CallLimits.max_calls_per_subject, minimum=1),
-                calls_per_subject_override=read.subject_caps("CALLS_PER_SUBJECT_OVERRIDE"),
-            ),
-        )
-
-    def channel_options(self) -> list[tuple[str, int]]:
-        def ms(seconds: float) -> int:
-            return int(seconds * 1000)
-
-        return [
-            ("grpc.max_concurrent_streams", self.max_streams_per_connection),
-            ("grpc.max_connection_age_ms", ms(self.max_connection_age_s)),
-            ("grpc.max_connection_age_grace_ms", ms(self.max_connection_age_grace_s)),
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", ms(self.min_client_ping_interval_s)),
-            ("grpc.http2.max_ping_strikes", 2),
-            ("grpc.keepalive_time_ms", ms(self.keepalive_s)),
-            ("grpc.keepalive_timeout_ms", ms(self.keepalive_timeout_s)),
-        ]
 
 
 @dataclass
@@ -124,19 +71,18 @@ async def finish_server(server: grpc.aio.Server, listen_address: str, service_na
     return RunningServer(server, port, health_servicer)
 
 
-async def serve_until_signalled(
-    running: RunningServer, name: str, listen_address: str, drain_s: float, grace_s: float
-) -> None:
-    """Starts the server and returns once SIGTERM or SIGINT has stopped it gracefully."""
+async def serve_until_signalled(running: RunningServer, name: str, settings: ServerSettings) -> None:
+    """Starts the server and returns once SIGTERM or SIGINT has stopped it gracefully
+    (settings.shutdown_drain_s, then settings.shutdown_grace_s)."""
     await running.server.start()
-    host = listen_address.rsplit(":", 1)[0]
+    host = settings.listen_address.rsplit(":", 1)[0]
     log.info("%s listening on %s:%d", name, host, running.port, extra={"port": running.port})
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, _stop_on, signum, stopping, name)
     await stopping.wait()
-    await running.shutdown(drain_s, grace_s)
+    await running.shutdown(settings.shutdown_drain_s, settings.shutdown_grace_s)
     log.info("%s stopped", name)
 
 

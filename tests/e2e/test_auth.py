@@ -26,6 +26,7 @@ from inventory.v1 import inventory_pb2_grpc
 from inventory_client.roles import ROLE_FOR_METHOD
 from inventory_svc.settings import InventorySettings
 from servicekit.jwt import AuthSettings
+from servicekit.server_settings import ServerSettings
 from tests.helpers import TEST_AUTH, authorized_channel, create, migrated_engine, mint, new_item, rpc_error, serving
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -209,7 +210,7 @@ def server_with(tmp_path):
 
         def start(auth: AuthSettings) -> str:
             settings = InventorySettings(
-                database_url=f"sqlite:///{tmp_path / 'inventory.db'}", listen_address="127.0.0.1:0", auth=auth
+                database_url=f"sqlite:///{tmp_path / 'inventory.db'}", server=ServerSettings(), auth=auth
             )
             engine = stack.enter_context(migrated_engine(settings))
             return f"127.0.0.1:{stack.enter_context(serving(settings, engine)).port}"
