@@ -14,7 +14,7 @@ from crm.v1 import crm_pb2_grpc
 from servicekit.client import Page, ServiceClient
 
 
-class CrmClient(ServiceClient):
+class CrmClient(ServiceClient[crm_pb2_grpc.CustomerItemsServiceStub]):
     stub_class = crm_pb2_grpc.CustomerItemsServiceStub
     service = pb.DESCRIPTOR.services_by_name["CustomerItemsService"]
 

@@ -15,7 +15,7 @@ from crm_svc.service import CustomerItemsService
 from crm_svc.servicer import ROLE_FOR_METHOD, CustomerItemsServicer
 from crm_svc.settings import CrmSettings
 from inventory_client import READ_ROLE, AsyncInventoryClient
-from servicekit.client import MintedServiceToken, TokenFile
+from servicekit.credentials import MintedServiceToken, TokenFile
 from servicekit.jwt import TokenIssuer, TokenVerifier
 from servicekit.main import run_service
 from servicekit.observability import AsyncClientMetricsInterceptor, ServerMetrics, metrics_served

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, Protocol, TypeVar
 
 from servicekit.logging import configure_logging
 from servicekit.server_settings import ServerSettings
@@ -28,7 +28,7 @@ def run_service(
     module: str,
     env_prefix: str,
     read_settings: Callable[[Mapping[str, str]], Settings],
-    serve: Callable[[Settings], Awaitable[None]],
+    serve: Callable[[Settings], Coroutine[Any, Any, None]],
     *,
     once_per_server: Callable[[Settings], None] | None = None,
 ) -> None:
