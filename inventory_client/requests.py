@@ -85,9 +85,14 @@ def adjust_quantity(
     note: str,
     request_id: str,
 ) -> pb.AdjustQuantityRequest:
-    return pb.AdjustQuantityRequest(
-        id=item_id, delta=delta, set_quantity=set_to, reason=reason, note=note, request_id=request_id
+    request = pb.AdjustQuantityRequest(
+        id=item_id, reason=pb.StockMovementReason.ValueType(reason), note=note, request_id=request_id
     )
+    if delta is not None:
+        request.delta = delta
+    if set_to is not None:  # the oneof keeps the last one set, as the constructor did
+        request.set_quantity = set_to
+    return request
 
 
 def list_low_stock_items(threshold: int | None, page_size: int, page_token: str) -> pb.ListLowStockItemsRequest:

@@ -186,7 +186,9 @@ async def serve(settings: InventorySettings) -> None:
             on_miss=lookups.labels("miss").inc,
         )
     items = build_item_service(engine, settings, cache)
-    background = [Periodic("purge-request-ids", settings.request_id_purge_interval_s, items.purge_expired_request_ids)]
+    background: list[Periodic | PostgresChangeListener] = [
+        Periodic("purge-request-ids", settings.request_id_purge_interval_s, items.purge_expired_request_ids)
+    ]
     if cache is not None:
         # Low-stock events committed by any replica wake this replica's watchers; changed
         # items leave its cache, which is on only while the listener listens.

@@ -79,7 +79,7 @@ class RetriedWrite:
 
     def pause_after(self, error: grpc.RpcError) -> float | None:
         """How long to wait before the next attempt; None: no other attempt."""
-        pause = self.FIRST_PAUSE_S * 2 ** (self._made - 1)
+        pause = self.FIRST_PAUSE_S * 2.0 ** (self._made - 1)
         left = self.remaining()
         if error.code() not in self.RETRIED or self._made >= self.ATTEMPTS or (left is not None and left <= pause):
             return None

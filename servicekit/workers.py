@@ -106,7 +106,7 @@ def supervise_workers(
             WORKER_VARIABLE: "1",
         }
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=metrics_dir)
+        MultiProcessCollector(registry, path=metrics_dir)  # type: ignore[no-untyped-call]  # unannotated upstream
         # Bound first: a metrics port in use fails here, before there are workers to orphan.
         with metrics_served(metrics_address, registry):
             try:
@@ -147,5 +147,5 @@ def supervise_workers(
                             pass
                     kill_stragglers()
                 for worker in workers:
-                    mark_process_dead(worker.pid, metrics_dir)
+                    mark_process_dead(worker.pid, metrics_dir)  # type: ignore[no-untyped-call]  # unannotated upstream
         return status
