@@ -14,10 +14,9 @@ from crm.v1 import crm_pb2_grpc
 from servicekit.client import Page, ServiceClient
 
 
-class CrmClient(ServiceClient):
+class CrmClient(ServiceClient[crm_pb2_grpc.CustomerItemsServiceStub]):
     stub_class = crm_pb2_grpc.CustomerItemsServiceStub
-    service_name = pb.DESCRIPTOR.services_by_name["CustomerItemsService"].full_name
-    idempotent_methods = ("ListMyItems", "GetMyItem", "SearchMyItems")
+    service = pb.DESCRIPTOR.services_by_name["CustomerItemsService"]
 
     def list_my_items(self, page_size: int = 0, page_token: str = "") -> Page[pb.CustomerItem]:
         """A page of the customer's own active items."""

@@ -5,10 +5,7 @@ The only module that knows every piece.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import sys
 from collections.abc import Callable
 
 import grpc.aio
@@ -18,19 +15,12 @@ from crm_svc.service import CustomerItemsService
 from crm_svc.servicer import ROLE_FOR_METHOD, CustomerItemsServicer
 from crm_svc.settings import CrmSettings
 from inventory_client import READ_ROLE, AsyncInventoryClient
-from servicekit.auth import TokenIssuer, TokenVerifier
-from servicekit.client import MintedServiceToken, TokenFile
-from servicekit.logging import configure_logging
+from servicekit.credentials import MintedServiceToken, TokenFile
+from servicekit.jwt import TokenIssuer, TokenVerifier
+from servicekit.main import run_service
 from servicekit.observability import AsyncClientMetricsInterceptor, ServerMetrics, metrics_served
 from servicekit.pipeline import Authorizer
-from servicekit.server import (
-    RunningServer,
-    finish_server,
-    new_server,
-    serve_until_signalled,
-    stay_on_assigned_cpu,
-    supervise_workers,
-)
+from servicekit.server import RunningServer, finish_server, new_server, serve_until_signalled
 from servicekit.tracing import Tracing, tracing_started
 
 log = logging.getLogger(__name__)
@@ -76,42 +66,25 @@ async def build_server(
 ) -> RunningServer:
     """Call on the event loop that will serve."""
     authorizer = Authorizer(TokenVerifier(settings.auth), ROLE_FOR_METHOD)
-    server = new_server(metrics or ServerMetrics(), authorizer, settings.limits, tracing)
+    server = new_server(metrics or ServerMetrics(), authorizer, settings.server.limits, tracing)
     crm_pb2_grpc.add_CustomerItemsServiceServicer_to_server(CustomerItemsServicer(items), server)
-    return await finish_server(server, settings.listen_address, [CRM_SERVICE_NAME])
+    return await finish_server(server, settings.server.listen_address, [CRM_SERVICE_NAME])
 
 
 async def serve(settings: CrmSettings) -> None:
     metrics = ServerMetrics()
     with (
-        metrics_served(settings.metrics_address, metrics.registry),
-        tracing_started(settings.traces_exporter, "crm") as tracing,
+        metrics_served(settings.server.metrics_address, metrics.registry),
+        tracing_started(settings.server.traces_exporter, "crm") as tracing,
     ):
         async with connect_inventory(settings, metrics, tracing) as inventory:
             running = await build_server(settings, CustomerItemsService(inventory), metrics=metrics, tracing=tracing)
             log.info("crm calls inventory at %s", settings.inventory_target)
-            await serve_until_signalled(
-                running, "crm", settings.listen_address, settings.shutdown_drain_s, settings.shutdown_grace_s
-            )
+            await serve_until_signalled(running, "crm", settings.server)
 
 
 def main() -> None:
-    settings = CrmSettings.from_env(os.environ)
-    configure_logging(settings.log_level)
-    if settings.processes > 1:
-        sys.exit(
-            supervise_workers(
-                "crm_svc.server",
-                "CRM",
-                settings.processes,
-                settings.listen_address,
-                settings.metrics_address,
-                pin_cpus=settings.pin_cpus,
-                stop_timeout_s=settings.shutdown_drain_s + settings.shutdown_grace_s + 5,
-            )
-        )
-    stay_on_assigned_cpu(os.environ)
-    asyncio.run(serve(settings))
+    run_service("crm_svc.server", "CRM", CrmSettings.from_env, serve)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from inventory.v1 import inventory_pb2
 from inventory_client import ItemFilter, Page
-from servicekit.client import CredentialsMissing
+from servicekit.credentials import CredentialsMissing
 from servicekit.errors import Cancelled, NotFound, PermissionDenied, ResourceExhausted, Unauthenticated, Unavailable
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inventory.v1 import inventory_pb2 as pb
 from inventory_client import requests
@@ -11,8 +11,14 @@ from inventory_client.client import InventoryClient
 from inventory_client.requests import ItemFilter, ItemServiceContract
 from servicekit.client import AsyncServiceClient, Page
 
+if TYPE_CHECKING:
+    from inventory.v1.inventory_pb2_grpc import ItemServiceAsyncStub
+else:
+    # The .pyi alone knows the asyncio stub: at run time one class serves both kinds of channel.
+    from inventory.v1.inventory_pb2_grpc import ItemServiceStub as ItemServiceAsyncStub
 
-class AsyncInventoryClient(ItemServiceContract, AsyncServiceClient):
+
+class AsyncInventoryClient(ItemServiceContract, AsyncServiceClient[ItemServiceAsyncStub]):
     """InventoryClient for asyncio: the same methods and parameters, as coroutines
     (watch_low_stock is an async iterator), over a grpc.aio channel.
 

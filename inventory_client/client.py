@@ -6,12 +6,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from inventory.v1 import inventory_pb2 as pb
+from inventory.v1 import inventory_pb2_grpc
 from inventory_client import requests
 from inventory_client.requests import ItemFilter, ItemServiceContract
 from servicekit.client import Page, ServiceClient
 
 
-class InventoryClient(ItemServiceContract, ServiceClient):
+class InventoryClient(ItemServiceContract, ServiceClient[inventory_pb2_grpc.ItemServiceStub]):
     """One method per RPC of inventory.v1.ItemService, returning the reply's messages.
 
     Make one with InventoryClient.connect(target, token) and keep it: it owns a long-lived

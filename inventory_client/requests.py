@@ -85,9 +85,14 @@ def adjust_quantity(
     note: str,
     request_id: str,
 ) -> pb.AdjustQuantityRequest:
-    return pb.AdjustQuantityRequest(
-        id=item_id, delta=delta, set_quantity=set_to, reason=reason, note=note, request_id=request_id
+    request = pb.AdjustQuantityRequest(
+        id=item_id, reason=pb.StockMovementReason.ValueType(reason), note=note, request_id=request_id
     )
+    if delta is not None:
+        request.delta = delta
+    if set_to is not None:  # the oneof keeps the last one set, as the constructor did
+        request.set_quantity = set_to
+    return request
 
 
 def list_low_stock_items(threshold: int | None, page_size: int, page_token: str) -> pb.ListLowStockItemsRequest:
@@ -111,16 +116,8 @@ def movements_page(reply: pb.ListStockMovementsResponse) -> Page[pb.StockMovemen
 
 
 class ItemServiceContract:
-    """What both clients say of inventory.v1.ItemService: its stub, its name, and the reads,
-    which the channel retries on UNAVAILABLE."""
+    """What both clients say of inventory.v1.ItemService: its stub and its descriptor, whose
+    reads (marked NO_SIDE_EFFECTS) the channel retries on UNAVAILABLE."""
 
     stub_class = inventory_pb2_grpc.ItemServiceStub  # a grpc.aio channel takes the same stub
-    service_name = pb.DESCRIPTOR.services_by_name["ItemService"].full_name
-    idempotent_methods = (
-        "GetItem",
-        "ListItems",
-        "ListCustomerItems",
-        "ListLowStockItems",
-        "BatchGetItems",
-        "ListStockMovements",
-    )
+    service = pb.DESCRIPTOR.services_by_name["ItemService"]

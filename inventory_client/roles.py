@@ -1,5 +1,14 @@
 """The roles of inventory.v1.ItemService's contract: a token with READ_ROLE may call the
-reads, one with WRITE_ROLE every method. The server enforces them; callers mint tokens with them."""
+reads (the methods the .proto marks NO_SIDE_EFFECTS), one with WRITE_ROLE every method.
+The server enforces them; callers mint tokens with them."""
+
+from inventory.v1 import inventory_pb2 as pb
+from servicekit.contract import method_roles
 
 READ_ROLE = "inventory.read"
 WRITE_ROLE = "inventory.write"
+
+# The role each RPC needs, by wire name; the auth interceptor denies any method missing here.
+ROLE_FOR_METHOD = method_roles(
+    pb.DESCRIPTOR.services_by_name["ItemService"], read_role=READ_ROLE, write_role=WRITE_ROLE
+)

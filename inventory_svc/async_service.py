@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -149,7 +149,7 @@ class AsyncItemService:
 
     async def watch_low_stock(
         self, customer_id: str, category: str, after_cursor: int | None, *, subject: str
-    ) -> AsyncIterator[StockMovement]:
+    ) -> AsyncGenerator[StockMovement, None]:
         """Low-stock events from the ledger as they are committed, until the caller goes
         away (the stream is cancelled) or the server shuts down."""
         watch = await self._open_watch(customer_id, category, after_cursor, subject)

@@ -47,9 +47,12 @@ def money_to_proto(money: Money) -> money_pb2.Money:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def timestamp_to_proto(value: datetime) -> timestamp_pb2.Timestamp:
-    """A zone-aware datetime as a Timestamp; by integer arithmetic, about four times faster
-    than Timestamp.FromDatetime, which counts on list pages of 500 items."""
+def timestamp_to_proto(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """A zone-aware datetime as a Timestamp (None, which leaves the field unset, for none); by
+    integer arithmetic, about four times faster than Timestamp.FromDatetime, which counts on
+    list pages of 500 items."""
+    if value is None:
+        return None
     since_epoch = value - _EPOCH
     return timestamp_pb2.Timestamp(
         seconds=since_epoch.days * 86400 + since_epoch.seconds, nanos=since_epoch.microseconds * 1000
@@ -100,8 +103,10 @@ def _field_value(message: pb.Item, name: str, prefix: str) -> Any:
         return money_from_proto(message.price, prefix + "price")
     if name == "cost":
         return money_from_proto(message.cost, prefix + "cost") if message.HasField("cost") else None
-    if name in ("max_quantity", "weight_kg"):
-        return getattr(message, name) if message.HasField(name) else None
+    if name == "max_quantity":
+        return message.max_quantity if message.HasField("max_quantity") else None
+    if name == "weight_kg":
+        return message.weight_kg if message.HasField("weight_kg") else None
     return getattr(message, name)
 
 
@@ -157,12 +162,13 @@ def reason_from_proto(value: int) -> MovementReason | None:
     if value == pb.STOCK_MOVEMENT_REASON_UNSPECIFIED:
         return None
     try:
-        return MovementReason[pb.StockMovementReason.Name(value).removeprefix(_REASON_PREFIX)]
+        name = pb.StockMovementReason.Name(pb.StockMovementReason.ValueType(value))
+        return MovementReason[name.removeprefix(_REASON_PREFIX)]
     except ValueError:
         raise InvalidField("reason", f"{value} is not a StockMovementReason") from None
 
 
-def reason_to_proto(reason: MovementReason) -> int:
+def reason_to_proto(reason: MovementReason) -> pb.StockMovementReason.ValueType:
     return pb.StockMovementReason.Value(_REASON_PREFIX + reason.name)
 
 
@@ -183,7 +189,7 @@ def movement_to_proto(movement: StockMovement) -> pb.StockMovement:
 def low_stock_event_to_proto(event: StockMovement) -> pb.WatchLowStockResponse:
     return pb.WatchLowStockResponse(
         cursor=event.id,
-        kind=event.low_stock_change.value,
+        kind=pb.LowStockEventKind.ValueType(event.low_stock_change.value),
         item_id=event.item_id,
         sku=event.sku,
         quantity=event.quantity_after,

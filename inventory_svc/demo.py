@@ -108,7 +108,7 @@ def seed_demo_items(items: ItemService) -> int:
 
 def main() -> None:
     settings = InventorySettings.from_env(os.environ, serving=False)
-    configure_logging(settings.log_level)
+    configure_logging(settings.server.log_level)
     engine = build_engine(settings)
     try:
         added = seed_demo_items(build_item_service(engine))

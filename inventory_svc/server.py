@@ -5,10 +5,8 @@ The only module that knows every piece, and the only caller of create_engine.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -19,28 +17,21 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import Pool
 
 from inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from inventory_client.roles import ROLE_FOR_METHOD
 from inventory_svc import migrations
 from inventory_svc.async_service import AsyncItemService, DatabaseThreads
 from inventory_svc.connection_budget import connection_budget_warning
 from inventory_svc.item_cache import ItemCache
 from inventory_svc.repository import PostgresChangeListener, SqlUnitOfWork, prepare_engine
 from inventory_svc.service import ItemService, LowStockSignal
-from inventory_svc.servicer import ROLE_FOR_METHOD, ItemServicer
+from inventory_svc.servicer import ItemServicer
 from inventory_svc.settings import InventorySettings
-from servicekit.auth import TokenVerifier
+from servicekit.jwt import TokenVerifier
 from servicekit.logging import configure_logging
+from servicekit.main import run_service
 from servicekit.observability import ServerMetrics, metrics_served
 from servicekit.pipeline import Authorizer
-from servicekit.server import (
-    Periodic,
-    RunningServer,
-    finish_server,
-    is_worker,
-    new_server,
-    serve_until_signalled,
-    stay_on_assigned_cpu,
-    supervise_workers,
-)
+from servicekit.server import Periodic, RunningServer, finish_server, new_server, serve_until_signalled
 from servicekit.tracing import Tracing, tracing_started
 
 log = logging.getLogger(__name__)
@@ -167,10 +158,10 @@ async def build_server(
     """Call on the event loop that will serve. `require_auth=False` exists only so that
     scripts/bench can measure what auth costs."""
     authorizer = Authorizer(TokenVerifier(settings.auth), ROLE_FOR_METHOD) if require_auth else None
-    server = new_server(metrics or ServerMetrics(), authorizer, settings.limits, tracing)
+    server = new_server(metrics or ServerMetrics(), authorizer, settings.server.limits, tracing)
     servicer = ItemServicer(AsyncItemService(items, threads, watch_poll_s=settings.watch_poll_s))
     inventory_pb2_grpc.add_ItemServiceServicer_to_server(servicer, server)
-    running = await finish_server(server, settings.listen_address, [ITEM_SERVICE_NAME])
+    running = await finish_server(server, settings.server.listen_address, [ITEM_SERVICE_NAME])
     running.on_shutdown.append(items.stop_watchers)
     return running
 
@@ -195,7 +186,9 @@ async def serve(settings: InventorySettings) -> None:
             on_miss=lookups.labels("miss").inc,
         )
     items = build_item_service(engine, settings, cache)
-    background = [Periodic("purge-request-ids", settings.request_id_purge_interval_s, items.purge_expired_request_ids)]
+    background: list[Periodic | PostgresChangeListener] = [
+        Periodic("purge-request-ids", settings.request_id_purge_interval_s, items.purge_expired_request_ids)
+    ]
     if cache is not None:
         # Low-stock events committed by any replica wake this replica's watchers; changed
         # items leave its cache, which is on only while the listener listens.
@@ -214,13 +207,11 @@ async def serve(settings: InventorySettings) -> None:
     try:
         with (
             database_threads(settings) as threads,
-            metrics_served(settings.metrics_address, metrics.registry),
-            tracing_started(settings.traces_exporter, "inventory") as tracing,
+            metrics_served(settings.server.metrics_address, metrics.registry),
+            tracing_started(settings.server.traces_exporter, "inventory") as tracing,
         ):
             running = await build_server(settings, items, threads, metrics=metrics, tracing=tracing)
-            await serve_until_signalled(
-                running, "inventory", settings.listen_address, settings.shutdown_drain_s, settings.shutdown_grace_s
-            )
+            await serve_until_signalled(running, "inventory", settings.server)
     finally:
         for task in background:
             task.stop()
@@ -234,7 +225,10 @@ def warn_unless_connections_fit(settings: InventorySettings) -> None:
     engine = build_engine(settings)
     try:
         warning = connection_budget_warning(
-            engine, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size, processes=settings.processes
+            engine,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_pool_size,
+            processes=settings.server.processes,
         )
     finally:
         engine.dispose()
@@ -243,30 +237,19 @@ def warn_unless_connections_fit(settings: InventorySettings) -> None:
 
 
 def main() -> None:
-    settings = InventorySettings.from_env(os.environ)
-    configure_logging(settings.log_level)
-    if not is_worker(os.environ):
-        warn_unless_connections_fit(settings)
-    if settings.processes > 1:
-        sys.exit(
-            supervise_workers(
-                "inventory_svc.server",
-                "INVENTORY",
-                settings.processes,
-                settings.listen_address,
-                settings.metrics_address,
-                pin_cpus=settings.pin_cpus,
-                stop_timeout_s=settings.shutdown_drain_s + settings.shutdown_grace_s + 5,
-            )
-        )
-    stay_on_assigned_cpu(os.environ)
-    asyncio.run(serve(settings))
+    run_service(
+        "inventory_svc.server",
+        "INVENTORY",
+        InventorySettings.from_env,
+        serve,
+        once_per_server=warn_unless_connections_fit,
+    )
 
 
 def migrate_main() -> None:
     """Bring the configured database to the newest schema, then exit."""
     settings = InventorySettings.from_env(os.environ, serving=False)
-    configure_logging(settings.log_level)
+    configure_logging(settings.server.log_level)
     engine = build_engine(settings)
     try:
         migrations.upgrade(engine)

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import grpc.aio
 
 from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
-from inventory_client.roles import READ_ROLE, WRITE_ROLE
 from inventory_svc.async_service import AsyncItemService
 from inventory_svc.convert import (
     add_items,
@@ -25,16 +24,11 @@ from inventory_svc.convert import (
     query_from_request,
     reason_from_proto,
 )
-from inventory_svc.domain import Page
+from inventory_svc.domain import Item, Page
 from servicekit.auth import current_principal
 
-_ITEM_SERVICE = pb.DESCRIPTOR.services_by_name["ItemService"]
-_WRITES = frozenset({"CreateItem", "UpdateItem", "DeleteItem", "AdjustQuantity"})  # all else reads
-# The role each RPC needs; the auth interceptor denies any method missing here.
-ROLE_FOR_METHOD = {
-    f"/{_ITEM_SERVICE.full_name}/{method.name}": WRITE_ROLE if method.name in _WRITES else READ_ROLE
-    for method in _ITEM_SERVICE.methods
-}
+# Generic in grpc's stubs alone: a string keeps it out of run time.
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 Reply = TypeVar("Reply", pb.ListItemsResponse, pb.ListCustomerItemsResponse, pb.ListLowStockItemsResponse)
@@ -45,7 +39,7 @@ def _principal() -> str:
     return principal.subject if principal else ""
 
 
-def _page_reply(reply: Reply, page: Page) -> Reply:
+def _page_reply(reply: Reply, page: Page[Item]) -> Reply:
     add_items(reply.items, page.items)
     reply.next_page_token = page.next_page_token
     reply.total_size = page.total_size
@@ -56,45 +50,37 @@ class ItemServicer(inventory_pb2_grpc.ItemServiceServicer):
     def __init__(self, items: AsyncItemService) -> None:
         self._items = items
 
-    async def CreateItem(
-        self, request: pb.CreateItemRequest, context: grpc.aio.ServicerContext
-    ) -> pb.CreateItemResponse:
+    async def CreateItem(self, request: pb.CreateItemRequest, context: Context) -> pb.CreateItemResponse:
         item = await self._items.create_item(
             item_fields_from_proto(request.item), principal=_principal(), request_id=request.request_id
         )
         return pb.CreateItemResponse(item=item_to_proto(item))
 
-    async def GetItem(self, request: pb.GetItemRequest, context: grpc.aio.ServicerContext) -> pb.GetItemResponse:
+    async def GetItem(self, request: pb.GetItemRequest, context: Context) -> pb.GetItemResponse:
         return pb.GetItemResponse(item=item_to_proto(await self._items.get_item(request.id)))
 
-    async def ListItems(self, request: pb.ListItemsRequest, context: grpc.aio.ServicerContext) -> pb.ListItemsResponse:
+    async def ListItems(self, request: pb.ListItemsRequest, context: Context) -> pb.ListItemsResponse:
         page = await self._items.list_items(query_from_request(request), request.page_size, request.page_token)
         return _page_reply(pb.ListItemsResponse(), page)
 
-    async def UpdateItem(
-        self, request: pb.UpdateItemRequest, context: grpc.aio.ServicerContext
-    ) -> pb.UpdateItemResponse:
+    async def UpdateItem(self, request: pb.UpdateItemRequest, context: Context) -> pb.UpdateItemResponse:
         changes = changes_from_update(request.item, request.update_mask)
         item = await self._items.update_item(request.item.id, changes, request.item.etag, principal=_principal())
         return pb.UpdateItemResponse(item=item_to_proto(item))
 
-    async def DeleteItem(
-        self, request: pb.DeleteItemRequest, context: grpc.aio.ServicerContext
-    ) -> pb.DeleteItemResponse:
+    async def DeleteItem(self, request: pb.DeleteItemRequest, context: Context) -> pb.DeleteItemResponse:
         await self._items.delete_item(request.id, request.etag, principal=_principal())
         return pb.DeleteItemResponse()
 
     async def ListCustomerItems(
-        self, request: pb.ListCustomerItemsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ListCustomerItemsRequest, context: Context
     ) -> pb.ListCustomerItemsResponse:
         page = await self._items.list_customer_items(
             request.customer_id, request.include_inactive, request.page_size, request.page_token
         )
         return _page_reply(pb.ListCustomerItemsResponse(), page)
 
-    async def AdjustQuantity(
-        self, request: pb.AdjustQuantityRequest, context: grpc.aio.ServicerContext
-    ) -> pb.AdjustQuantityResponse:
+    async def AdjustQuantity(self, request: pb.AdjustQuantityRequest, context: Context) -> pb.AdjustQuantityResponse:
         change = request.WhichOneof("change")
         item = await self._items.adjust_quantity(
             request.id,
@@ -108,7 +94,7 @@ class ItemServicer(inventory_pb2_grpc.ItemServiceServicer):
         return pb.AdjustQuantityResponse(item=item_to_proto(item))
 
     async def ListLowStockItems(
-        self, request: pb.ListLowStockItemsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ListLowStockItemsRequest, context: Context
     ) -> pb.ListLowStockItemsResponse:
         page = await self._items.list_low_stock_items(
             request.threshold if request.HasField("threshold") else None,
@@ -117,15 +103,13 @@ class ItemServicer(inventory_pb2_grpc.ItemServiceServicer):
         )
         return _page_reply(pb.ListLowStockItemsResponse(), page)
 
-    async def BatchGetItems(
-        self, request: pb.BatchGetItemsRequest, context: grpc.aio.ServicerContext
-    ) -> pb.BatchGetItemsResponse:
+    async def BatchGetItems(self, request: pb.BatchGetItemsRequest, context: Context) -> pb.BatchGetItemsResponse:
         reply = pb.BatchGetItemsResponse()
         add_items(reply.items, await self._items.batch_get_items(request.ids))
         return reply
 
     async def ListStockMovements(
-        self, request: pb.ListStockMovementsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ListStockMovementsRequest, context: Context
     ) -> pb.ListStockMovementsResponse:
         page = await self._items.list_stock_movements(request.item_id, request.page_size, request.page_token)
         return pb.ListStockMovementsResponse(
@@ -133,7 +117,7 @@ class ItemServicer(inventory_pb2_grpc.ItemServiceServicer):
         )
 
     async def WatchLowStock(
-        self, request: pb.WatchLowStockRequest, context: grpc.aio.ServicerContext
+        self, request: pb.WatchLowStockRequest, context: Context
     ) -> AsyncIterator[pb.WatchLowStockResponse]:
         events = self._items.watch_low_stock(
             request.customer_id,

@@ -5,25 +5,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from servicekit.auth import AuthSettings
-from servicekit.server import ServerLimits
+from servicekit.jwt import AuthSettings
+from servicekit.server_settings import ServerSettings
 from servicekit.settings import EnvReader
 
 DEFAULT_DATABASE_URL = "sqlite:///var/inventory.db"
+SERVER_DEFAULTS = ServerSettings(listen_address="127.0.0.1:50051", metrics_address="127.0.0.1:9051")
 
 
 @dataclass(frozen=True)
 class InventorySettings:
     database_url: str = field(default=DEFAULT_DATABASE_URL, repr=False)  # may hold a password
-    listen_address: str = "127.0.0.1:50051"
-    # Server processes sharing the port (about one core each), each with its own event loop.
-    processes: int = 1
-    # With processes > 1, each keeps its threads (the loop, the database threads) on one core: they
-    # hand the GIL over there
-    # instead of across cores, which costs lists about a third of their speed. Off by default:
-    # only for a server whose cores are its own (a cpuset, a dedicated machine); on a shared
-    # node every pod would crowd onto the same first cores.
-    pin_cpus: bool = False
+    # Where it listens, processes, limits, shutdown, logs, metrics, traces: INVENTORY_LISTEN_ADDRESS...
+    server: ServerSettings = field(default_factory=lambda: SERVER_DEFAULTS)
     # Threads that run database work, per process (calls themselves are coroutines).
     max_workers: int = 16
     # As many as those threads, so that no call waits for, or opens, a connection.
@@ -33,11 +27,6 @@ class InventorySettings:
     # that round trip per call; then the one call that meets a dead connection answers
     # UNAVAILABLE (reads are retried by the clients) and the pool renews every connection.
     db_pool_pre_ping: bool = True
-    # SIGTERM: report NOT_SERVING for drain_s while still serving, so balancers move away,
-    # then refuse new calls and give in-flight ones grace_s to finish.
-    shutdown_drain_s: float = 0.0
-    shutdown_grace_s: float = 10.0
-    log_level: str = "INFO"
     # Idempotency keys (request_id) are kept this long, and purged this often.
     request_id_ttl_s: float = 24 * 3600.0
     request_id_purge_interval_s: float = 600.0
@@ -50,12 +39,7 @@ class InventorySettings:
     item_cache_size: int = 10_000
     # ...and served at most this long after they were read, whatever else happens.
     item_cache_max_age_s: float = 5.0
-    # Prometheus /metrics over HTTP ("off" turns it off; port 0 picks a free one).
-    metrics_address: str = "127.0.0.1:9051"
-    # OpenTelemetry spans: none, console or otlp (OTEL_EXPORTER_OTLP_ENDPOINT says where).
-    traces_exporter: str = "none"
     auth: AuthSettings = field(default_factory=AuthSettings)
-    limits: ServerLimits = field(default_factory=ServerLimits)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, serving: bool = True) -> InventorySettings:
@@ -64,15 +48,10 @@ class InventorySettings:
         read = EnvReader(env, "INVENTORY")
         return cls(
             database_url=read.str("DATABASE_URL", cls.database_url),
-            listen_address=read.str("LISTEN_ADDRESS", cls.listen_address),
-            processes=read.int("PROCESSES", cls.processes, minimum=1),
-            pin_cpus=read.bool("PIN_CPUS", cls.pin_cpus),
+            server=ServerSettings.from_env(read, SERVER_DEFAULTS),
             max_workers=read.int("MAX_WORKERS", cls.max_workers, minimum=1),
             db_pool_size=read.int("DB_POOL_SIZE", cls.db_pool_size, minimum=1),
             db_pool_pre_ping=read.bool("DB_POOL_PRE_PING", cls.db_pool_pre_ping),
-            shutdown_drain_s=read.float("SHUTDOWN_DRAIN_S", cls.shutdown_drain_s),
-            shutdown_grace_s=read.float("SHUTDOWN_GRACE_S", cls.shutdown_grace_s),
-            log_level=read.str("LOG_LEVEL", cls.log_level),
             request_id_ttl_s=read.float("REQUEST_ID_TTL_S", cls.request_id_ttl_s),
             request_id_purge_interval_s=read.float("REQUEST_ID_PURGE_INTERVAL_S", cls.request_id_purge_interval_s),
             max_watchers=read.int("MAX_WATCHERS", cls.max_watchers, minimum=1),
@@ -80,8 +59,5 @@ class InventorySettings:
             watch_poll_s=read.float("WATCH_POLL_S", cls.watch_poll_s),
             item_cache_size=read.int("ITEM_CACHE_SIZE", cls.item_cache_size),
             item_cache_max_age_s=read.float("ITEM_CACHE_MAX_AGE_S", cls.item_cache_max_age_s),
-            metrics_address=read.str("METRICS_ADDRESS", cls.metrics_address),
-            traces_exporter=read.str("OTEL_TRACES_EXPORTER", cls.traces_exporter),
             auth=AuthSettings.from_env(env, "INVENTORY", check=serving),
-            limits=ServerLimits.from_env(read),
         )

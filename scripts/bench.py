@@ -59,7 +59,7 @@ from google.protobuf.message import Message
 
 from crm.v1 import crm_pb2
 from inventory.v1 import inventory_pb2 as pb
-from servicekit.auth import AuthSettings, TokenIssuer
+from servicekit.jwt import AuthSettings, TokenIssuer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.raw_http2 import RawHttp2Client

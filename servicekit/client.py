@@ -1,35 +1,25 @@
-"""Client-side plumbing the typed clients share, synchronous and asyncio (grpc.aio) alike:
-the bearer token on every call, service tokens that renew themselves, a deadline on every
-call, and statuses turned back into the errors of servicekit.errors at the boundary."""
+"""The base of the typed clients, synchronous and asyncio (grpc.aio) alike: a long-lived
+channel whose service config balances over every address and retries the contract's reads,
+the generated stub, and a caller that bounds and translates every call (servicekit.calls).
+Their credentials come from servicekit.credentials."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
-import os
-import threading
-import time
-from collections import namedtuple
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import grpc
 import grpc.aio
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+from google.protobuf.descriptor import ServiceDescriptor
 
-from servicekit import errors
-from servicekit.auth import TokenIssuer
-from servicekit.call_context import REQUEST_ID_METADATA, current_call
-from servicekit.status import STATUS_FOR_ERROR
+from servicekit.calls import AsyncRpcCaller, RpcCaller
+from servicekit.contract import retried_methods
+from servicekit.credentials import BearerTokenInterceptor, async_bearer_token_interceptors
 
-log = logging.getLogger(__name__)
-Reply = TypeVar("Reply")
 Element = TypeVar("Element")
-
-_ERROR_FOR_STATUS = {code: error for error, code in STATUS_FOR_ERROR.items()}
+Stub = TypeVar("Stub")
 
 CHANNEL_OPTIONS = (
     # Fast recovery: a channel whose server went away tries again within two seconds, not minutes.
@@ -81,296 +71,38 @@ class Page(Generic[Element]):
         return cls(reply.items, reply.next_page_token, reply.total_size)
 
 
-class _CallDetails(
-    namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
-    grpc.ClientCallDetails,
-):
-    pass
+Client = TypeVar("Client", bound="ServiceClient[Any]")
+AsyncClient = TypeVar("AsyncClient", bound="AsyncServiceClient[Any]")
 
 
-def bearer_metadata(token: Callable[[], str]) -> tuple[str, str]:
-    return ("authorization", f"Bearer {token()}")
+class _ClientBase(Generic[Stub]):
+    """What a typed client says of its service (the generated stub class and the service's
+    descriptor, whose reads the channel retries), and what it holds: the channel, the stub
+    (typed as `Stub`, the generated stub class or its asyncio variant)."""
 
+    stub_class: ClassVar[type[Any]]
+    service: ClassVar[ServiceDescriptor]
 
-class BearerTokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
-    """Appends `authorization: Bearer <token>` to each call's metadata, keeping what is there.
-
-    `token` is called per call, so that a renewed token is picked up at once.
-    """
-
-    def __init__(self, token: Callable[[], str]) -> None:
-        self._token = token
-
-    def _details(self, details: grpc.ClientCallDetails) -> _CallDetails:
-        metadata = [*(details.metadata or ()), bearer_metadata(self._token)]
-        return _CallDetails(
-            details.method,
-            details.timeout,
-            metadata,
-            details.credentials,
-            details.wait_for_ready,
-            details.compression,
-        )
-
-    def intercept_unary_unary(
-        self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, request: Any
-    ) -> Any:
-        return continuation(self._details(details), request)
-
-    def intercept_unary_stream(
-        self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, request: Any
-    ) -> Any:
-        return continuation(self._details(details), request)
-
-
-class _AsyncBearerToken:
-    def __init__(self, token: Callable[[], str]) -> None:
-        self._token = token
-
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = grpc.aio.Metadata(*(details.metadata or ()), bearer_metadata(self._token))
-        return grpc.aio.ClientCallDetails(
-            details.method,
-            details.timeout,
-            metadata,
-            details.credentials,
-            details.wait_for_ready,
-        )
-
-
-class _AsyncUnaryBearerToken(_AsyncBearerToken, grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(
-        self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
-    ) -> Any:
-        return await continuation(self._details(details), request)
-
-
-class _AsyncStreamBearerToken(_AsyncBearerToken, grpc.aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(
-        self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
-    ) -> Any:
-        return await continuation(self._details(details), request)
-
-
-def async_bearer_token_interceptors(token: Callable[[], str]) -> list[grpc.aio.ClientInterceptor]:
-    """BearerTokenInterceptor for grpc.aio channels, which take one kind of call per
-    interceptor object: one for unary calls, one for server streams."""
-    return [_AsyncUnaryBearerToken(token), _AsyncStreamBearerToken(token)]
-
-
-class MintedServiceToken:
-    """A service's own token, minted with its signing key and renewed when a fifth of its
-    lifetime is left."""
-
-    def __init__(
-        self,
-        issuer: TokenIssuer,
-        subject: str,
-        roles: Iterable[str],
-        lifetime_s: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._issuer = issuer
-        self._subject = subject
-        self._roles = tuple(roles)
-        self._lifetime_s = lifetime_s
-        self._clock = clock
-        self._token = ""
-        self._renew_at = float("-inf")
-        self._lock = threading.Lock()
-
-    def __call__(self) -> str:
-        if self._clock() >= self._renew_at:
-            with self._lock:
-                if self._clock() >= self._renew_at:
-                    self._token = self._issuer.mint(self._subject, self._roles, self._lifetime_s)
-                    self._renew_at = self._clock() + self._lifetime_s * 0.8
-        return self._token
-
-
-class CredentialsMissing(errors.Unavailable):
-    """This service cannot present its own credentials (e.g. its token file is gone)."""
-
-
-class TokenFile:
-    """A token kept in a file by the platform (a mounted secret), read again when it changes."""
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._seen: tuple[tuple[int, int], str] = ((-1, -1), "")
-
-    def __call__(self) -> str:
-        try:
-            stat = os.stat(self._path)
-            version = (stat.st_mtime_ns, stat.st_size)
-            if version != self._seen[0]:
-                with open(self._path) as token_file:
-                    self._seen = (version, token_file.read().strip())
-        except OSError as error:
-            log.error("service token file %s cannot be read: %s", self._path, error.strerror)
-            raise CredentialsMissing("this service's credentials are missing") from None
-        return self._seen[1]
-
-
-def error_from_rpc(error: grpc.RpcError) -> errors.DomainError:
-    """The servicekit error for a status, with the field of a BadRequest detail. A status
-    outside the table (INTERNAL, UNKNOWN, ...) is the other service failing: Unavailable."""
-    code = error.code()
-    kind = _ERROR_FOR_STATUS.get(code)
-    if kind is None:
-        log.warning("call failed with %s: %s", code.name, error.details())
-        return errors.Unavailable(f"a service this call needs failed ({code.name})")
-    message = error.details() or code.name
-    if kind is errors.InvalidField:
-        status = rpc_status.from_call(error)
-        for detail in status.details if status else ():
-            bad_request = error_details_pb2.BadRequest()
-            if detail.Unpack(bad_request) and bad_request.field_violations:
-                violation = bad_request.field_violations[0]
-                return errors.InvalidField(violation.field, violation.description)
-        return errors.InvalidField("", message)
-    return kind(message)
-
-
-def call_bounds(timeout: float | None) -> tuple[float | None, tuple[tuple[str, str], ...]]:
-    """The deadline of a call made while serving one (the serving call's remaining time,
-    capped at `timeout`, or `timeout` when there is no serving call), and the metadata
-    that forwards its request id."""
-    call = current_call.get(None)
-    if call is None:
-        return timeout, ()
-    remaining = call.time_remaining()
-    if remaining <= 0:
-        raise errors.DeadlineExceeded("the caller's deadline has passed")
-    timeout = remaining if timeout is None else min(timeout, remaining)
-    return timeout, ((REQUEST_ID_METADATA, call.request_id),)
-
-
-class RetriedWrite:
-    """The attempts of a write that carries a request_id, which the server answers with the
-    first result when it comes again: tried again, within the call's deadline, on UNAVAILABLE
-    and on CANCELLED (what grpc core answers for calls a stopping server had received but not
-    started, grpc/grpc#41785). The channel's service config cannot do it: it retries by
-    method, and the same method without a request_id is not safe to repeat."""
-
-    RETRIED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
-    ATTEMPTS = 3
-    FIRST_PAUSE_S = 0.05
-
-    def __init__(self, timeout: float | None) -> None:
-        self._deadline = None if timeout is None else time.monotonic() + timeout
-        self._made = 1
-
-    def remaining(self) -> float | None:
-        return None if self._deadline is None else max(self._deadline - time.monotonic(), 0.0)
-
-    def pause_after(self, error: grpc.RpcError) -> float | None:
-        """How long to wait before the next attempt; None: no other attempt."""
-        pause = self.FIRST_PAUSE_S * 2 ** (self._made - 1)
-        left = self.remaining()
-        if error.code() not in self.RETRIED or self._made >= self.ATTEMPTS or (left is not None and left <= pause):
-            return None
-        self._made += 1
-        return pause
-
-
-class RpcCaller:
-    """Makes calls with the deadline and request id of call_bounds, and errors translated
-    at the boundary."""
-
-    def __init__(self, timeout_s: float) -> None:
-        self._timeout_s = timeout_s
-
-    def __call__(self, method: Callable[..., Reply], request: Any, *, retry_safe: bool = False) -> Reply:
-        """`retry_safe`: a write the server recognises when it comes again (a request_id),
-        tried again on the statuses of a server going away (see RetriedWrite)."""
-        timeout, metadata = call_bounds(self._timeout_s)
-        attempts = RetriedWrite(timeout) if retry_safe else None
-        while True:
-            try:
-                return method(request, timeout=attempts.remaining() if attempts else timeout, metadata=metadata)
-            except grpc.RpcError as error:
-                pause = attempts.pause_after(error) if attempts else None
-                if pause is None:
-                    raise error_from_rpc(error) from error
-                time.sleep(pause)
-
-    def stream(self, method: Callable[..., Iterable[Reply]], request: Any, timeout_s: float | None) -> Iterator[Reply]:
-        """A server stream, open until `timeout_s` (or the serving call's deadline) if any,
-        which then raises DeadlineExceeded; closing the iterator cancels the call."""
-        timeout, metadata = call_bounds(timeout_s)
-        call = method(request, timeout=timeout, metadata=metadata)
-        try:
-            yield from call
-        except grpc.RpcError as error:
-            raise error_from_rpc(error) from error
-        finally:
-            call.cancel()  # frees the server's stream at once when the reader stops early
-
-
-class AsyncRpcCaller:
-    """RpcCaller for grpc.aio stubs: the same deadline, request id and errors."""
-
-    def __init__(self, timeout_s: float) -> None:
-        self._timeout_s = timeout_s
-
-    async def __call__(
-        self, method: Callable[..., Awaitable[Reply]], request: Any, *, retry_safe: bool = False
-    ) -> Reply:
-        timeout, metadata = call_bounds(self._timeout_s)
-        attempts = RetriedWrite(timeout) if retry_safe else None
-        while True:
-            try:
-                return await method(request, timeout=attempts.remaining() if attempts else timeout, metadata=metadata)
-            except grpc.RpcError as error:
-                pause = attempts.pause_after(error) if attempts else None
-                if pause is None:
-                    raise error_from_rpc(error) from error
-                await asyncio.sleep(pause)
-
-    async def stream(self, method: Callable[..., Any], request: Any, timeout_s: float | None) -> AsyncIterator[Any]:
-        """As RpcCaller.stream; closing the async iterator (aclose) cancels the call."""
-        timeout, metadata = call_bounds(timeout_s)
-        call = method(request, timeout=timeout, metadata=metadata)
-        try:
-            async for reply in call:
-                yield reply
-        except grpc.RpcError as error:
-            raise error_from_rpc(error) from error
-        finally:
-            call.cancel()
-
-
-Client = TypeVar("Client", bound="ServiceClient")
-AsyncClient = TypeVar("AsyncClient", bound="AsyncServiceClient")
-
-
-class _ClientBase:
-    """What a typed client says of its service (the stub class, the service's full name and
-    the methods safe to retry), and what it holds: the channel, the stub, the caller."""
-
-    stub_class: Callable[[Any], Any]
-    service_name: str
-    idempotent_methods: tuple[str, ...]
-    _caller_class: Callable[[float], Any]
-
-    def __init__(self, channel: Any, *, timeout_s: float = 5.0) -> None:
+    def __init__(self, channel: Any) -> None:
         self._channel = channel
-        self._stub = self.stub_class(channel)
-        self._call = self._caller_class(timeout_s)
-        self._stream = self._call.stream
+        self._stub: Stub = self.stub_class(channel)
 
     @classmethod
     def channel_options(cls) -> list[tuple[str, Any]]:
-        return [*CHANNEL_OPTIONS, ("grpc.service_config", service_config(cls.service_name, cls.idempotent_methods))]
+        config = service_config(cls.service.full_name, retried_methods(cls.service))
+        return [*CHANNEL_OPTIONS, ("grpc.service_config", config)]
 
 
-class ServiceClient(_ClientBase):
+class ServiceClient(_ClientBase[Stub]):
     """Base of the typed clients: one long-lived grpc.Channel, the stub, the caller.
 
-    A subclass names its stub class, its service and the methods safe to retry."""
+    A subclass names its stub class and its service's descriptor, and is a
+    ServiceClient[its generated stub class]."""
 
-    _caller_class = RpcCaller
+    def __init__(self, channel: grpc.Channel, *, timeout_s: float = 5.0) -> None:
+        super().__init__(channel)
+        self._call = RpcCaller(timeout_s)
+        self._stream = self._call.stream
 
     @classmethod
     def connect(
@@ -399,10 +131,14 @@ class ServiceClient(_ClientBase):
         self.close()
 
 
-class AsyncServiceClient(_ClientBase):
-    """ServiceClient over a grpc.aio channel: the same contract, coroutines for calls."""
+class AsyncServiceClient(_ClientBase[Stub]):
+    """ServiceClient over a grpc.aio channel: the same contract, coroutines for calls; a
+    subclass is an AsyncServiceClient[the generated asyncio stub class]."""
 
-    _caller_class = AsyncRpcCaller
+    def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float = 5.0) -> None:
+        super().__init__(channel)
+        self._call = AsyncRpcCaller(timeout_s)
+        self._stream = self._call.stream
 
     @classmethod
     def connect(

@@ -35,7 +35,7 @@ def serving_status(address: str, service: str = "", timeout_s: float = DEFAULT_T
         reply = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
         )
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
 class _ArgumentParser(argparse.ArgumentParser):

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from servicekit.auth import AuthSettings, TokenIssuer
+from servicekit.jwt import AuthSettings, TokenIssuer
 from servicekit.settings import SettingsError
 
 

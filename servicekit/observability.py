@@ -108,7 +108,8 @@ class AsyncClientMetricsInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
     ) -> Any:
         call = await continuation(details, request)
         code = await call.code()
-        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        raw_method: str | bytes = details.method  # grpc.aio hands bytes over, whatever its stubs say
+        method = raw_method.decode() if isinstance(raw_method, bytes) else raw_method
         series = self._series.get((method, code))
         if series is None:
             series = self._series[(method, code)] = self._handled.labels(*split_method(method), code.name)

@@ -1,20 +1,14 @@
 """Server pieces both services wire the same way: a grpc.aio server with its limits, health,
-reflection, graceful shutdown, several worker processes on one port."""
+reflection and graceful shutdown (servicekit.workers runs several of them on one port)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
-import subprocess
-import sys
-import tempfile
 import threading
-import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import TypeVar
 
 import grpc
@@ -23,69 +17,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import SERVICE_NAME
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from servicekit.observability import ServerMetrics, metrics_served
-from servicekit.pipeline import Authorizer, CallLimits, CallPipeline
-from servicekit.settings import EnvReader, SettingsError
+from servicekit.observability import ServerMetrics
+from servicekit.pipeline import Authorizer, CallPipeline
+from servicekit.server_settings import ServerLimits, ServerSettings
 from servicekit.tracing import Tracing
 
 log = logging.getLogger(__name__)
 Value = TypeVar("Value")
-
-
-@dataclass(frozen=True)
-class ServerLimits:
-    """What keeps a server answering whatever its clients do. Beyond a cap a call answers
-    RESOURCE_EXHAUSTED with a google.rpc.RetryInfo; grpc-go's server options are the model."""
-
-    # HTTP/2 streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
-    max_streams_per_connection: int = 100
-    # A connection is told to go away (GOAWAY) after this long, so that round-robin clients find
-    # replicas added since; its calls then get `max_connection_age_grace_s` before it is closed,
-    # which also ends connections whose streams never completed a request.
-    max_connection_age_s: float = 300.0
-    max_connection_age_grace_s: float = 30.0
-    # Keepalive enforcement: a client pinging more often than this (while no call is open) is
-    # told to calm down and then disconnected.
-    min_client_ping_interval_s: float = 10.0
-    # The server's own pings find connections whose peer vanished without a word.
-    keepalive_s: float = 60.0
-    keepalive_timeout_s: float = 20.0
-    calls: CallLimits = field(default_factory=CallLimits)
-
-    @classmethod
-    def from_env(cls, read: EnvReader) -> ServerLimits:
-        return cls(
-            max_streams_per_connection=read.int(
-                "MAX_STREAMS_PER_CONNECTION", cls.max_streams_per_connection, minimum=1
-            ),
-            max_connection_age_s=read.float("MAX_CONNECTION_AGE_S", cls.max_connection_age_s),
-            max_connection_age_grace_s=read.float("MAX_CONNECTION_AGE_GRACE_S", cls.max_connection_age_grace_s),
-            min_client_ping_interval_s=read.float("MIN_CLIENT_PING_INTERVAL_S", cls.min_client_ping_interval_s),
-            keepalive_s=read.float("KEEPALIVE_S", cls.keepalive_s),
-            keepalive_timeout_s=read.float("KEEPALIVE_TIMEOUT_S", cls.keepalive_timeout_s),
-            calls=CallLimits(
-                max_calls_in_flight=read.int("MAX_CALLS_IN_FLIGHT", CallLimits.max_calls_in_flight, minimum=1),
-                max_calls_per_subject=read.int("MAX_CALLS_PER_SUBJECT", CallLimits.max_calls_per_subject, minimum=1),
-                calls_per_subject_override=read.subject_caps("CALLS_PER_SUBJECT_OVERRIDE"),
-            ),
-        )
-
-    def channel_options(self) -> list[tuple[str, int]]:
-        def ms(seconds: float) -> int:
-            return int(seconds * 1000)
-
-        return [
-            ("grpc.max_concurrent_streams", self.max_streams_per_connection),
-            ("grpc.max_connection_age_ms", ms(self.max_connection_age_s)),
-            ("grpc.max_connection_age_grace_ms", ms(self.max_connection_age_grace_s)),
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", ms(self.min_client_ping_interval_s)),
-            ("grpc.http2.max_ping_strikes", 2),
-            ("grpc.keepalive_time_ms", ms(self.keepalive_s)),
-            ("grpc.keepalive_timeout_ms", ms(self.keepalive_timeout_s)),
-        ]
 
 
 @dataclass
@@ -132,19 +71,18 @@ async def finish_server(server: grpc.aio.Server, listen_address: str, service_na
     return RunningServer(server, port, health_servicer)
 
 
-async def serve_until_signalled(
-    running: RunningServer, name: str, listen_address: str, drain_s: float, grace_s: float
-) -> None:
-    """Starts the server and returns once SIGTERM or SIGINT has stopped it gracefully."""
+async def serve_until_signalled(running: RunningServer, name: str, settings: ServerSettings) -> None:
+    """Starts the server and returns once SIGTERM or SIGINT has stopped it gracefully
+    (settings.shutdown_drain_s, then settings.shutdown_grace_s)."""
     await running.server.start()
-    host = listen_address.rsplit(":", 1)[0]
+    host = settings.listen_address.rsplit(":", 1)[0]
     log.info("%s listening on %s:%d", name, host, running.port, extra={"port": running.port})
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, _stop_on, signum, stopping, name)
     await stopping.wait()
-    await running.shutdown(drain_s, grace_s)
+    await running.shutdown(settings.shutdown_drain_s, settings.shutdown_grace_s)
     log.info("%s stopped", name)
 
 
@@ -231,124 +169,3 @@ class Periodic:
                 self._task()
             except Exception:
                 log.exception("periodic task %s failed; it runs again in %.0f s", self._thread.name, self._interval_s)
-
-
-# Set by supervise_workers in each worker's environment: the core that worker stays on.
-WORKER_CPU_VARIABLE = "SERVICEKIT_WORKER_CPU"
-# ...and that it is one of the supervisor's workers, which does what concerns the whole server.
-WORKER_VARIABLE = "SERVICEKIT_WORKER"
-
-
-def is_worker(env: Mapping[str, str]) -> bool:
-    """Whether this process is a worker of supervise_workers (not the server as a whole)."""
-    return env.get(WORKER_VARIABLE) == "1"
-
-
-def stay_on_assigned_cpu(env: Mapping[str, str]) -> None:
-    """In a worker process, before any thread starts (threads inherit it): keep to the core
-    the supervisor assigned, if it assigned one."""
-    cpu = env.get(WORKER_CPU_VARIABLE, "")
-    if cpu:
-        os.sched_setaffinity(0, {int(cpu)})
-
-
-def supervise_workers(
-    module: str,
-    prefix: str,
-    processes: int,
-    listen_address: str,
-    metrics_address: str,
-    stop_timeout_s: float = 30.0,
-    pin_cpus: bool = False,
-) -> int:
-    """Runs `processes` copies of the server `module` on one port (SO_REUSEPORT, which
-    gRPC sets by default on Linux): a Python process uses about one core, and this uses
-    them all. Each worker is a whole server (its own pool, listener and threads); their
-    metrics are summed here. SIGTERM or SIGINT is passed on to every worker, which drain as
-    one server does; a worker that dies stops them all, for the platform to restart. A
-    worker still running `stop_timeout_s` after its SIGTERM (its drain and grace periods
-    and a margin) is killed. `pin_cpus`: worker k stays on the k-th core this process may use
-    (round robin), so that its threads hand the GIL over on one core. Returns the exit status."""
-    if listen_address.endswith(":0"):
-        raise SettingsError(f"{prefix}_PROCESSES > 1 needs a fixed port in {prefix}_LISTEN_ADDRESS, not 0")
-    workers: list[subprocess.Popen[bytes]] = []
-    stopping = threading.Event()
-    kill_at = float("inf")
-
-    def stop_workers(signum: int, _frame: FrameType | None) -> None:
-        nonlocal kill_at
-        if not stopping.is_set():
-            kill_at = time.monotonic() + stop_timeout_s
-            stopping.set()
-        for worker in workers:
-            if worker.poll() is None:
-                worker.send_signal(signum)
-
-    def kill_stragglers() -> None:
-        for worker in workers:
-            if worker.poll() is None:
-                log.error(
-                    "worker %d still running %.0f s after it was told to stop: killing it", worker.pid, stop_timeout_s
-                )
-                worker.kill()
-                worker.wait()
-
-    def exit_status(returncode: int) -> int:
-        # A worker ended by a signal has returncode -signum; report it as a shell does.
-        return 128 - returncode if returncode < 0 else returncode
-
-    # Before any worker exists, so that a signal arriving while they start reaches them all.
-    signal.signal(signal.SIGTERM, stop_workers)
-    signal.signal(signal.SIGINT, stop_workers)
-    with tempfile.TemporaryDirectory(prefix=f"{prefix.lower()}-metrics-") as metrics_dir:
-        worker_env = {
-            **{name: value for name, value in os.environ.items() if name != WORKER_CPU_VARIABLE},
-            f"{prefix}_PROCESSES": "1",
-            f"{prefix}_METRICS_ADDRESS": "off",
-            "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
-            WORKER_VARIABLE: "1",
-        }
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=metrics_dir)
-        # Bound first: a metrics port in use fails here, before there are workers to orphan.
-        with metrics_served(metrics_address, registry):
-            try:
-                cpus = sorted(os.sched_getaffinity(0)) if pin_cpus else []
-                for number in range(processes):
-                    if not stopping.is_set():
-                        env = {**worker_env, WORKER_CPU_VARIABLE: str(cpus[number % len(cpus)])} if cpus else worker_env
-                        workers.append(subprocess.Popen([sys.executable, "-m", module], env=env))
-                log.info(
-                    "%d worker processes of %s started",
-                    len(workers),
-                    module,
-                    extra={"worker_pids": [worker.pid for worker in workers]},
-                )
-                status = 0
-                while any(worker.poll() is None for worker in workers):
-                    for worker in workers:
-                        code = worker.poll()
-                        if code is not None and not stopping.is_set():
-                            log.error("worker %d exited with %d: stopping the others", worker.pid, code)
-                            status = exit_status(code) or 1
-                            stop_workers(signal.SIGTERM, None)
-                    if time.monotonic() > kill_at:
-                        kill_stragglers()
-                    time.sleep(0.2)
-                if status == 0:
-                    status = next((exit_status(worker.returncode) for worker in workers if worker.returncode), 0)
-            finally:
-                # Live workers here mean the supervisor itself failed: they must not outlive
-                # it, nor write into the metrics directory once it is removed.
-                if any(worker.poll() is None for worker in workers):
-                    log.error("supervisor failed: stopping its workers")
-                    stop_workers(signal.SIGTERM, None)
-                    for worker in workers:
-                        try:
-                            worker.wait(timeout=max(0.0, kill_at - time.monotonic()))
-                        except subprocess.TimeoutExpired:
-                            pass
-                    kill_stragglers()
-                for worker in workers:
-                    mark_process_dead(worker.pid, metrics_dir)
-        return status

@@ -5,6 +5,7 @@ Tests pass a plain dict instead of patching os.environ.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -45,7 +46,7 @@ class EnvReader:
         found = self._lookup(name)
         return found[1] if found else default
 
-    def int(self, name: str, default: int, minimum: int = 0) -> int:
+    def int(self, name: builtins.str, default: builtins.int, minimum: builtins.int = 0) -> builtins.int:
         found = self._lookup(name)
         if not found:
             return default
@@ -58,7 +59,7 @@ class EnvReader:
             raise SettingsError(f"{key} must be at least {minimum}, got {value}")
         return value
 
-    def float(self, name: str, default: float) -> float:
+    def float(self, name: builtins.str, default: builtins.float) -> builtins.float:
         found = self._lookup(name)
         if not found:
             return default
@@ -71,7 +72,7 @@ class EnvReader:
             raise SettingsError(f"{key} must be zero or more, got {raw!r}")
         return value
 
-    def subject_caps(self, name: str) -> dict[str, int]:
+    def subject_caps(self, name: builtins.str) -> dict[builtins.str, builtins.int]:
         """`subject=N,other=M`: a whole number per token subject."""
         found = self._lookup(name)
         if not found:
@@ -85,7 +86,7 @@ class EnvReader:
             caps[subject] = int(number)
         return caps
 
-    def bool(self, name: str, default: bool) -> bool:
+    def bool(self, name: builtins.str, default: builtins.bool) -> builtins.bool:
         found = self._lookup(name)
         if not found:
             return default

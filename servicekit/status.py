@@ -40,7 +40,7 @@ def to_rpc_status(error: errors.DomainError) -> grpc.Status:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(error.retry_after_s * 1e9))
         _add_detail(status, error_details_pb2.RetryInfo(retry_delay=delay))
-    return rpc_status.to_status(status)
+    return _to_grpc_status(status)
 
 
 def _add_detail(status: status_pb2.Status, detail: object) -> None:
@@ -50,4 +50,9 @@ def _add_detail(status: status_pb2.Status, detail: object) -> None:
 
 
 def internal_status() -> grpc.Status:
-    return rpc_status.to_status(status_pb2.Status(code=code_pb2.INTERNAL, message=INTERNAL_MESSAGE))
+    return _to_grpc_status(status_pb2.Status(code=code_pb2.INTERNAL, message=INTERNAL_MESSAGE))
+
+
+def _to_grpc_status(status: status_pb2.Status) -> grpc.Status:
+    converted: grpc.Status = rpc_status.to_status(status)  # grpcio-status ships no types
+    return converted

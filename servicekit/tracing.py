@@ -53,8 +53,9 @@ def tracing_started(exporter: str, service_name: str) -> Iterator[Tracing | None
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     provider.add_span_processor(BatchSpanProcessor(span_exporter))
     try:
-        yield Tracing(
-            aio_server_interceptor(tracer_provider=provider), aio_client_interceptors(tracer_provider=provider)
-        )
+        # OpenTelemetry's grpc instrumentation is unannotated upstream.
+        server_interceptor = aio_server_interceptor(tracer_provider=provider)  # type: ignore[no-untyped-call]
+        client_interceptors = aio_client_interceptors(tracer_provider=provider)  # type: ignore[no-untyped-call]
+        yield Tracing(server_interceptor, client_interceptors)
     finally:
         provider.shutdown()

@@ -25,6 +25,7 @@ from inventory_svc.server import build_item_service
 from inventory_svc.service import ItemService
 from inventory_svc.settings import InventorySettings
 from servicekit.server import ServerThread
+from servicekit.server_settings import ServerSettings
 from tests.helpers import TEST_AUTH, authorized_channel, migrated_engine, mint, serving, serving_crm
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "")
@@ -71,7 +72,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
 @pytest.fixture(scope="session")
 def inventory_settings(database_url: str) -> InventorySettings:
-    return InventorySettings(database_url=database_url, listen_address="127.0.0.1:0", auth=TEST_AUTH)
+    return InventorySettings(database_url=database_url, server=ServerSettings(), auth=TEST_AUTH)
 
 
 @pytest.fixture(scope="session")
@@ -132,7 +133,7 @@ def pytest_report_header() -> str:
 @pytest.fixture(scope="session")
 def crm_server(inventory_server: ServerThread) -> Iterator[ServerThread]:
     settings = CrmSettings(
-        listen_address="127.0.0.1:0",
+        server=ServerSettings(),
         inventory_target=f"127.0.0.1:{inventory_server.port}",
         auth=TEST_AUTH,
         inventory_auth=TEST_AUTH,

@@ -34,8 +34,8 @@ from inventory_client import AsyncInventoryClient
 from inventory_svc import migrations
 from inventory_svc.server import build_engine, build_item_service, build_server, database_threads
 from inventory_svc.settings import InventorySettings
-from servicekit.auth import AuthSettings, TokenIssuer
-from servicekit.client import BearerTokenInterceptor
+from servicekit.credentials import BearerTokenInterceptor
+from servicekit.jwt import AuthSettings, TokenIssuer
 from servicekit.page_tokens import PagePosition, encode_page_token
 from servicekit.server import RunningServer, ServerThread
 

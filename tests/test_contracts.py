@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from google.protobuf import descriptor_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 # What the working tree must stay compatible with: the previous commit, unless
@@ -97,6 +98,40 @@ def test_protos_make_no_breaking_change_against_the_previous_commit(buf, tmp_pat
     result = buf("breaking", "--against", str(workspace(tmp_path, previous)))
 
     assert result.returncode == 0, f"breaking changes against {revision}:\n{result.stdout}{result.stderr}"
+    baseline = reading_methods_of(buf, workspace(tmp_path / "baseline-image", previous), tmp_path / "baseline.binpb")
+    today = reading_methods_of(buf, ROOT, tmp_path / "today.binpb")
+    assert baseline <= today, f"reads made writes since {revision} (read-only tokens lose them): {baseline - today}"
+
+
+def reading_methods_of(buf, folder: Path, image: Path) -> set[str]:
+    """The methods the protos in `folder` mark NO_SIDE_EFFECTS, as package.Service.Method."""
+    result = buf("build", "--as-file-descriptor-set", "-o", str(image), cwd=folder)
+    assert result.returncode == 0, f"buf build:\n{result.stdout}{result.stderr}"
+    files = descriptor_pb2.FileDescriptorSet.FromString(image.read_bytes()).file
+    return {
+        f"{file.package}.{service.name}.{method.name}"
+        for file in files
+        for service in file.service
+        for method in service.method
+        if method.options.idempotency_level == descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS
+    }
+
+
+def test_a_read_turned_write_is_found(buf, tmp_path):
+    protos = working_tree_protos()
+    inventory = protos["inventory/v1/inventory.proto"]
+    marked_get = (
+        "rpc GetItem(GetItemRequest) returns (GetItemResponse) {\n    option idempotency_level = NO_SIDE_EFFECTS;\n  }"
+    )
+    assert marked_get in inventory, "the protos changed: update this test"
+    protos["inventory/v1/inventory.proto"] = inventory.replace(
+        marked_get, "rpc GetItem(GetItemRequest) returns (GetItemResponse) {}"
+    )
+
+    before = reading_methods_of(buf, workspace(tmp_path / "before", working_tree_protos()), tmp_path / "before.binpb")
+    after = reading_methods_of(buf, workspace(tmp_path / "after", protos), tmp_path / "after.binpb")
+
+    assert before - after == {"inventory.v1.ItemService.GetItem"}
 
 
 def test_buf_breaking_reports_a_deleted_field_and_a_renamed_rpc(buf, tmp_path):

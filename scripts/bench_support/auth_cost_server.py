@@ -32,12 +32,12 @@ def main() -> None:
     settings = InventorySettings.from_env(
         {**os.environ, "INVENTORY_LISTEN_ADDRESS": address, "INVENTORY_LOG_LEVEL": "WARNING"}
     )
-    if settings.pin_cpus:
+    if settings.server.pin_cpus:
         # On one core, as the inventory workers are: unpinned, a single process's threads hand
         # the GIL across cores, and its speed swings by a third from one cell to the next, far
         # more than the interceptor costs.
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    configure_logging(settings.log_level)
+    configure_logging(settings.server.log_level)
     engine = build_engine(settings)
     metrics = ServerMetrics()
     with metrics_served(metrics_address, metrics.registry), database_threads(settings) as threads:

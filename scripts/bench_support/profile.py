@@ -22,7 +22,7 @@ LAYERS = [
     ("protobuf and convert.py", re.compile(r"\((google/)?protobuf/|_pb2\.py|/convert\.py")),
     ("sqlalchemy", re.compile(r"\(sqlalchemy/")),
     ("database driver (psycopg2, sqlite3)", re.compile(r"psycopg2|sqlite3")),
-    ("auth (servicekit.auth, jwt)", re.compile(r"servicekit/auth\.py|\(jwt/|cryptography")),
+    ("auth (servicekit.auth, servicekit.jwt, jwt)", re.compile(r"servicekit/(auth|jwt)\.py|\(jwt/|cryptography")),
     ("logging (access log, JSON)", re.compile(r"\(logging/|servicekit/logging|\(json/")),
     ("metrics (prometheus_client)", re.compile(r"servicekit/observability|prometheus_client")),
     ("tracing (opentelemetry)", re.compile(r"opentelemetry|servicekit/tracing")),

@@ -19,7 +19,7 @@ from crm.v1 import crm_pb2
 from crm_svc.settings import CrmSettings
 from inventory.v1 import inventory_pb2
 from inventory_svc.settings import InventorySettings
-from servicekit.auth import AuthSettings, TokenVerifier
+from servicekit.jwt import AuthSettings, TokenVerifier
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = sorted((ROOT / "k8s").glob("*.yaml"))

@@ -17,14 +17,16 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from crm.v1 import crm_pb2, crm_pb2_grpc
 from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
-from inventory_svc.servicer import ROLE_FOR_METHOD
+from inventory_client.roles import ROLE_FOR_METHOD
 from inventory_svc.settings import InventorySettings
-from servicekit.auth import AuthSettings
+from servicekit.jwt import AuthSettings
+from servicekit.server_settings import ServerSettings
 from tests.helpers import TEST_AUTH, authorized_channel, create, migrated_engine, mint, new_item, rpc_error, serving
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,21 +156,16 @@ def test_health_needs_no_token(inventory_address):
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_every_item_service_rpc_has_the_role_we_decided():
-    """A new RPC fails here until somebody decides who may call it."""
-    reads = [
-        "GetItem",
-        "ListItems",
-        "ListCustomerItems",
-        "ListLowStockItems",
-        "BatchGetItems",
-        "ListStockMovements",
-        "WatchLowStock",
-    ]
-    writes = ["CreateItem", "UpdateItem", "DeleteItem", "AdjustQuantity"]
+def test_every_item_service_rpc_has_the_role_its_contract_says():
+    """The .proto decides: a method marked NO_SIDE_EFFECTS needs inventory.read, every other
+    one (a new RPC too, until its contract marks it a read) inventory.write."""
+    service = pb.DESCRIPTOR.services_by_name["ItemService"]
+    no_side_effects = descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS
     expected = {
-        **{f"/inventory.v1.ItemService/{name}": "inventory.read" for name in reads},
-        **{f"/inventory.v1.ItemService/{name}": "inventory.write" for name in writes},
+        f"/inventory.v1.ItemService/{method.name}": (
+            "inventory.read" if method.GetOptions().idempotency_level == no_side_effects else "inventory.write"
+        )
+        for method in service.methods
     }
 
     assert expected == ROLE_FOR_METHOD
@@ -213,7 +210,7 @@ def server_with(tmp_path):
 
         def start(auth: AuthSettings) -> str:
             settings = InventorySettings(
-                database_url=f"sqlite:///{tmp_path / 'inventory.db'}", listen_address="127.0.0.1:0", auth=auth
+                database_url=f"sqlite:///{tmp_path / 'inventory.db'}", server=ServerSettings(), auth=auth
             )
             engine = stack.enter_context(migrated_engine(settings))
             return f"127.0.0.1:{stack.enter_context(serving(settings, engine)).port}"

@@ -16,6 +16,7 @@ from crm_svc.settings import CrmSettings
 from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
 from inventory_svc.settings import InventorySettings
+from servicekit.server_settings import ServerSettings
 from tests.helpers import TEST_AUTH, authorized_channel, create, free_port, mint, rpc_error, serving, serving_crm
 
 # gRPC sends a deadline as a timeout header rounded up, so the receiver may see a hair more.
@@ -24,7 +25,7 @@ TIMEOUT_ROUNDING_S = 0.01
 
 def crm_settings(inventory_port: int, **overrides) -> CrmSettings:
     return CrmSettings(
-        listen_address="127.0.0.1:0",
+        server=ServerSettings(),
         inventory_target=f"127.0.0.1:{inventory_port}",
         auth=TEST_AUTH,
         inventory_auth=TEST_AUTH,
@@ -39,7 +40,7 @@ def customer_stub(address: str, customer_id: str = "alice"):
 
 def test_inventory_down_is_unavailable_quickly_and_the_crm_recovers_when_it_is_back(engine, empty_database):
     port = free_port()
-    inventory_settings = InventorySettings(listen_address=f"127.0.0.1:{port}", auth=TEST_AUTH)
+    inventory_settings = InventorySettings(server=ServerSettings(listen_address=f"127.0.0.1:{port}"), auth=TEST_AUTH)
     with serving_crm(crm_settings(port)) as crm_running:
         channel, alice = customer_stub(f"127.0.0.1:{crm_running.port}")
         with channel:
@@ -180,10 +181,10 @@ def test_a_missing_token_file_is_unavailable_to_the_customer(inventory_server, e
 def test_crm_and_inventory_can_use_audiences_of_their_own(engine, empty_database):
     inventory_auth = replace(TEST_AUTH, audience="inventory")
     customer_auth = replace(TEST_AUTH, audience="crm")
-    inventory_settings = InventorySettings(listen_address="127.0.0.1:0", auth=inventory_auth)
+    inventory_settings = InventorySettings(server=ServerSettings(), auth=inventory_auth)
     with serving(inventory_settings, engine) as inventory:
         settings = CrmSettings(
-            listen_address="127.0.0.1:0",
+            server=ServerSettings(),
             inventory_target=f"127.0.0.1:{inventory.port}",
             auth=customer_auth,
             inventory_auth=inventory_auth,

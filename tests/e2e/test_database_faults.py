@@ -22,6 +22,7 @@ from inventory_client import InventoryClient
 from inventory_svc import repository
 from inventory_svc.settings import InventorySettings
 from servicekit.errors import Unavailable
+from servicekit.server_settings import ServerSettings
 from tests.helpers import (
     TEST_AUTH,
     authorized_channel,
@@ -77,7 +78,7 @@ def connections_refused(database_url: str) -> Iterator[None]:
 def serving_on_one_connection(postgres_url: str, pre_ping: bool) -> Iterator[str]:
     settings = InventorySettings(
         database_url=postgres_url,
-        listen_address="127.0.0.1:0",
+        server=ServerSettings(),
         auth=TEST_AUTH,
         max_workers=1,
         db_pool_size=1,  # one connection: the test knows which one dies
@@ -134,7 +135,7 @@ def test_the_typed_client_retries_a_read_that_met_a_cut_connection(postgres_url)
 def test_a_sqlite_writer_stuck_behind_another_is_unavailable_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(repository, "SQLITE_BUSY_TIMEOUT_MS", 200)  # not the 10 s a server waits
     database = tmp_path / "inventory.db"
-    settings = InventorySettings(database_url=f"sqlite:///{database}", listen_address="127.0.0.1:0", auth=TEST_AUTH)
+    settings = InventorySettings(database_url=f"sqlite:///{database}", server=ServerSettings(), auth=TEST_AUTH)
     with (
         migrated_engine(settings) as engine,
         serving(settings, engine) as running,

@@ -20,6 +20,7 @@ from crm_svc.settings import CrmSettings
 from inventory_svc.demo import seed_demo_items
 from inventory_svc.server import build_item_service
 from inventory_svc.settings import InventorySettings
+from servicekit.server_settings import ServerSettings
 from tests.helpers import TEST_AUTH, eventually, grpcurl, migrated_engine, mint, serving, serving_crm
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +31,7 @@ def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A server of its own on SQLite: the shell experience does not depend on the database."""
     settings = InventorySettings(
         database_url=f"sqlite:///{tmp_path_factory.mktemp('grpcurl') / 'inventory.db'}",
-        listen_address="127.0.0.1:0",
+        server=ServerSettings(),
         auth=TEST_AUTH,
     )
     with migrated_engine(settings) as engine, serving(settings, engine) as running:
@@ -103,14 +104,14 @@ def readme_grpcurl_block() -> str:
 
 def test_readme_grpcurl_examples_work_as_printed(tmp_path):
     settings = InventorySettings(
-        database_url=f"sqlite:///{tmp_path / 'inventory.db'}", listen_address="127.0.0.1:0", auth=TEST_AUTH
+        database_url=f"sqlite:///{tmp_path / 'inventory.db'}", server=ServerSettings(), auth=TEST_AUTH
     )
     with (
         migrated_engine(settings) as engine,
         serving(settings, engine) as running,
         serving_crm(
             CrmSettings(
-                listen_address="127.0.0.1:0",
+                server=ServerSettings(),
                 inventory_target=f"127.0.0.1:{running.port}",
                 auth=TEST_AUTH,
                 inventory_auth=TEST_AUTH,
@@ -164,7 +165,7 @@ def readme_watch_blocks() -> tuple[str, str]:
 
 def test_readme_watch_example_shows_the_event_and_the_ledger(tmp_path):
     settings = InventorySettings(
-        database_url=f"sqlite:///{tmp_path / 'inventory.db'}", listen_address="127.0.0.1:0", auth=TEST_AUTH
+        database_url=f"sqlite:///{tmp_path / 'inventory.db'}", server=ServerSettings(), auth=TEST_AUTH
     )
     env = {
         **os.environ,

@@ -29,7 +29,8 @@ from inventory_svc.server import build_item_service, build_server, database_thre
 from inventory_svc.settings import InventorySettings
 from servicekit.observability import ServerMetrics
 from servicekit.pipeline import CallLimits
-from servicekit.server import ServerLimits, ServerThread
+from servicekit.server import ServerThread
+from servicekit.server_settings import ServerLimits, ServerSettings
 from tests.helpers import TEST_AUTH, authorized_channel, create, migrated_engine, mint, rpc_error
 from tests.raw_http2 import RawHttp2Client
 
@@ -69,9 +70,8 @@ def limited_server(tmp_path: Path, limits: ServerLimits | None = None, **setting
     database = tmp_path / "inventory.db"
     inventory_settings = InventorySettings(
         database_url=f"sqlite:///{database}",
-        listen_address="127.0.0.1:0",
+        server=ServerSettings(limits=limits or ServerLimits()),
         auth=TEST_AUTH,
-        limits=limits or ServerLimits(),
         **settings,
     )  # type: ignore[arg-type]
     metrics = ServerMetrics()

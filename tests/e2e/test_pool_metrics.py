@@ -17,6 +17,7 @@ from inventory.v1 import inventory_pb2_grpc
 from inventory_svc.server import watch_pool
 from inventory_svc.settings import InventorySettings
 from servicekit.observability import ServerMetrics
+from servicekit.server_settings import ServerSettings
 from tests.e2e.test_database_faults import admin_of, connections_refused, cut_every_connection
 from tests.helpers import TEST_AUTH, authorized_channel, create, eventually, migrated_engine, mint, rpc_error, serving
 
@@ -36,7 +37,7 @@ def connections_seen_by_the_database(database_url: str) -> int:
 def served(request, postgres_url) -> Iterator[tuple[inventory_pb2_grpc.ItemServiceStub, Engine, ServerMetrics]]:
     settings = InventorySettings(
         database_url=postgres_url,
-        listen_address="127.0.0.1:0",
+        server=ServerSettings(),
         auth=TEST_AUTH,
         max_workers=8,
         db_pool_size=POOL_SIZE,

@@ -16,6 +16,7 @@ from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
 from inventory_svc.server import ITEM_SERVICE_NAME, build_engine
 from inventory_svc.settings import InventorySettings
+from servicekit.server_settings import ServerSettings
 from tests.helpers import TEST_AUTH, authorized_channel, eventually, free_port, mint, rpc_error, serving
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +41,7 @@ def test_health_of_an_unknown_service_is_not_found(inventory_address):
 def test_unexpected_error_is_internal_without_internals(tmp_path):
     # A real database with no schema: every query fails inside SQLAlchemy.
     settings = InventorySettings(
-        database_url=f"sqlite:///{tmp_path / 'unmigrated.db'}", listen_address="127.0.0.1:0", auth=TEST_AUTH
+        database_url=f"sqlite:///{tmp_path / 'unmigrated.db'}", server=ServerSettings(), auth=TEST_AUTH
     )
     engine = build_engine(settings)
     try:

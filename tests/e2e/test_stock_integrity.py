@@ -15,6 +15,7 @@ from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
 from inventory_svc.server import build_item_service
 from inventory_svc.settings import InventorySettings
+from servicekit.server_settings import ServerSettings
 from tests.helpers import (
     TEST_AUTH,
     authorized_channel,
@@ -126,7 +127,7 @@ def test_a_request_id_that_is_not_a_uuid_is_invalid_argument(items_stub):
 
 
 def test_request_ids_expire_after_their_time_and_are_purged(engine, empty_database):
-    settings = InventorySettings(listen_address="127.0.0.1:0", auth=TEST_AUTH, request_id_ttl_s=1)
+    settings = InventorySettings(server=ServerSettings(), auth=TEST_AUTH, request_id_ttl_s=1)
     with serving(settings, engine) as running, authorized_channel(f"127.0.0.1:{running.port}", mint()) as channel:
         stub = inventory_pb2_grpc.ItemServiceStub(channel)
         item = create(stub, quantity=10)

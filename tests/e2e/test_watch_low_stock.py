@@ -17,6 +17,7 @@ from inventory.v1 import inventory_pb2_grpc
 from inventory_svc.domain import LowStockChange, MovementReason, StockMovement
 from inventory_svc.repository import SqlUnitOfWork
 from inventory_svc.settings import InventorySettings
+from servicekit.server_settings import ServerSettings
 from tests.helpers import (
     TEST_AUTH,
     authorized_channel,
@@ -196,7 +197,7 @@ def test_a_watch_respects_the_callers_deadline(items_stub):
 
 @contextmanager
 def one_watcher_server(engine):
-    settings = InventorySettings(listen_address="127.0.0.1:0", auth=TEST_AUTH, max_watchers=1)
+    settings = InventorySettings(server=ServerSettings(), auth=TEST_AUTH, max_watchers=1)
     with serving(settings, engine) as running, authorized_channel(f"127.0.0.1:{running.port}", mint()) as channel:
         yield running, inventory_pb2_grpc.ItemServiceStub(channel)
 

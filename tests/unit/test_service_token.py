@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from servicekit.client import MintedServiceToken
+from servicekit.credentials import MintedServiceToken
 
 
 class CountingIssuer:

@@ -6,7 +6,9 @@ import pytest
 
 from crm_svc.settings import CrmSettings
 from inventory_svc.settings import InventorySettings
-from servicekit.auth import AuthSettings
+from servicekit.jwt import AuthSettings
+from servicekit.pipeline import CallLimits
+from servicekit.server_settings import ServerLimits, ServerSettings
 from servicekit.settings import SettingsError
 
 SECRET = "s" * 32
@@ -27,7 +29,7 @@ def test_the_service_prefixed_name_wins_over_the_plain_one():
 def test_defaults_serve_the_embedded_sqlite_on_loopback():
     settings = InventorySettings.from_env({"JWT_SECRET": SECRET})
 
-    assert (settings.database_url, settings.listen_address) == ("sqlite:///var/inventory.db", "127.0.0.1:50051")
+    assert (settings.database_url, settings.server.listen_address) == ("sqlite:///var/inventory.db", "127.0.0.1:50051")
 
 
 def test_secrets_stay_out_of_the_settings_repr():
@@ -88,7 +90,7 @@ def test_the_crm_mints_towards_inventory_with_settings_of_their_own():
 def test_pin_cpus_reads_true_or_false(raw, pinned):
     env = {"JWT_SECRET": SECRET} | ({"CRM_PIN_CPUS": raw} if raw is not None else {})
 
-    assert CrmSettings.from_env(env).pin_cpus is pinned
+    assert CrmSettings.from_env(env).server.pin_cpus is pinned
 
 
 def test_pin_cpus_refuses_anything_else():
@@ -101,3 +103,77 @@ def test_pool_pre_ping_is_on_unless_turned_off():
     assert not InventorySettings.from_env(
         {"JWT_SECRET": SECRET, "INVENTORY_DB_POOL_PRE_PING": "false"}
     ).db_pool_pre_ping
+
+
+SERVER_DEFAULTS_OF_EACH_SERVICE = {
+    "inventory": ("127.0.0.1:50051", "127.0.0.1:9051"),
+    "crm": ("127.0.0.1:50052", "127.0.0.1:9052"),
+}
+
+
+def read_service_settings(service: str, env: dict[str, str]):
+    read = InventorySettings.from_env if service == "inventory" else CrmSettings.from_env
+    return read({"JWT_SECRET": SECRET, **env})
+
+
+@pytest.mark.parametrize("service", ["inventory", "crm"])
+def test_each_service_has_its_own_ports_and_the_same_server_defaults(service):
+    server = read_service_settings(service, {}).server
+
+    assert (server.listen_address, server.metrics_address) == SERVER_DEFAULTS_OF_EACH_SERVICE[service]
+    assert (server.processes, server.pin_cpus, server.shutdown_drain_s, server.shutdown_grace_s) == (
+        1,
+        False,
+        0.0,
+        10.0,
+    )
+    assert (server.log_level, server.traces_exporter) == ("INFO", "none")
+    assert server.limits == ServerLimits()
+    assert server == (InventorySettings() if service == "inventory" else CrmSettings()).server
+
+
+@pytest.mark.parametrize("service", ["inventory", "crm"])
+@pytest.mark.parametrize("prefixed", [True, False], ids=["prefixed", "plain"])
+def test_every_server_setting_is_read_under_its_name(service, prefixed):
+    values = {
+        "LISTEN_ADDRESS": "0.0.0.0:7000",
+        "METRICS_ADDRESS": "off",
+        "PROCESSES": "3",
+        "PIN_CPUS": "true",
+        "SHUTDOWN_DRAIN_S": "2.5",
+        "SHUTDOWN_GRACE_S": "4",
+        "LOG_LEVEL": "DEBUG",
+        "OTEL_TRACES_EXPORTER": "console",
+        "MAX_STREAMS_PER_CONNECTION": "7",
+        "MAX_CONNECTION_AGE_S": "8",
+        "MAX_CONNECTION_AGE_GRACE_S": "9",
+        "MIN_CLIENT_PING_INTERVAL_S": "11",
+        "KEEPALIVE_S": "12",
+        "KEEPALIVE_TIMEOUT_S": "13",
+        "MAX_CALLS_IN_FLIGHT": "14",
+        "MAX_CALLS_PER_SUBJECT": "15",
+        "CALLS_PER_SUBJECT_OVERRIDE": "crm=16",
+    }
+    prefix = f"{service.upper()}_" if prefixed else ""
+
+    server = read_service_settings(service, {prefix + name: value for name, value in values.items()}).server
+
+    assert server == ServerSettings(
+        listen_address="0.0.0.0:7000",
+        metrics_address="off",
+        processes=3,
+        pin_cpus=True,
+        shutdown_drain_s=2.5,
+        shutdown_grace_s=4.0,
+        log_level="DEBUG",
+        traces_exporter="console",
+        limits=ServerLimits(
+            max_streams_per_connection=7,
+            max_connection_age_s=8.0,
+            max_connection_age_grace_s=9.0,
+            min_client_ping_interval_s=11.0,
+            keepalive_s=12.0,
+            keepalive_timeout_s=13.0,
+            calls=CallLimits(max_calls_in_flight=14, max_calls_per_subject=15, calls_per_subject_override={"crm": 16}),
+        ),
+    )

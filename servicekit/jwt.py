@@ -1,0 +1,216 @@
+"""JWTs for both services: their settings, keys, verification and minting. No grpc here:
+a client or a script mints a token without importing a server (servicekit.auth is the
+server's side: the bearer metadata and the principal of the call being served).
+
+The algorithm is pinned by configuration, never taken from the token's header, so
+`alg: none` and HS/RS confusion are refused.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+
+from servicekit.errors import Unauthenticated
+from servicekit.settings import EnvReader, SettingsError
+
+SYMMETRIC_ALGORITHMS = frozenset({"HS256"})
+ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "ES256"})
+# The JWK key type each pinned algorithm verifies with; a JWKS may publish others beside it.
+KEY_TYPE_FOR_ALGORITHM = {"RS256": "RSA", "ES256": "EC"}
+MIN_SECRET_BYTES = 32
+REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub"]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who made a call: the token's subject and what its roles allow."""
+
+    subject: str
+    roles: frozenset[str]
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    algorithm: str = "HS256"
+    # HS256: the shared secret (at least 32 bytes).
+    secret: str = field(default="", repr=False)
+    # RS256/ES256: a PEM public key or a JWKS document, to verify without the signing key.
+    public_key: str = ""
+    # RS256/ES256: the PEM private key, only where tokens are minted.
+    private_key: str = field(default="", repr=False)
+    # Names the signing key in the tokens' `kid` header (chooses the key in a JWKS).
+    key_id: str = ""
+    issuer: str = "inventory-crm"
+    audience: str = "inventory-crm"
+    leeway_s: float = 30.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], prefix: str, *, check: bool = True) -> AuthSettings:
+        """`check=False` leaves the keys unchecked until a verifier or issuer is built from them."""
+        read = EnvReader(env, prefix)
+        settings = cls(
+            algorithm=read.str("JWT_ALGORITHM", cls.algorithm).upper(),
+            secret=read.secret("JWT_SECRET"),
+            public_key=read.secret("JWT_PUBLIC_KEY"),
+            private_key=read.secret("JWT_PRIVATE_KEY"),
+            key_id=read.str("JWT_KEY_ID", ""),
+            issuer=read.str("JWT_ISSUER", cls.issuer),
+            audience=read.str("JWT_AUDIENCE", cls.audience),
+            leeway_s=read.float("JWT_LEEWAY_S", cls.leeway_s),
+        )
+        if check:
+            settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.algorithm in SYMMETRIC_ALGORITHMS:
+            if len(self.secret.encode()) < MIN_SECRET_BYTES:
+                raise SettingsError(
+                    f"JWT_SECRET (or JWT_SECRET_FILE) must hold at least {MIN_SECRET_BYTES} random bytes"
+                )
+        elif self.algorithm in ASYMMETRIC_ALGORITHMS:
+            if not (self.public_key or self.private_key):
+                raise SettingsError(f"{self.algorithm} needs JWT_PUBLIC_KEY_FILE (PEM or JWKS) or JWT_PRIVATE_KEY_FILE")
+        else:
+            raise SettingsError(f"JWT_ALGORITHM must be one of HS256, RS256, ES256, got {self.algorithm!r}")
+
+
+def _load_verification_keys(settings: AuthSettings) -> dict[str, Any]:
+    """Keys by key id ("" when the tokens need not name one)."""
+    if settings.algorithm in SYMMETRIC_ALGORITHMS:
+        return {"": settings.secret}
+    if settings.public_key.lstrip().startswith("{"):
+        jwks = jwt.PyJWKSet.from_json(settings.public_key)
+        # A token names its key by `kid` before it is verified: only keys that can verify
+        # the pinned algorithm may be picked, or a token could choose an RSA key for ES256.
+        return {
+            key.key_id or "": key.key
+            for key in jwks.keys
+            if key.key_type == KEY_TYPE_FOR_ALGORITHM[settings.algorithm] and key.public_key_use != "enc"
+        }
+    if settings.public_key:
+        return {"": serialization.load_pem_public_key(settings.public_key.encode())}
+    private_key = serialization.load_pem_private_key(settings.private_key.encode(), password=None)
+    return {"": private_key.public_key()}
+
+
+_UNAUTHENTICATED_REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (jwt.ExpiredSignatureError, "token has expired"),
+    (jwt.ImmatureSignatureError, "token is not valid yet"),
+    (jwt.InvalidAudienceError, "token is meant for another audience"),
+    (jwt.InvalidIssuerError, "token comes from another issuer"),
+    (jwt.MissingRequiredClaimError, "token lacks a required claim"),
+    (jwt.InvalidAlgorithmError, "token algorithm is not accepted"),
+    (jwt.InvalidSignatureError, "token signature is invalid"),
+    (jwt.DecodeError, "token is malformed"),
+    (jwt.InvalidTokenError, "token is invalid"),
+)
+_CACHE_LIMIT = 4096
+# The subject is recorded with every change it makes (the ledger's principal column).
+MAX_SUBJECT_LENGTH = 255
+MAX_EXPIRY = 253402300799  # 9999-12-31T23:59:59Z: a later expiry is no real one
+
+
+class TokenVerifier:
+    """Verifies bearer tokens. A token verified once is remembered until it expires, so
+    that a service token reused for every call costs one signature check, not thousands."""
+
+    def __init__(self, settings: AuthSettings) -> None:
+        settings.check()
+        self._settings = settings
+        self._keys = _load_verification_keys(settings)
+        self._verified: dict[str, tuple[Principal, float]] = {}
+        self._lock = threading.Lock()
+
+    def verify(self, token: str) -> Principal:
+        remembered = self._verified.get(token)
+        if remembered is not None and time.time() < remembered[1]:
+            return remembered[0]
+        claims = self._decode(token)
+        principal = Principal(subject=str(claims["sub"]), roles=_roles(claims))
+        with self._lock:
+            if len(self._verified) >= _CACHE_LIMIT:
+                self._verified.clear()
+            self._verified[token] = (principal, claims["exp"])
+        return principal
+
+    def _decode(self, token: str) -> dict[str, Any]:
+        settings = self._settings
+        try:
+            key = self._key_for(token)
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=[settings.algorithm],
+                audience=settings.audience,
+                issuer=settings.issuer,
+                leeway=settings.leeway_s,
+                options={"require": REQUIRED_CLAIMS},
+            )
+        except jwt.InvalidTokenError as error:
+            reason = next(text for kind, text in _UNAUTHENTICATED_REASONS if isinstance(error, kind))
+            raise Unauthenticated(reason) from None
+        # PyJWT compares exp as an int of any size; kept as a float here, 10**400 would overflow.
+        expiry = claims["exp"]
+        if not (isinstance(expiry, (int, float)) and expiry <= MAX_EXPIRY):  # rules out inf too
+            raise Unauthenticated("token expiry is out of range")
+        claims["exp"] = float(expiry)
+        if not isinstance(claims["sub"], str) or not claims["sub"]:
+            raise Unauthenticated("token subject is empty")
+        if len(claims["sub"]) > MAX_SUBJECT_LENGTH:
+            raise Unauthenticated(f"token subject is longer than {MAX_SUBJECT_LENGTH} characters")
+        return claims
+
+    def _key_for(self, token: str) -> Any:
+        if len(self._keys) == 1 and "" in self._keys:
+            return self._keys[""]
+        key_id = jwt.get_unverified_header(token).get("kid", "")
+        if key_id not in self._keys:
+            raise Unauthenticated("token is signed by an unknown key")
+        return self._keys[key_id]
+
+
+def _roles(claims: Mapping[str, Any]) -> frozenset[str]:
+    """`roles` as a list of strings (or one space-separated string), plus `scope` (OAuth style)."""
+    roles, scope = claims.get("roles", []), claims.get("scope", "")
+    if isinstance(roles, str):
+        roles = roles.split()
+    if not (isinstance(roles, list) and all(isinstance(role, str) for role in roles) and isinstance(scope, str)):
+        raise Unauthenticated("token roles claim is malformed")
+    return frozenset(roles) | frozenset(scope.split())
+
+
+class TokenIssuer:
+    """Mints tokens with the configured signing key: for scripts/mint_token and service tokens."""
+
+    def __init__(self, settings: AuthSettings) -> None:
+        settings.check()
+        if settings.algorithm in ASYMMETRIC_ALGORITHMS and not settings.private_key:
+            raise SettingsError(f"minting {settings.algorithm} tokens needs JWT_PRIVATE_KEY_FILE")
+        self._settings = settings
+        self._key: Any = (
+            settings.secret
+            if settings.algorithm in SYMMETRIC_ALGORITHMS
+            else serialization.load_pem_private_key(settings.private_key.encode(), password=None)
+        )
+
+    def mint(self, subject: str, roles: Iterable[str], lifetime_s: float) -> str:
+        now = int(time.time())
+        claims = {
+            "sub": subject,
+            "roles": sorted(roles),
+            "iss": self._settings.issuer,
+            "aud": self._settings.audience,
+            "iat": now,
+            "nbf": now,
+            "exp": now + int(lifetime_s),
+        }
+        headers = {"kid": self._settings.key_id} if self._settings.key_id else None
+        return jwt.encode(claims, self._key, algorithm=self._settings.algorithm, headers=headers)
