@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from inventory_svc.domain import Item, ItemFields, ItemQuery, MovementReason, Page, StockMovement
-from inventory_svc.service import WATCH_BATCH, ItemService, LowStockWatch
+from inventory_svc.service import ItemService
+from inventory_svc.watches import WATCH_BATCH, LowStockWatch
 from servicekit.call_context import current_call
 from servicekit.errors import DeadlineExceeded
 
@@ -59,7 +60,10 @@ class AsyncItemService:
         self._watch_poll_s = watch_poll_s
         self._loop = asyncio.get_running_loop()
         self._low_stock_news = asyncio.Event()
-        items.subscribe_to_low_stock(lambda: self._loop.call_soon_threadsafe(self._announce_low_stock))
+        items.watches.subscribe(self._announce_low_stock_from_any_thread)
+
+    def _announce_low_stock_from_any_thread(self) -> None:
+        self._loop.call_soon_threadsafe(self._announce_low_stock)
 
     def _announce_low_stock(self) -> None:
         # Each wait holds the event of its own read: waking those and starting a new one
@@ -87,15 +91,15 @@ class AsyncItemService:
     async def batch_get_items(self, item_ids: Sequence[int]) -> list[Item]:
         return await self._run(self._items.batch_get_items, item_ids)
 
-    async def list_items(self, query: ItemQuery, page_size: int, page_token: str) -> Page:
+    async def list_items(self, query: ItemQuery, page_size: int, page_token: str) -> Page[Item]:
         return await self._run(self._items.list_items, query, page_size, page_token)
 
     async def list_customer_items(
         self, customer_id: str, include_inactive: bool, page_size: int, page_token: str
-    ) -> Page:
+    ) -> Page[Item]:
         return await self._run(self._items.list_customer_items, customer_id, include_inactive, page_size, page_token)
 
-    async def list_low_stock_items(self, threshold: int | None, page_size: int, page_token: str) -> Page:
+    async def list_low_stock_items(self, threshold: int | None, page_size: int, page_token: str) -> Page[Item]:
         return await self._run(self._items.list_low_stock_items, threshold, page_size, page_token)
 
     async def list_stock_movements(self, item_id: int, page_size: int, page_token: str) -> Page[StockMovement]:
@@ -135,7 +139,7 @@ class AsyncItemService:
         # The pool's thread cannot be stopped: if the caller goes away while it opens the watch,
         # the watch it opened is closed when it is done, or its slot would never come back.
         opening = asyncio.ensure_future(
-            self._run_in(self._threads.watches, self._items.open_watch, customer_id, category, after_cursor, subject)
+            self._run_in(self._threads.watches, self._items.watches.open, customer_id, category, after_cursor, subject)
         )
         try:
             return await asyncio.shield(opening)
@@ -145,7 +149,7 @@ class AsyncItemService:
 
     def _close_opened_watch(self, opening: asyncio.Future[LowStockWatch]) -> None:
         if not opening.cancelled() and opening.exception() is None:
-            self._items.close_watch(opening.result())
+            self._items.watches.close(opening.result())
 
     async def watch_low_stock(
         self, customer_id: str, category: str, after_cursor: int | None, *, subject: str
@@ -154,13 +158,13 @@ class AsyncItemService:
         away (the stream is cancelled) or the server shuts down."""
         watch = await self._open_watch(customer_id, category, after_cursor, subject)
         try:
-            while not self._items.watchers_stopped:
+            while not self._items.watches.stopped:
                 news = self._low_stock_news
-                events = await self._run_in(self._threads.watches, self._items.next_low_stock_events, watch)
+                events = await self._run_in(self._threads.watches, self._items.watches.next_events, watch)
                 for event in events:
                     yield event
                 if len(events) < WATCH_BATCH:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(news.wait(), self._watch_poll_s)
         finally:
-            self._items.close_watch(watch)
+            self._items.watches.close(watch)

@@ -6,9 +6,10 @@ import logging
 import os
 
 from inventory_svc.domain import ItemFields, ItemQuery, Money
-from inventory_svc.server import build_engine, build_item_service
+from inventory_svc.server import build_item_service
 from inventory_svc.service import ItemService
 from inventory_svc.settings import InventorySettings
+from inventory_svc.storage import build_engine
 from servicekit.logging import configure_logging
 
 log = logging.getLogger(__name__)

@@ -1,119 +1,45 @@
 """Wiring of the inventory service: engine, service, gRPC server, health, reflection.
 
-The only module that knows every piece, and the only caller of create_engine.
+The only module that knows every piece; storage/ builds the engine.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 
-from prometheus_client import Counter, Gauge
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import Pool
+from prometheus_client import Counter
+from sqlalchemy import Engine
 
 from inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from inventory_client.roles import ROLE_FOR_METHOD
 from inventory_svc import migrations
 from inventory_svc.async_service import AsyncItemService, DatabaseThreads
-from inventory_svc.connection_budget import connection_budget_warning
 from inventory_svc.item_cache import ItemCache
-from inventory_svc.repository import PostgresChangeListener, SqlUnitOfWork, prepare_engine
-from inventory_svc.service import ItemService, LowStockSignal
+from inventory_svc.service import ItemService
 from inventory_svc.servicer import ItemServicer
 from inventory_svc.settings import InventorySettings
+from inventory_svc.storage import (
+    PostgresChangeListener,
+    build_engine,
+    connection_budget_warning,
+    unit_of_work_factory,
+    watch_pool,
+)
+from inventory_svc.watches import LowStockSignal
+from servicekit.background import BackgroundThread, Periodic
 from servicekit.jwt import TokenVerifier
 from servicekit.logging import configure_logging
 from servicekit.main import run_service
 from servicekit.observability import ServerMetrics, metrics_served
 from servicekit.pipeline import Authorizer
-from servicekit.server import Periodic, RunningServer, finish_server, new_server, serve_until_signalled
+from servicekit.server import RunningServer, finish_server, new_server, serve_until_signalled
 from servicekit.tracing import Tracing, tracing_started
 
 log = logging.getLogger(__name__)
 
 ITEM_SERVICE_NAME = inventory_pb2.DESCRIPTOR.services_by_name["ItemService"].full_name
-
-
-def watch_pool(metrics: ServerMetrics, pool: Pool, size: int) -> None:
-    """The database connection pool's use, as gauges that each worker process sets from what
-    its pool holds (livesum adds up the live processes).
-
-    The pool's events are not balanced through an outage (a checkout whose connect fails
-    still checks in; a connection detached for the change listener leaves the pool), so
-    counting them up and down drifts: the gauges are sizes of sets of the pool's own
-    connection records instead, which cannot go negative or count one connection twice."""
-    Gauge(
-        "db_pool_size",
-        "Database connections the pool keeps open when idle.",
-        registry=metrics.registry,
-        multiprocess_mode="livesum",
-    ).set(size)
-    in_use_gauge = Gauge(
-        "db_pool_connections_in_use",
-        "Database connections lent out to calls now.",
-        registry=metrics.registry,
-        multiprocess_mode="livesum",
-    )
-    open_gauge = Gauge(
-        "db_pool_connections_open",
-        "Database connections of the pool open now, in use or idle.",
-        registry=metrics.registry,
-        multiprocess_mode="livesum",
-    )
-    lock = threading.Lock()
-    in_use: set[int] = set()  # ids of connection records lent out
-    opened: set[int] = set()  # ids of connection records that hold an open connection
-
-    def update(record: object, *, lent: bool | None = None, connected: bool | None = None) -> None:
-        with lock:
-            for members, member in ((in_use, lent), (opened, connected)):
-                if member is not None:
-                    (members.add if member else members.discard)(id(record))
-            in_use_gauge.set(len(in_use))
-            open_gauge.set(len(opened))
-
-    event.listen(pool, "checkout", lambda _c, record, _p: update(record, lent=True))
-    event.listen(pool, "checkin", lambda _c, record: update(record, lent=False))
-    event.listen(pool, "connect", lambda _c, record: update(record, connected=True))
-    event.listen(pool, "close", lambda _c, record: update(record, connected=False))
-    # A detached connection (the change listener's own) leaves the pool; its record stays, empty.
-    event.listen(pool, "detach", lambda _c, record: update(record, lent=False, connected=False))
-
-
-def build_engine(settings: InventorySettings) -> Engine:
-    if settings.database_url.startswith("sqlite:///"):
-        # The embedded default: make its folder so that a new user needs nothing prepared.
-        database_path = settings.database_url.removeprefix("sqlite:///")
-        os.makedirs(os.path.dirname(os.path.abspath(database_path)), exist_ok=True)
-    url = make_url(settings.database_url)
-    if url.drivername == "postgresql":
-        # SQLAlchemy 2.1 picks psycopg 3 for a bare postgresql:// URL; we ship psycopg2.
-        url = url.set(drivername="postgresql+psycopg2")
-    # TCP keepalives find a connection cut without a word within seconds, not hours.
-    connect_args = (
-        {
-            "keepalives": 1,
-            "keepalives_idle": 5,
-            "keepalives_interval": 2,
-            "keepalives_count": 3,
-            "tcp_user_timeout": 10_000,
-        }
-        if url.drivername.startswith("postgresql")
-        else {}
-    )
-    engine = create_engine(
-        url,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_pool_size,
-        pool_pre_ping=settings.db_pool_pre_ping,
-        connect_args=connect_args,
-    )
-    return prepare_engine(engine)
 
 
 def build_item_service(
@@ -124,7 +50,7 @@ def build_item_service(
     settings = settings or InventorySettings()
     signal = LowStockSignal()
     return ItemService(
-        partial(SqlUnitOfWork, engine, on_low_stock_events=signal.notify),
+        unit_of_work_factory(engine, on_low_stock_events=signal.notify),
         low_stock_signal=signal,
         request_id_ttl_s=settings.request_id_ttl_s,
         max_watchers=settings.max_watchers,
@@ -162,7 +88,7 @@ async def build_server(
     servicer = ItemServicer(AsyncItemService(items, threads, watch_poll_s=settings.watch_poll_s))
     inventory_pb2_grpc.add_ItemServiceServicer_to_server(servicer, server)
     running = await finish_server(server, settings.server.listen_address, [ITEM_SERVICE_NAME])
-    running.on_shutdown.append(items.stop_watchers)
+    running.on_shutdown.append(items.watches.stop)
     return running
 
 
@@ -186,7 +112,7 @@ async def serve(settings: InventorySettings) -> None:
             on_miss=lookups.labels("miss").inc,
         )
     items = build_item_service(engine, settings, cache)
-    background: list[Periodic | PostgresChangeListener] = [
+    background: list[BackgroundThread] = [
         Periodic("purge-request-ids", settings.request_id_purge_interval_s, items.purge_expired_request_ids)
     ]
     if cache is not None:
@@ -195,7 +121,7 @@ async def serve(settings: InventorySettings) -> None:
         background.append(
             PostgresChangeListener(
                 engine,
-                on_low_stock=items.wake_watchers,
+                on_low_stock=items.watches.wake,
                 on_item_changed=cache.invalidate,
                 on_all_items_changed=cache.invalidate_all,
                 on_listening=cache.enable,

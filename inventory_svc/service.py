@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import threading
 import time
-import uuid
-from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
 
 from inventory_svc.domain import (
     CLIENT_REASONS,
@@ -27,8 +24,11 @@ from inventory_svc.domain import (
     movement_between,
     validate_item_fields,
 )
+from inventory_svc.idempotency import canonical_request_id, replay, request_fingerprint
 from inventory_svc.item_cache import ItemCache
-from servicekit.errors import Conflict, InvalidField, NotFound, ResourceExhausted, Unavailable
+from inventory_svc.ports import UnitOfWork, UnitOfWorkFactory
+from inventory_svc.watches import LowStockSignal, LowStockWatches
+from servicekit.errors import Conflict, InvalidField, NotFound
 from servicekit.page_tokens import PagePosition, decode_page_token, encode_page_token, query_fingerprint
 
 DEFAULT_PAGE_SIZE = 50
@@ -37,79 +37,7 @@ MAX_PAGE_SIZE = 500
 UPDATE_ATTEMPTS = 3
 MAX_BATCH_SIZE = 100
 DEFAULT_REQUEST_ID_TTL_S = 24 * 3600.0
-WATCH_BATCH = 100
 MAX_VERSION = 2**31 - 1  # an item's version, and so its etag, is a 32-bit counter
-
-
-class ItemRepository(Protocol):
-    def add(self, fields: ItemFields) -> Item: ...
-    def get(self, item_id: int) -> Item | None: ...
-    def get_for_update(self, item_id: int) -> Item | None: ...
-    def get_many(self, item_ids: Sequence[int]) -> dict[int, Item]: ...
-    def list_page(self, query: ItemQuery, after_id: int, limit: int) -> list[Item]: ...
-    def first_page(self, query: ItemQuery, limit: int) -> tuple[list[Item], int]: ...
-    def count(self, query: ItemQuery) -> int: ...
-    def replace_fields(self, item_id: int, expected_version: int, fields: ItemFields) -> Item | None: ...
-    def delete(self, item_id: int, expected_version: int | None) -> Item | None: ...
-    def add_to_quantity(self, item_id: int, delta: int, ceiling: int) -> Item | None: ...
-    def set_quantity(self, item_id: int, quantity: int) -> Item | None: ...
-
-
-class StockMovementRepository(Protocol):
-    def add(self, movement: StockMovement) -> None: ...
-    def list_page(self, item_id: int, before_id: int | None, limit: int) -> list[StockMovement]: ...
-    def low_stock_events(self, after_id: int, customer_id: str, category: str, limit: int) -> list[StockMovement]: ...
-    def latest_low_stock_event_id(self) -> int: ...
-
-
-class StoredRequest(Protocol):
-    method: str
-    fingerprint: str
-    result: Item | None
-
-
-class RequestIdRepository(Protocol):
-    def claim(self, request_id: str, method: str, fingerprint: str, ttl_s: float) -> StoredRequest | None: ...
-    def complete(self, request_id: str, result: Item) -> None: ...
-    def purge_expired(self, ttl_s: float) -> int: ...
-
-
-class UnitOfWork(Protocol):
-    items: ItemRepository
-    movements: StockMovementRepository
-    request_ids: RequestIdRepository
-    at_once: WritesAtOnce | None
-
-    def __enter__(self) -> UnitOfWork: ...
-    def __exit__(self, *exc_info: object) -> None: ...
-    def commit(self) -> None: ...
-
-
-class WritesAtOnce(Protocol):
-    """Writes made in one statement with their ledger row and request_id record; each
-    answers None when it wrote nothing, and the caller then takes the ordinary way."""
-
-    def add_to_quantity(
-        self,
-        item_id: int,
-        delta: int,
-        ceiling: int,
-        reason: MovementReason,
-        *,
-        note: str,
-        principal: str,
-        request_id: str,
-        method: str,
-        fingerprint: str,
-    ) -> Item | None: ...
-    def add_item(
-        self, fields: ItemFields, *, principal: str, request_id: str, method: str, fingerprint: str
-    ) -> Item | None: ...
-
-
-# Called as factory(for_write=bool) or factory(for_write=True, at_once=True): then the unit
-# of work's `at_once` is a WritesAtOnce where the database can (None where it cannot).
-UnitOfWorkFactory = Callable[..., UnitOfWork]
 
 
 def _check_id(item_id: int, field: str) -> None:
@@ -130,53 +58,6 @@ def _page_limit(page_size: int) -> int:
     return min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-def _request_fingerprint(method: str, *request: object) -> str:
-    """What a request_id is stored with, to tell a replay from another request under it."""
-    return query_fingerprint(method, *request).hex()
-
-
-def _canonical_request_id(request_id: str) -> str:
-    """The one spelling of a UUID that is stored, so that `{...}`, upper case or no hyphens
-    name the same request as the usual form."""
-    if not request_id:
-        return ""
-    try:
-        return str(uuid.UUID(request_id))
-    except ValueError:
-        raise InvalidField("request_id", "must be a UUID such as 3f2b6c1e-8d4a-4e0b-9c57-2a1d5e7f9b10") from None
-
-
-class LowStockSignal:
-    """Tells this process's low-stock watchers that the ledger may hold new events: called
-    after a local commit and, on PostgreSQL, for every replica's commit (from any thread)."""
-
-    def __init__(self) -> None:
-        self._subscribers: list[Callable[[], None]] = []
-        self.closed = False
-
-    def subscribe(self, callback: Callable[[], None]) -> None:
-        """`callback` runs on every notification, in the notifying thread."""
-        self._subscribers.append(callback)
-
-    def notify(self) -> None:
-        for callback in self._subscribers:
-            callback()
-
-    def close(self) -> None:
-        self.closed = True
-        self.notify()
-
-
-@dataclass
-class LowStockWatch:
-    """One open watch: its filters, how far it has read, and whose it is."""
-
-    customer_id: str
-    category: str
-    cursor: int
-    subject: str
-
-
 class ItemService:
     def __init__(
         self,
@@ -191,26 +72,13 @@ class ItemService:
         """`item_cache` answers GetItem while its invalidation is live (see item_cache)."""
         self._unit_of_work = unit_of_work
         self._cache = item_cache or ItemCache(capacity=0)
-        self._signal = low_stock_signal or LowStockSignal()
         self._request_id_ttl_s = request_id_ttl_s
-        self._max_watchers = max_watchers
-        self._max_watches_per_subject = max_watches_per_subject
-        self._watchers: defaultdict[str, int] = defaultdict(int)
-        self._watchers_lock = threading.Lock()
-
-    def _replay(self, uow: UnitOfWork, request_id: str, method: str, *request: object) -> Item | None:
-        """Claims `request_id` for this request; returns the first result if it was used already."""
-        if not request_id:
-            return None
-        fingerprint = _request_fingerprint(method, *request)
-        stored = uow.request_ids.claim(request_id, method, fingerprint, self._request_id_ttl_s)
-        if stored is None:
-            return None
-        if (stored.method, stored.fingerprint) != (method, fingerprint):
-            raise InvalidField("request_id", "was already used for a different request")
-        if stored.result is None:
-            raise Conflict("a request with this request_id is still in progress: try again")
-        return stored.result
+        self.watches = LowStockWatches(
+            unit_of_work,
+            low_stock_signal or LowStockSignal(),
+            max_watchers=max_watchers,
+            max_watches_per_subject=max_watches_per_subject,
+        )
 
     @staticmethod
     def _record(
@@ -222,7 +90,7 @@ class ItemService:
 
     def create_item(self, fields: ItemFields, *, principal: str = "", request_id: str = "") -> Item:
         validate_item_fields(fields)
-        request_id = _canonical_request_id(request_id)
+        request_id = canonical_request_id(request_id)
         with self._unit_of_work(for_write=True, at_once=True) as uow:
             if uow.at_once is not None:
                 item = uow.at_once.add_item(
@@ -230,7 +98,7 @@ class ItemService:
                     principal=principal,
                     request_id=request_id,
                     method="CreateItem",
-                    fingerprint=_request_fingerprint("CreateItem", fields),
+                    fingerprint=request_fingerprint("CreateItem", fields),
                 )
                 if item is not None:
                     uow.commit()
@@ -242,7 +110,7 @@ class ItemService:
             return self._create_item(uow, fields, principal, request_id)
 
     def _create_item(self, uow: UnitOfWork, fields: ItemFields, principal: str, request_id: str) -> Item:
-        replayed = self._replay(uow, request_id, "CreateItem", fields)
+        replayed = replay(uow, self._request_id_ttl_s, request_id, "CreateItem", fields)
         if replayed is not None:
             return replayed
         item = uow.items.add(fields)
@@ -277,64 +145,6 @@ class ItemService:
         next_token = encode_page_token(PagePosition(page[-1].id), fingerprint) if len(found) > limit else ""
         return Page(page, next_token)
 
-    def open_watch(self, customer_id: str, category: str, after_cursor: int | None, subject: str = "") -> LowStockWatch:
-        """Takes a watcher slot (per replica and per token subject) for a watch from
-        `after_cursor`, or from now; close_watch gives it back."""
-        if after_cursor is not None and after_cursor < 0:
-            raise InvalidField("after_cursor", "must be zero or more")
-        ItemQuery(customer_id=customer_id, category=category).check()
-        if self._signal.closed:
-            raise Unavailable("this replica is shutting down: watch another")
-        with self._watchers_lock:
-            if sum(self._watchers.values()) >= self._max_watchers:
-                raise ResourceExhausted("too many low-stock watchers on this replica: try another or later")
-            if self._watchers[subject] >= self._max_watches_per_subject:
-                raise ResourceExhausted(
-                    f"this token's subject has {self._max_watches_per_subject} watches open already: close one first"
-                )
-            self._watchers[subject] += 1
-        try:
-            if after_cursor is None:
-                with self._unit_of_work() as uow:
-                    after_cursor = uow.movements.latest_low_stock_event_id()
-        except BaseException:
-            self._release_watcher(subject)
-            raise
-        return LowStockWatch(customer_id, category, after_cursor, subject)
-
-    def next_low_stock_events(self, watch: LowStockWatch) -> list[StockMovement]:
-        """The watch's next events (up to WATCH_BATCH, oldest first), moving its cursor past them."""
-        with self._unit_of_work() as uow:
-            events = uow.movements.low_stock_events(watch.cursor, watch.customer_id, watch.category, WATCH_BATCH)
-        if events:
-            watch.cursor = events[-1].id
-        return events
-
-    def close_watch(self, watch: LowStockWatch) -> None:
-        self._release_watcher(watch.subject)
-
-    def _release_watcher(self, subject: str) -> None:
-        with self._watchers_lock:
-            self._watchers[subject] -= 1
-            if not self._watchers[subject]:
-                del self._watchers[subject]
-
-    @property
-    def watchers_stopped(self) -> bool:
-        return self._signal.closed
-
-    def subscribe_to_low_stock(self, callback: Callable[[], None]) -> None:
-        """`callback` runs whenever the ledger may hold new low-stock events."""
-        self._signal.subscribe(callback)
-
-    def stop_watchers(self) -> None:
-        """Server shutdown: every watch stream ends cleanly."""
-        self._signal.close()
-
-    def wake_watchers(self) -> None:
-        """The ledger may hold new events: look now."""
-        self._signal.notify()
-
     def purge_expired_request_ids(self) -> int:
         with self._unit_of_work(for_write=True) as uow:
             purged = uow.request_ids.purge_expired(self._request_id_ttl_s)
@@ -358,16 +168,18 @@ class ItemService:
         self._cache.put(item, generation, read_at)
         return item
 
-    def list_items(self, query: ItemQuery, page_size: int, page_token: str) -> Page:
+    def list_items(self, query: ItemQuery, page_size: int, page_token: str) -> Page[Item]:
         query.check()
         return self._page("items", query, page_size, page_token)
 
-    def list_customer_items(self, customer_id: str, include_inactive: bool, page_size: int, page_token: str) -> Page:
+    def list_customer_items(
+        self, customer_id: str, include_inactive: bool, page_size: int, page_token: str
+    ) -> Page[Item]:
         check_text("customer_id", customer_id, 100, required=True)
         query = ItemQuery(customer_id=customer_id, is_active=None if include_inactive else True)
         return self._page("customer-items", query, page_size, page_token)
 
-    def list_low_stock_items(self, threshold: int | None, page_size: int, page_token: str) -> Page:
+    def list_low_stock_items(self, threshold: int | None, page_size: int, page_token: str) -> Page[Item]:
         if threshold is not None and threshold < 0:
             raise InvalidField("threshold", "must be zero or more")
         query = ItemQuery(is_active=True, low_stock_only=threshold is None, low_stock_at_most=threshold)
@@ -432,7 +244,7 @@ class ItemService:
                 "reason", "is recorded by the server itself: use RESTOCK, SALE, RETURN, CORRECTION, DAMAGE or OTHER"
             )
         check_text("note", note, MAX_NOTE_LENGTH)
-        request_id = _canonical_request_id(request_id)
+        request_id = canonical_request_id(request_id)
         request = (item_id, delta, set_to, reason, note)
         after = None
         with self._unit_of_work(for_write=True, at_once=delta is not None) as uow:
@@ -446,7 +258,7 @@ class ItemService:
                     principal=principal,
                     request_id=request_id,
                     method="AdjustQuantity",
-                    fingerprint=_request_fingerprint("AdjustQuantity", *request),
+                    fingerprint=request_fingerprint("AdjustQuantity", *request),
                 )
                 if after is not None:
                     uow.commit()
@@ -468,7 +280,7 @@ class ItemService:
         request_id: str,
     ) -> Item:
         item_id, delta, set_to, reason, note = request
-        replayed = self._replay(uow, request_id, "AdjustQuantity", *request)
+        replayed = replay(uow, self._request_id_ttl_s, request_id, "AdjustQuantity", *request)
         if replayed is not None:
             return replayed
         if delta is not None:
@@ -487,7 +299,7 @@ class ItemService:
         uow.commit()
         return after
 
-    def _page(self, kind: str, query: ItemQuery, page_size: int, page_token: str) -> Page:
+    def _page(self, kind: str, query: ItemQuery, page_size: int, page_token: str) -> Page[Item]:
         limit = _page_limit(page_size)
         fingerprint = query_fingerprint(kind, query)
         # The total is counted on the first page only and carried by the token: counting

@@ -145,27 +145,3 @@ class ServerThread:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-
-class Periodic:
-    """Runs `task` every `interval_s` seconds in a daemon thread until stopped."""
-
-    def __init__(self, name: str, interval_s: float, task: Callable[[], object]) -> None:
-        self._interval_s = interval_s
-        self._task = task
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stopping.wait(self._interval_s):
-            try:
-                self._task()
-            except Exception:
-                log.exception("periodic task %s failed; it runs again in %.0f s", self._thread.name, self._interval_s)

@@ -20,10 +20,10 @@ from sqlalchemy.engine import make_url
 
 from crm_svc.settings import CrmSettings
 from inventory.v1 import inventory_pb2_grpc
-from inventory_svc.repository import items, request_ids, stock_movements
 from inventory_svc.server import build_item_service
 from inventory_svc.service import ItemService
 from inventory_svc.settings import InventorySettings
+from inventory_svc.storage.tables import items, request_ids, stock_movements
 from servicekit.server import ServerThread
 from servicekit.server_settings import ServerSettings
 from tests.helpers import TEST_AUTH, authorized_channel, migrated_engine, mint, serving, serving_crm

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from inventory_svc.repository import Base
+from inventory_svc.storage import Base
 
 engine = context.config.attributes["engine"]
 with engine.begin() as connection:

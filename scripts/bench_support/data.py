@@ -21,7 +21,7 @@ from sqlalchemy import Engine, create_engine, func, insert, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from inventory_svc.repository import items, stock_movements
+from inventory_svc.storage.tables import items, stock_movements
 
 CUSTOMERS = 100
 SEED = 20261125

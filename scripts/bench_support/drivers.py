@@ -11,7 +11,7 @@ for `--duration` seconds per workload, through each of these, in turns:
                            what SQLAlchemy costs
 
 The workloads send the statements the repository sends (imported from
-inventory_svc.repository) and read each row into an Item as the repository does: GetItem
+inventory_svc.storage) and read each row into an Item as the repository does: GetItem
 by a random id, a 50-item ListItems page after a random id, the first 50-item page of a
 text search with its count, and AdjustQuantity (+1 or -1: the update with RETURNING and its
 ledger row, in one transaction). Reads run in autocommit, as the repository runs them on
@@ -57,25 +57,25 @@ from bench_support import data
 from bench_support.services import machine_busy_ticks
 from inventory_svc import migrations
 from inventory_svc.domain import MAX_QUANTITY_VALUE, Item, MovementReason
-from inventory_svc.repository import (
-    _ADD_MOVEMENT,
-    _ADD_TO_QUANTITY,
-    _GET_ITEM,
-    _contains_pattern,
-    _counted_first_page_statement,
-    _item_from_row,
-    _page_statement,
-    items,
-)
 from inventory_svc.server import build_engine
 from inventory_svc.settings import InventorySettings
+from inventory_svc.storage.queries import (
+    ADD_MOVEMENT,
+    ADD_TO_QUANTITY,
+    GET_ITEM,
+    contains_pattern,
+    counted_first_page_statement,
+    page_statement,
+)
+from inventory_svc.storage.rows import item_from_row
+from inventory_svc.storage.tables import items
 
 POOL = 8  # connections per option at most; also the executor's threads
 PAGE = 50
 DATABASE = "inventory_drivers"  # not scripts/bench's database, which a bench run drops
 WORKLOADS = ("GetItem", "ListItems page", "search page + count", "AdjustQuantity +-1")
-LIST_PAGE = _page_statement(())
-SEARCH_PAGE = _counted_first_page_statement(("text_pattern",))
+LIST_PAGE = page_statement(())
+SEARCH_PAGE = counted_first_page_statement(("text_pattern",))
 # asyncpg and psycopg 3 prepare the statements they run often; after five runs PostgreSQL may
 # keep a generic plan, one made without the parameters' values. For the text search that plan
 # walks the whole id index and filters (15 ms at 10,000 items instead of 0.5 ms with the
@@ -148,7 +148,7 @@ class Option(Protocol):
 
 
 def _page_and_total(rows: Sequence[Any]) -> tuple[list[Item], int]:
-    return [_item_from_row(row[:-1]) for row in rows], rows[0][-1] if rows else 0
+    return [item_from_row(row[:-1]) for row in rows], rows[0][-1] if rows else 0
 
 
 class SqlAlchemyAsync:
@@ -179,22 +179,22 @@ class SqlAlchemyAsync:
             return (await connection.execute(statement, parameters)).all()
 
     async def get_item(self, item_id: int) -> Item | None:
-        rows = await self._rows(_GET_ITEM, {"item_id": item_id})
-        return _item_from_row(rows[0]) if rows else None
+        rows = await self._rows(GET_ITEM, {"item_id": item_id})
+        return item_from_row(rows[0]) if rows else None
 
     async def list_page(self, after_id: int) -> list[Item]:
-        return [_item_from_row(row) for row in await self._rows(LIST_PAGE, {"after_id": after_id, "limit": PAGE})]
+        return [item_from_row(row) for row in await self._rows(LIST_PAGE, {"after_id": after_id, "limit": PAGE})]
 
     async def search_page(self, pattern: str) -> tuple[list[Item], int]:
         return _page_and_total(await self._rows(SEARCH_PAGE, {"text_pattern": pattern, "limit": PAGE}))
 
     async def adjust(self, item_id: int, delta: int) -> Item | None:
         async with self._engine.connect() as connection, connection.begin():
-            row = (await connection.execute(_ADD_TO_QUANTITY, _adjustment(item_id, delta))).first()
+            row = (await connection.execute(ADD_TO_QUANTITY, _adjustment(item_id, delta))).first()
             if row is None:
                 return None
-            item = _item_from_row(row)
-            await connection.execute(_ADD_MOVEMENT, _movement(item, delta))
+            item = item_from_row(row)
+            await connection.execute(ADD_MOVEMENT, _movement(item, delta))
         return item
 
     async def close(self) -> None:
@@ -220,22 +220,22 @@ class SyncInThreads:
             return connection.execute(statement, parameters).all()
 
     def _get_item(self, item_id: int) -> Item | None:
-        rows = self._rows(_GET_ITEM, {"item_id": item_id})
-        return _item_from_row(rows[0]) if rows else None
+        rows = self._rows(GET_ITEM, {"item_id": item_id})
+        return item_from_row(rows[0]) if rows else None
 
     def _list_page(self, after_id: int) -> list[Item]:
-        return [_item_from_row(row) for row in self._rows(LIST_PAGE, {"after_id": after_id, "limit": PAGE})]
+        return [item_from_row(row) for row in self._rows(LIST_PAGE, {"after_id": after_id, "limit": PAGE})]
 
     def _search_page(self, pattern: str) -> tuple[list[Item], int]:
         return _page_and_total(self._rows(SEARCH_PAGE, {"text_pattern": pattern, "limit": PAGE}))
 
     def _adjust(self, item_id: int, delta: int) -> Item | None:
         with self._engine.connect() as connection, connection.begin():
-            row = connection.execute(_ADD_TO_QUANTITY, _adjustment(item_id, delta)).first()
+            row = connection.execute(ADD_TO_QUANTITY, _adjustment(item_id, delta)).first()
             if row is None:
                 return None
-            item = _item_from_row(row)
-            connection.execute(_ADD_MOVEMENT, _movement(item, delta))
+            item = item_from_row(row)
+            connection.execute(ADD_MOVEMENT, _movement(item, delta))
         return item
 
     async def get_item(self, item_id: int) -> Item | None:
@@ -276,7 +276,7 @@ class RawStatement:
 def _raw_item(row: Any) -> Item:
     # asyncpg reads the zone-less UTC columns as naive datetimes; tag them as UtcDateTime does.
     *head, create_time, update_time, version = row
-    return _item_from_row((*head, create_time.replace(tzinfo=UTC), update_time.replace(tzinfo=UTC), version))
+    return item_from_row((*head, create_time.replace(tzinfo=UTC), update_time.replace(tzinfo=UTC), version))
 
 
 def _naive_utc(value: datetime) -> datetime:
@@ -295,11 +295,11 @@ class RawAsyncpg:
         self._dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
         self._pre_ping = pre_ping
         self._pool: Any = None
-        self._get = RawStatement.of(_GET_ITEM)
+        self._get = RawStatement.of(GET_ITEM)
         self._page = RawStatement.of(LIST_PAGE)
         self._search = RawStatement.of(SEARCH_PAGE)
-        self._update = RawStatement.of(_ADD_TO_QUANTITY)
-        self._insert = RawStatement.of(_ADD_MOVEMENT, column_keys=_MOVEMENT_COLUMNS)
+        self._update = RawStatement.of(ADD_TO_QUANTITY)
+        self._insert = RawStatement.of(ADD_MOVEMENT, column_keys=_MOVEMENT_COLUMNS)
 
     async def _open_pool(self) -> Any:
         import asyncpg
@@ -399,7 +399,7 @@ def read_inputs(url: str, search: str = data.DEFAULT_SEARCH) -> Inputs:
     try:
         with engine.connect() as connection:
             last = connection.execute(select(items.c.id).order_by(items.c.id.desc()).offset(PAGE).limit(1)).scalar()
-            pattern = _contains_pattern(search)
+            pattern = contains_pattern(search)
             rows = connection.execute(SEARCH_PAGE, {"text_pattern": pattern, "limit": PAGE}).all()
     finally:
         engine.dispose()

@@ -14,7 +14,7 @@ from sqlalchemy import event
 from bench_support.data import Database, connect
 from inventory.v1 import inventory_pb2 as pb
 from inventory_svc.convert import query_from_request
-from inventory_svc.repository import SqlItemRepository
+from inventory_svc.storage.repositories import SqlItemRepository
 from servicekit.page_tokens import decode_page_token, query_fingerprint
 
 

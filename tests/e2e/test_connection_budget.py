@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from inventory_svc.connection_budget import DEFAULT_HEADROOM, connection_budget_warning
 from inventory_svc.server import build_engine
 from inventory_svc.settings import InventorySettings
+from inventory_svc.storage.connection_budget import DEFAULT_HEADROOM, connection_budget_warning
 from tests.e2e.test_database_faults import admin_of
 from tests.helpers import free_port, migrated_engine, service_env, service_process
 

@@ -19,8 +19,9 @@ from sqlalchemy.engine import make_url
 from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
 from inventory_client import InventoryClient
-from inventory_svc import repository
 from inventory_svc.settings import InventorySettings
+from inventory_svc.storage import SqlUnitOfWork
+from inventory_svc.storage import engine as storage_engine
 from servicekit.errors import Unavailable
 from servicekit.server_settings import ServerSettings
 from tests.helpers import (
@@ -133,7 +134,7 @@ def test_the_typed_client_retries_a_read_that_met_a_cut_connection(postgres_url)
 
 
 def test_a_sqlite_writer_stuck_behind_another_is_unavailable_and_writes_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(repository, "SQLITE_BUSY_TIMEOUT_MS", 200)  # not the 10 s a server waits
+    monkeypatch.setattr(storage_engine, "SQLITE_BUSY_TIMEOUT_MS", 200)  # not the 10 s a server waits
     database = tmp_path / "inventory.db"
     settings = InventorySettings(database_url=f"sqlite:///{database}", server=ServerSettings(), auth=TEST_AUTH)
     with (
@@ -197,9 +198,9 @@ def test_a_call_that_finds_every_pooled_connection_in_use_is_unavailable(databas
     # An engine of its own with a short pool timeout: a server waits the default 30 s.
     url = make_url(database_url)
     url = url.set(drivername="postgresql+psycopg2") if url.drivername == "postgresql" else url
-    engine = repository.prepare_engine(create_engine(url, pool_size=1, max_overflow=0, pool_timeout=0.1))
+    engine = storage_engine.prepare_engine(create_engine(url, pool_size=1, max_overflow=0, pool_timeout=0.1))
     try:
-        with engine.connect(), pytest.raises(Unavailable) as raised, repository.SqlUnitOfWork(engine):
+        with engine.connect(), pytest.raises(Unavailable) as raised, SqlUnitOfWork(engine):
             pass
     finally:
         engine.dispose()

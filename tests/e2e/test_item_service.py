@@ -12,7 +12,7 @@ from google.protobuf import field_mask_pb2
 
 from inventory.v1 import inventory_pb2 as pb
 from inventory_svc.domain import ItemFields, Money
-from inventory_svc.repository import SqlUnitOfWork
+from inventory_svc.storage import SqlUnitOfWork
 from tests.helpers import bad_request_fields, create, money, new_item, page_token_with_total, rpc_error, usd
 
 

@@ -6,8 +6,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
 
-from inventory_svc.repository import Base
 from inventory_svc.settings import InventorySettings
+from inventory_svc.storage import Base
 from tests.helpers import migrated_engine
 
 

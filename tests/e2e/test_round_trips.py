@@ -16,10 +16,11 @@ from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 
 from inventory_svc.domain import ItemFields, LowStockChange, Money
-from inventory_svc.repository import LOW_STOCK_EVENT_IDS_LOCK, SqlUnitOfWork
 from inventory_svc.server import build_item_service
 from inventory_svc.service import ItemService
 from inventory_svc.settings import InventorySettings
+from inventory_svc.storage import SqlUnitOfWork
+from inventory_svc.storage.tables import LOW_STOCK_EVENT_IDS_LOCK
 from servicekit.errors import FailedPrecondition, InvalidField, NotFound
 from tests.helpers import migrated_engine
 

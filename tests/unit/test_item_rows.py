@@ -1,6 +1,6 @@
 """Item rows are read by position: the repository reads every stored column of items."""
 
-from inventory_svc.repository import ITEM_COLUMNS, items
+from inventory_svc.storage.tables import ITEM_COLUMNS, items
 
 
 def test_items_are_read_from_every_stored_column_once():

@@ -1,0 +1,35 @@
+"""What a database error means to the service: a clash of unique keys, or an outage that a
+client may retry (Unavailable)."""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from servicekit.errors import Unavailable
+
+
+def is_unique_violation(error: IntegrityError) -> bool:
+    pgcode = getattr(error.orig, "pgcode", None)
+    if pgcode is not None:
+        return bool(pgcode == "23505")
+    return "UNIQUE constraint failed" in str(error.orig)
+
+
+def unavailable_for(error: BaseException | None) -> Unavailable | None:
+    """What a database error that nothing was committed through means to a client: worth a
+    retry (None: an error of ours, or of the request)."""
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        # The pool drops the broken connection; the next call gets a fresh one.
+        return Unavailable("the database connection was lost; try again")
+    if isinstance(error, OperationalError) and "database is locked" in str(error.orig):
+        # SQLite's busy timeout ran out behind another writer.
+        return Unavailable("the database is busy; try again")
+    return None
+
+
+def lost_while_writing(stage: str) -> Unavailable:
+    """The connection went while a write was `stage` ("writing", "committing"): it may have committed."""
+    return Unavailable(
+        f"the database connection was lost while {stage}: the change may or may not "
+        "have been made; read it again, or retry with the same request_id"
+    )

@@ -1,0 +1,48 @@
+"""Work beside the server, each in a daemon thread of its own until the server stops it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+
+class BackgroundThread:
+    """A daemon thread running `run`, which returns once `stopping` is set; stop() sets it
+    and waits a while for the thread to end."""
+
+    def __init__(self, name: str) -> None:
+        self.stopping = threading.Event()
+        self._thread = threading.Thread(target=self.run, name=name, daemon=True)
+
+    @property
+    def name(self) -> str:
+        return self._thread.name
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self.stopping.set()
+        self._thread.join(timeout=timeout_s)
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+
+class Periodic(BackgroundThread):
+    """Runs `task` every `interval_s` seconds until stopped; a failure is logged, not fatal."""
+
+    def __init__(self, name: str, interval_s: float, task: Callable[[], object]) -> None:
+        super().__init__(name)
+        self._interval_s = interval_s
+        self._task = task
+
+    def run(self) -> None:
+        while not self.stopping.wait(self._interval_s):
+            try:
+                self._task()
+            except Exception:
+                log.exception("periodic task %s failed; it runs again in %.0f s", self.name, self._interval_s)
