@@ -310,14 +310,16 @@ def test_documented_answers_are_what_the_servers_answer(tmp_path, document):
         assert f"Code: {code}" in shown, f"{document} shows no {code}"
     assert "google.rpc.BadRequest" in shown
     settings = InventorySettings(
-        database_url=f"sqlite:///{tmp_path / 'inventory.db'}", listen_address="127.0.0.1:0", auth=TEST_AUTH
+        database_url=f"sqlite:///{tmp_path / 'inventory.db'}",
+        server=ServerSettings(listen_address="127.0.0.1:0"),
+        auth=TEST_AUTH,
     )
     with (
         migrated_engine(settings) as engine,
         serving(settings, engine) as running,
         serving_crm(
             CrmSettings(
-                listen_address="127.0.0.1:0",
+                server=ServerSettings(listen_address="127.0.0.1:0"),
                 inventory_target=f"127.0.0.1:{running.port}",
                 auth=TEST_AUTH,
                 inventory_auth=TEST_AUTH,
