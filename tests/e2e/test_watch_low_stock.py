@@ -334,8 +334,8 @@ def test_a_new_watch_starts_before_a_low_stock_event_still_being_committed(postg
     assert [event.low_stock_change for event in seen] == [LowStockChange.BECAME_LOW]
 
 
-def test_a_watch_needs_a_token(inventory_address):
-    with grpc.insecure_channel(inventory_address) as channel:
+def test_a_watch_needs_a_token(inventory_address_any_db):
+    with grpc.insecure_channel(inventory_address_any_db) as channel:
         stream = inventory_pb2_grpc.ItemServiceStub(channel).WatchLowStock(pb.WatchLowStockRequest(), timeout=5)
         error = rpc_error(next, stream)
 
