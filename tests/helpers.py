@@ -15,6 +15,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from google.type import money_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select, update
 
 from crm_svc import server as crm_server
 from crm_svc.service import CustomerItemsService
@@ -32,6 +33,7 @@ from crm_svc.settings import CrmSettings
 from inventory.v1 import inventory_pb2 as pb
 from inventory_client import AsyncInventoryClient
 from inventory_svc import migrations
+from inventory_svc.repository import request_ids
 from inventory_svc.server import build_engine, build_item_service, build_server, database_threads
 from inventory_svc.settings import InventorySettings
 from servicekit.auth import AuthSettings, TokenIssuer
@@ -135,6 +137,18 @@ def migrated_engine(settings: InventorySettings) -> Iterator[Engine]:
         yield engine
     finally:
         engine.dispose()
+
+
+def age_request_ids(engine: Engine, seconds: float) -> None:
+    """Makes every stored request_id `seconds` older: the time its TTL compares, without the wait."""
+    with engine.begin() as connection:
+        stored = connection.execute(select(request_ids.c.request_id, request_ids.c.create_time)).all()
+        for request_id, created in stored:
+            connection.execute(
+                update(request_ids)
+                .where(request_ids.c.request_id == request_id)
+                .values(create_time=created - timedelta(seconds=seconds))
+            )
 
 
 @contextmanager

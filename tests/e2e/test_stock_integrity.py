@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,6 +16,7 @@ from inventory_svc.server import build_item_service
 from inventory_svc.settings import InventorySettings
 from tests.helpers import (
     TEST_AUTH,
+    age_request_ids,
     authorized_channel,
     bad_request_fields,
     create,
@@ -126,18 +126,24 @@ def test_a_request_id_that_is_not_a_uuid_is_invalid_argument(items_stub):
 
 
 def test_request_ids_expire_after_their_time_and_are_purged(engine, empty_database):
-    settings = InventorySettings(listen_address="127.0.0.1:0", auth=TEST_AUTH, request_id_ttl_s=1)
+    ttl_s = 3600
+    settings = InventorySettings(listen_address="127.0.0.1:0", auth=TEST_AUTH, request_id_ttl_s=ttl_s)
     with serving(settings, engine) as running, authorized_channel(f"127.0.0.1:{running.port}", mint()) as channel:
         stub = inventory_pb2_grpc.ItemServiceStub(channel)
         item = create(stub, quantity=10)
         request = pb.AdjustQuantityRequest(id=item.id, delta=-1, request_id=str(uuid.uuid4()))
         stub.AdjustQuantity(request)
-        time.sleep(1.2)
+        age_request_ids(engine, ttl_s - 60)
+
+        assert stub.AdjustQuantity(request).item.quantity == 9  # within its time: a replay
+        age_request_ids(engine, 120)
 
         assert stub.AdjustQuantity(request).item.quantity == 8  # an expired key is a new request
-        time.sleep(1.2)
+        purger = build_item_service(engine, settings)
+        assert purger.purge_expired_request_ids() == 0  # claimed again just now
+        age_request_ids(engine, ttl_s + 60)
 
-        assert build_item_service(engine, settings).purge_expired_request_ids() == 1
+        assert purger.purge_expired_request_ids() == 1
 
 
 # --- the movement ledger ---------------------------------------------------------------
