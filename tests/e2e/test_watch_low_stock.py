@@ -53,13 +53,6 @@ class Watcher:
     def next(self, timeout: float = 5) -> pb.WatchLowStockResponse:
         return self.events.get(timeout=timeout)
 
-    def nothing_within(self, seconds: float) -> bool:
-        try:
-            self.events.get(timeout=seconds)
-            return False
-        except queue.Empty:
-            return True
-
     def end_status(self, timeout: float = 5) -> grpc.StatusCode:
         return self.ended.get(timeout=timeout)
 
@@ -94,13 +87,15 @@ def test_a_watcher_sees_stock_fall_to_the_threshold_and_recover(items_stub):
     low = watcher.next()
     adjust(items_stub, item.id, -1)  # 1: still low, no new event
     adjust(items_stub, item.id, +5)  # 6: recovered, while the stream is live
+    adjust(items_stub, item.id, +1)  # 7: still recovered, no new event
+    adjust(items_stub, item.id, -6)  # 1: low again, the event after the recovery
 
-    recovered = watcher.next()
+    recovered, low_again = watcher.next(), watcher.next()
     assert (low.kind, low.item_id, low.quantity, low.low_stock_threshold) == (BECAME_LOW, item.id, 2, 2)
     assert (low.sku, low.customer_id, low.category) == (item.sku, "alice", "tools")
     assert (recovered.kind, recovered.quantity) == (RECOVERED, 6)
-    assert recovered.cursor > low.cursor
-    assert watcher.nothing_within(0.5)
+    assert (low_again.kind, low_again.quantity) == (BECAME_LOW, 1)
+    assert low.cursor < recovered.cursor < low_again.cursor
     watcher.stream.cancel()
 
 
@@ -129,9 +124,13 @@ def test_a_watcher_for_one_customer_sees_only_that_customers_items(items_stub):
 
     adjust(items_stub, alices.id, -1)
     adjust(items_stub, bobs.id, -1)
+    adjust(items_stub, alices.id, +5)
+    adjust(items_stub, bobs.id, +5)
 
-    assert watcher.next().item_id == bobs.id
-    assert watcher.nothing_within(0.5)
+    assert [(event.item_id, event.kind) for event in (watcher.next(), watcher.next())] == [
+        (bobs.id, BECAME_LOW),
+        (bobs.id, RECOVERED),
+    ]
     watcher.stream.cancel()
 
 
@@ -142,9 +141,13 @@ def test_an_inactive_item_never_counts_as_low(items_stub):
 
     adjust(items_stub, inactive.id, -3)
     adjust(items_stub, active.id, -1)  # proves the stream is live and in order
+    adjust(items_stub, inactive.id, +5)
+    adjust(items_stub, active.id, +5)
 
-    assert watcher.next().item_id == active.id
-    assert watcher.nothing_within(0.5)
+    assert [(event.item_id, event.kind) for event in (watcher.next(), watcher.next())] == [
+        (active.id, BECAME_LOW),
+        (active.id, RECOVERED),
+    ]
     assert watcher.ended.empty()
     watcher.stream.cancel()
 
