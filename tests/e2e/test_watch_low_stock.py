@@ -345,7 +345,11 @@ def test_a_watch_needs_a_token(inventory_address_any_db):
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-def test_negative_cursor_is_invalid_argument(items_stub):
-    stream = items_stub.WatchLowStock(pb.WatchLowStockRequest(after_cursor=-1), timeout=5)
+def test_a_rule_broken_as_a_watch_opens_ends_the_stream_with_its_status(inventory_address_any_db):
+    with authorized_channel(inventory_address_any_db, mint()) as channel:
+        stream = inventory_pb2_grpc.ItemServiceStub(channel).WatchLowStock(
+            pb.WatchLowStockRequest(after_cursor=-1), timeout=5
+        )
+        error = rpc_error(next, stream)
 
-    assert rpc_error(next, stream).code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
