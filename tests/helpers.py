@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2
@@ -131,12 +131,38 @@ def bad_request_fields(error: grpc.RpcError) -> list[str]:
 
 @contextmanager
 def migrated_engine(settings: InventorySettings) -> Iterator[Engine]:
+    """An engine on settings.database_url, its schema migrated to the latest revision."""
     engine = build_engine(settings)
     migrations.upgrade(engine)
     try:
         yield engine
     finally:
         engine.dispose()
+
+
+def migrate(database_url: str) -> None:
+    """Migrates the database at `database_url`, for servers that run as processes of their own."""
+    with migrated_engine(InventorySettings(database_url=database_url)):
+        pass
+
+
+class PagedReply(Protocol):
+    @property
+    def next_page_token(self) -> str: ...
+
+
+Reply = TypeVar("Reply", bound=PagedReply)
+
+
+def all_pages(read_page: Callable[[str], Reply]) -> list[Reply]:
+    """Every page of a paged list: `read_page(page_token)` reads one, from "" until a page
+    without a next_page_token."""
+    pages, token = [], ""
+    while True:
+        page = read_page(token)
+        pages.append(page)
+        if not (token := page.next_page_token):
+            return pages
 
 
 def age_request_ids(engine: Engine, seconds: float) -> None:

@@ -10,7 +10,16 @@ import pytest
 
 from crm.v1 import crm_pb2 as crm
 from crm.v1 import crm_pb2_grpc
-from tests.helpers import authorized_channel, bad_request_fields, create, mint, page_token_with_total, rpc_error, usd
+from tests.helpers import (
+    all_pages,
+    authorized_channel,
+    bad_request_fields,
+    create,
+    mint,
+    page_token_with_total,
+    rpc_error,
+    usd,
+)
 
 CustomerStubs = Callable[..., crm_pb2_grpc.CustomerItemsServiceStub]
 
@@ -141,16 +150,10 @@ def test_paging_through_the_crm_visits_every_item_once(as_customer, items_stub):
     ids = [create(items_stub, customer_id="carol").id for _ in range(5)]
     carol = as_customer("carol")
 
-    seen, token, pages = [], "", 0
-    while True:
-        reply = carol.ListMyItems(crm.ListMyItemsRequest(page_size=2, page_token=token))
-        seen += [item.id for item in reply.items]
-        pages += 1
-        token = reply.next_page_token
-        if not token:
-            break
+    pages = all_pages(lambda token: carol.ListMyItems(crm.ListMyItemsRequest(page_size=2, page_token=token)))
 
-    assert (seen, pages) == (ids, 3)
+    assert [item.id for page in pages for item in page.items] == ids
+    assert len(pages) == 3
 
 
 def test_search_pages_too(as_customer, items_stub):

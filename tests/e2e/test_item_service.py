@@ -13,7 +13,7 @@ from google.protobuf import field_mask_pb2
 from inventory.v1 import inventory_pb2 as pb
 from inventory_svc.domain import ItemFields, Money
 from inventory_svc.repository import SqlUnitOfWork
-from tests.helpers import bad_request_fields, create, money, new_item, page_token_with_total, rpc_error, usd
+from tests.helpers import all_pages, bad_request_fields, create, money, new_item, page_token_with_total, rpc_error, usd
 
 
 def get(stub, item_id: int) -> pb.Item:
@@ -210,48 +210,34 @@ def test_a_text_search_over_several_pages_counts_every_match_on_each(items_stub)
     lamps = [create(items_stub, name=f"Desk lamp {n}").id for n in range(5)]
     create(items_stub, name="Chair")
 
-    seen, token = [], ""
-    while True:
-        response = items_stub.ListItems(pb.ListItemsRequest(query="LAMP", page_size=2, page_token=token))
-        assert response.total_size == 5
-        seen += [item.id for item in response.items]
-        token = response.next_page_token
-        if not token:
-            break
+    pages = all_pages(
+        lambda token: items_stub.ListItems(pb.ListItemsRequest(query="LAMP", page_size=2, page_token=token))
+    )
     nothing = items_stub.ListItems(pb.ListItemsRequest(query="sofa", page_size=2))
 
-    assert seen == lamps
+    assert [item.id for page in pages for item in page.items] == lamps
+    assert [page.total_size for page in pages] == [5, 5, 5]
     assert (list(nothing.items), nothing.total_size, nothing.next_page_token) == ([], 0, "")
 
 
 def test_list_items_pages_follow_id_order_with_tokens(items_stub):
     created = [create(items_stub).id for _ in range(7)]
 
-    seen, token, pages = [], "", 0
-    while True:
-        response = items_stub.ListItems(pb.ListItemsRequest(page_size=3, page_token=token))
-        assert response.total_size == 7
-        seen += [item.id for item in response.items]
-        pages += 1
-        token = response.next_page_token
-        if not token:
-            break
+    pages = all_pages(lambda token: items_stub.ListItems(pb.ListItemsRequest(page_size=3, page_token=token)))
 
-    assert seen == created
-    assert pages == 3
+    assert [item.id for page in pages for item in page.items] == created
+    assert [page.total_size for page in pages] == [7, 7, 7]
 
 
 def test_paging_never_skips_or_repeats_while_items_are_inserted(items_stub):
     before = [create(items_stub).id for _ in range(10)]
 
-    seen, token = [], ""
-    while True:
-        response = items_stub.ListItems(pb.ListItemsRequest(page_size=3, page_token=token))
-        seen += [item.id for item in response.items]
+    def read_page_then_insert(token: str) -> pb.ListItemsResponse:
+        page = items_stub.ListItems(pb.ListItemsRequest(page_size=3, page_token=token))
         create(items_stub)  # a concurrent writer adds an item between every two pages
-        token = response.next_page_token
-        if not token:
-            break
+        return page
+
+    seen = [item.id for page in all_pages(read_page_then_insert) for item in page.items]
 
     assert len(seen) == len(set(seen))
     assert seen[: len(before)] == before

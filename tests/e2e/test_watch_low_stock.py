@@ -21,6 +21,7 @@ from tests.helpers import (
     TEST_AUTH,
     authorized_channel,
     create,
+    migrate,
     migrated_engine,
     mint,
     rpc_error,
@@ -287,8 +288,7 @@ def replica(database_url: str, log_path: Path):
 
 
 def test_a_change_on_one_replica_reaches_a_watcher_on_another_within_a_second(postgres_url, tmp_path):
-    with migrated_engine(InventorySettings(database_url=postgres_url)):
-        pass
+    migrate(postgres_url)
     with replica(postgres_url, tmp_path / "a.log") as replica_a, replica(postgres_url, tmp_path / "b.log") as replica_b:
         # This database is shared with other tests: the category keeps their events out of
         # a watch that starts at cursor 0 (and so cannot start after this test's first event).
