@@ -303,15 +303,14 @@ class ItemService:
         limit = _page_limit(page_size)
         fingerprint = query_fingerprint(kind, query)
         # The total is counted on the first page only and carried by the token: counting
-        # every match again costs more than the page itself on a large table. A token
-        # from before the total was carried (v1) has none: count again.
+        # every match again costs more than the page itself on a large table.
         position = decode_page_token(page_token, fingerprint) if page_token else None
         with self._unit_of_work() as uow:
             if position is None:
                 found, total = uow.items.first_page(query, limit + 1)
             else:
                 found = uow.items.list_page(query, position.after_id, limit + 1)
-                total = uow.items.count(query) if position.total is None else position.total
+                total = position.total
         page = found[:limit]
         next_token = encode_page_token(PagePosition(page[-1].id, total), fingerprint) if len(found) > limit else ""
         return Page(page, next_token, total)

@@ -21,10 +21,6 @@ from servicekit.errors import InvalidField
 
 _LAYOUT = struct.Struct(">QI8s8s")  # after_id, total, query fingerprint, checksum
 _CONTEXT = b"page-token-v2"
-# Tokens without the total, issued before it was added: still accepted, as during a
-# rolling deploy a replica may be handed a token from one not yet replaced.
-_V1_LAYOUT = struct.Struct(">Q8s8s")  # after_id, query fingerprint, checksum
-_V1_CONTEXT = b"page-token-v1"
 # The checksum is unkeyed, so a forged token may say more than was ever issued.
 MAX_ID = 2**63 - 1  # ids are signed 64-bit
 MAX_TOTAL = 2**31 - 1  # total_size is an int32 in every reply
@@ -32,8 +28,8 @@ MAX_TOTAL = 2**31 - 1  # total_size is an int32 in every reply
 
 class PagePosition(NamedTuple):
     after_id: int
-    # How many matched when the first page was read; None when the token did not say.
-    total: int | None = None
+    # How many matched when the first page was read (0 for a list that counts nothing).
+    total: int = 0
 
 
 def query_fingerprint(*parts: object) -> bytes:
@@ -42,17 +38,12 @@ def query_fingerprint(*parts: object) -> bytes:
 
 
 def _checksum(position: PagePosition, fingerprint: bytes) -> bytes:
-    sealed = _CONTEXT + position.after_id.to_bytes(8, "big") + (position.total or 0).to_bytes(4, "big") + fingerprint
+    sealed = _CONTEXT + position.after_id.to_bytes(8, "big") + position.total.to_bytes(4, "big") + fingerprint
     return hashlib.sha256(sealed).digest()[:8]
 
 
-def _v1_checksum(after_id: int, fingerprint: bytes) -> bytes:
-    return hashlib.sha256(_V1_CONTEXT + after_id.to_bytes(8, "big") + fingerprint).digest()[:8]
-
-
 def encode_page_token(position: PagePosition, fingerprint: bytes) -> str:
-    """A list that counts nothing leaves the total None; the token then carries 0."""
-    raw = _LAYOUT.pack(position.after_id, position.total or 0, fingerprint, _checksum(position, fingerprint))
+    raw = _LAYOUT.pack(position.after_id, position.total, fingerprint, _checksum(position, fingerprint))
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -60,16 +51,11 @@ def decode_page_token(token: str, fingerprint: bytes, field: str = "page_token")
     """Returns where the next page starts; raises InvalidField for a bad token."""
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        if len(raw) == _V1_LAYOUT.size:
-            after_id, token_fingerprint, checksum = _V1_LAYOUT.unpack(raw)
-            position, expected = PagePosition(after_id), _v1_checksum(after_id, token_fingerprint)
-        else:
-            after_id, total, token_fingerprint, checksum = _LAYOUT.unpack(raw)
-            position = PagePosition(after_id, total)
-            expected = _checksum(position, token_fingerprint)
+        after_id, total, token_fingerprint, checksum = _LAYOUT.unpack(raw)
     except (binascii.Error, ValueError, struct.error):
         raise InvalidField(field, "is not a page token issued by this service") from None
-    if checksum != expected or position.after_id > MAX_ID or (position.total or 0) > MAX_TOTAL:
+    position = PagePosition(after_id, total)
+    if checksum != _checksum(position, token_fingerprint) or after_id > MAX_ID or total > MAX_TOTAL:
         raise InvalidField(field, "is not a page token issued by this service")
     if token_fingerprint != fingerprint:
         raise InvalidField(field, "belongs to a different query: keep every other field as on the first page")

@@ -130,18 +130,44 @@ def pytest_report_header() -> str:
     return "PostgreSQL tests: skipped (set TEST_POSTGRES_URL to run them)"
 
 
-@pytest.fixture(scope="session")
-def crm_server(inventory_server: ServerThread) -> Iterator[ServerThread]:
-    settings = CrmSettings(
+def crm_settings(inventory_server: ServerThread) -> CrmSettings:
+    return CrmSettings(
         server=ServerSettings(),
         inventory_target=f"127.0.0.1:{inventory_server.port}",
         auth=TEST_AUTH,
         inventory_auth=TEST_AUTH,
     )
-    with serving_crm(settings) as running:
+
+
+@pytest.fixture(scope="session")
+def crm_server(inventory_server: ServerThread) -> Iterator[ServerThread]:
+    with serving_crm(crm_settings(inventory_server)) as running:
         yield running
 
 
 @pytest.fixture
 def crm_address(crm_server: ServerThread, empty_database: Engine) -> str:
     return f"127.0.0.1:{crm_server.port}"
+
+
+# For tests whose calls never reach storage (auth, health, rules checked before any read):
+# one server on SQLite, so that they run once rather than once per database.
+
+
+@pytest.fixture(scope="session")
+def inventory_server_any_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    database_url = f"sqlite:///{tmp_path_factory.mktemp('any-db') / 'inventory.db'}"
+    settings = InventorySettings(database_url=database_url, server=ServerSettings(), auth=TEST_AUTH)
+    with migrated_engine(settings) as engine, serving(settings, engine) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def inventory_address_any_db(inventory_server_any_db: ServerThread) -> str:
+    return f"127.0.0.1:{inventory_server_any_db.port}"
+
+
+@pytest.fixture(scope="session")
+def crm_address_any_db(inventory_server_any_db: ServerThread) -> Iterator[str]:
+    with serving_crm(crm_settings(inventory_server_any_db)) as running:
+        yield f"127.0.0.1:{running.port}"

@@ -15,8 +15,9 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2
@@ -24,7 +25,7 @@ from google.type import money_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select, update
 
 from crm_svc import server as crm_server
 from crm_svc.service import CustomerItemsService
@@ -34,6 +35,7 @@ from inventory_client import AsyncInventoryClient
 from inventory_svc import migrations
 from inventory_svc.server import build_engine, build_item_service, build_server, database_threads
 from inventory_svc.settings import InventorySettings
+from inventory_svc.storage.tables import request_ids
 from servicekit.credentials import BearerTokenInterceptor
 from servicekit.jwt import AuthSettings, TokenIssuer
 from servicekit.page_tokens import PagePosition, encode_page_token
@@ -129,12 +131,50 @@ def bad_request_fields(error: grpc.RpcError) -> list[str]:
 
 @contextmanager
 def migrated_engine(settings: InventorySettings) -> Iterator[Engine]:
+    """An engine on settings.database_url, its schema migrated to the latest revision."""
     engine = build_engine(settings)
     migrations.upgrade(engine)
     try:
         yield engine
     finally:
         engine.dispose()
+
+
+def migrate(database_url: str) -> None:
+    """Migrates the database at `database_url`, for servers that run as processes of their own."""
+    with migrated_engine(InventorySettings(database_url=database_url)):
+        pass
+
+
+class PagedReply(Protocol):
+    @property
+    def next_page_token(self) -> str: ...
+
+
+Reply = TypeVar("Reply", bound=PagedReply)
+
+
+def all_pages(read_page: Callable[[str], Reply]) -> list[Reply]:
+    """Every page of a paged list: `read_page(page_token)` reads one, from "" until a page
+    without a next_page_token."""
+    pages, token = [], ""
+    while True:
+        page = read_page(token)
+        pages.append(page)
+        if not (token := page.next_page_token):
+            return pages
+
+
+def age_request_ids(engine: Engine, seconds: float) -> None:
+    """Makes every stored request_id `seconds` older: the time its TTL compares, without the wait."""
+    with engine.begin() as connection:
+        stored = connection.execute(select(request_ids.c.request_id, request_ids.c.create_time)).all()
+        for request_id, created in stored:
+            connection.execute(
+                update(request_ids)
+                .where(request_ids.c.request_id == request_id)
+                .values(create_time=created - timedelta(seconds=seconds))
+            )
 
 
 @contextmanager

@@ -85,9 +85,6 @@ class SqlItemRepository:
         ).all()
         return [item_from_row(row[:-1]) for row in rows], rows[0][-1] if rows else 0
 
-    def count(self, query: ItemQuery) -> int:
-        return self._count(queries.filter_values(query))
-
     def _page(self, values: dict[str, Any], after_id: int, limit: int) -> list[Item]:
         rows = self._connection.execute(
             queries.page_statement(queries.shape(values)),

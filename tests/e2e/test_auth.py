@@ -61,8 +61,8 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
-def test_call_without_token_is_unauthenticated(inventory_address):
-    error = get_item_with(inventory_address, ())
+def test_call_without_token_is_unauthenticated(inventory_address_any_db):
+    error = get_item_with(inventory_address_any_db, ())
 
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert error.details() == "missing authorization metadata: 'Bearer <token>'"
@@ -103,12 +103,14 @@ def test_call_without_token_is_unauthenticated(inventory_address):
     ],
 )
 @pytest.mark.parametrize("service", ["inventory", "crm"])
-def test_bad_token_is_unauthenticated_with_a_short_reason(inventory_address, crm_address, service, make_token, reason):
+def test_bad_token_is_unauthenticated_with_a_short_reason(
+    inventory_address_any_db, crm_address_any_db, service, make_token, reason
+):
     token = make_token()
     if service == "inventory":
-        error = get_item_with(inventory_address, bearer(token))
+        error = get_item_with(inventory_address_any_db, bearer(token))
     else:
-        with grpc.insecure_channel(crm_address) as channel:
+        with grpc.insecure_channel(crm_address_any_db) as channel:
             stub = crm_pb2_grpc.CustomerItemsServiceStub(channel)
             error = rpc_error(stub.GetMyItem, crm_pb2.GetMyItemRequest(id=1), metadata=bearer(token))
 
@@ -116,8 +118,8 @@ def test_bad_token_is_unauthenticated_with_a_short_reason(inventory_address, crm
     assert error.details() == reason
 
 
-def test_non_bearer_authorization_is_unauthenticated(inventory_address):
-    error = get_item_with(inventory_address, (("authorization", "Basic dXNlcjpwYXNz"),))
+def test_non_bearer_authorization_is_unauthenticated(inventory_address_any_db):
+    error = get_item_with(inventory_address_any_db, (("authorization", "Basic dXNlcjpwYXNz"),))
 
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
 
@@ -141,16 +143,16 @@ def test_write_only_token_cannot_read(inventory_address, items_stub):
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_customer_token_cannot_reach_inventory(inventory_address):
-    with authorized_channel(inventory_address, mint(subject="alice", roles=("customer",))) as channel:
+def test_customer_token_cannot_reach_inventory(inventory_address_any_db):
+    with authorized_channel(inventory_address_any_db, mint(subject="alice", roles=("customer",))) as channel:
         stub = inventory_pb2_grpc.ItemServiceStub(channel)
         error = rpc_error(stub.ListCustomerItems, pb.ListCustomerItemsRequest(customer_id="alice"))
 
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_health_needs_no_token(inventory_address):
-    with grpc.insecure_channel(inventory_address) as channel:
+def test_health_needs_no_token(inventory_address_any_db):
+    with grpc.insecure_channel(inventory_address_any_db) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
 
     assert reply.status == health_pb2.HealthCheckResponse.SERVING

@@ -24,14 +24,14 @@ from sqlalchemy.engine import make_url
 
 from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
-from inventory_svc.settings import InventorySettings
 from tests.helpers import (
     ServiceProcess,
+    all_pages,
     authorized_channel,
     create,
     eventually,
     free_port,
-    migrated_engine,
+    migrate,
     mint,
     service_env,
 )
@@ -247,20 +247,17 @@ def change_stock(stubs: list, first: int, item_id: int, delta: int, outcomes: Ou
 
 
 def ledger(stub, item_id: int) -> list[pb.StockMovement]:
-    movements, token = [], ""
-    while True:
-        page = stub.ListStockMovements(
+    pages = all_pages(
+        lambda token: stub.ListStockMovements(
             pb.ListStockMovementsRequest(item_id=item_id, page_size=100, page_token=token), timeout=10
         )
-        movements.extend(page.movements)
-        if not (token := page.next_page_token):
-            return movements
+    )
+    return [movement for page in pages for movement in page.movements]
 
 
 @contextmanager
 def replicas_behind_a_proxy(postgres_url: str, log_dir: Path) -> Iterator[tuple[CuttableProxy, list[Replica]]]:
-    with migrated_engine(InventorySettings(database_url=postgres_url)):
-        pass
+    migrate(postgres_url)
     url = make_url(postgres_url)
     proxy = CuttableProxy((url.host or "127.0.0.1", url.port or 5432))
     proxied_url = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)

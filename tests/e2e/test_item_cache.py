@@ -27,6 +27,7 @@ from tests.helpers import (
     ServiceProcess,
     authorized_channel,
     create,
+    migrate,
     migrated_engine,
     mint,
     service_env,
@@ -46,8 +47,7 @@ class Replica(NamedTuple):
 @pytest.fixture
 def replicas(postgres_url, tmp_path) -> Iterator[list[Replica]]:
     """Two inventory processes on one PostgreSQL database."""
-    with migrated_engine(InventorySettings(database_url=postgres_url)):
-        pass
+    migrate(postgres_url)
     with ExitStack() as stack:
         started = []
         for number in range(2):

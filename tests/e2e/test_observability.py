@@ -18,12 +18,11 @@ import pytest
 from crm.v1 import crm_pb2, crm_pb2_grpc
 from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
-from inventory_svc.settings import InventorySettings
 from tests.helpers import (
     ServiceProcess,
     authorized_channel,
     create,
-    migrated_engine,
+    migrate,
     mint,
     rpc_error,
     service_env,
@@ -46,8 +45,7 @@ class Deployment:
 def deployment(tmp_path: Path, **settings: str) -> Iterator[Deployment]:
     """Inventory and the CRM as two processes wired together, on a migrated SQLite file."""
     database_url = f"sqlite:///{tmp_path / 'inventory.db'}"
-    with migrated_engine(InventorySettings(database_url=database_url)):
-        pass
+    migrate(database_url)
     env = service_env(
         INVENTORY_DATABASE_URL=database_url,
         INVENTORY_LISTEN_ADDRESS="127.0.0.1:0",

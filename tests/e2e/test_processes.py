@@ -11,12 +11,11 @@ import grpc
 
 from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
-from inventory_svc.settings import InventorySettings
 from tests.helpers import (
     ServiceProcess,
     authorized_channel,
     free_port,
-    migrated_engine,
+    migrate,
     mint,
     rpc_error,
     service_env,
@@ -31,8 +30,7 @@ OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
 
 def test_two_processes_share_the_port_and_report_their_calls_together(tmp_path):
     database_url = f"sqlite:///{tmp_path / 'inventory.db'}"
-    with migrated_engine(InventorySettings(database_url=database_url)):
-        pass
+    migrate(database_url)
     address = f"127.0.0.1:{free_port()}"
     env = service_env(
         INVENTORY_DATABASE_URL=database_url,

@@ -8,11 +8,10 @@ from contextlib import ExitStack
 
 from crm.v1 import crm_pb2, crm_pb2_grpc
 from inventory.v1 import inventory_pb2_grpc
-from inventory_svc.settings import InventorySettings
 from tests.helpers import (
     authorized_channel,
     create,
-    migrated_engine,
+    migrate,
     mint,
     service_env,
     service_process,
@@ -39,8 +38,7 @@ def handled_get_items(replica) -> float:
 
 def test_crm_spreads_calls_over_three_inventories_and_survives_one_stopping(tmp_path):
     database_url = f"sqlite:///{tmp_path / 'inventory.db'}"
-    with migrated_engine(InventorySettings(database_url=database_url)):
-        pass
+    migrate(database_url)
     env = service_env(
         INVENTORY_DATABASE_URL=database_url, INVENTORY_LISTEN_ADDRESS="127.0.0.1:0", CRM_LISTEN_ADDRESS="127.0.0.1:0"
     )

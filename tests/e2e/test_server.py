@@ -23,15 +23,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("service", ["", ITEM_SERVICE_NAME])
-def test_health_reports_serving_for_the_server_and_the_item_service(inventory_address, service):
-    with grpc.insecure_channel(inventory_address) as channel:
+def test_health_reports_serving_for_the_server_and_the_item_service(inventory_address_any_db, service):
+    with grpc.insecure_channel(inventory_address_any_db) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))
 
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_health_of_an_unknown_service_is_not_found(inventory_address):
-    with grpc.insecure_channel(inventory_address) as channel:
+def test_health_of_an_unknown_service_is_not_found(inventory_address_any_db):
+    with grpc.insecure_channel(inventory_address_any_db) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         error = rpc_error(stub.Check, health_pb2.HealthCheckRequest(service="no.such.Service"))
 

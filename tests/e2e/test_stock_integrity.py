@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,6 +17,7 @@ from inventory_svc.settings import InventorySettings
 from servicekit.server_settings import ServerSettings
 from tests.helpers import (
     TEST_AUTH,
+    age_request_ids,
     authorized_channel,
     bad_request_fields,
     create,
@@ -118,27 +118,25 @@ def test_a_request_id_in_another_spelling_of_the_same_uuid_is_a_replay(items_stu
     assert movements(items_stub, item.id)[0].request_id == str(request_id)
 
 
-def test_a_request_id_that_is_not_a_uuid_is_invalid_argument(items_stub):
-    error = rpc_error(items_stub.CreateItem, pb.CreateItemRequest(item=new_item(), request_id="retry-1"))
-
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert bad_request_fields(error) == ["request_id"]
-    assert items_stub.ListItems(pb.ListItemsRequest()).total_size == 0
-
-
 def test_request_ids_expire_after_their_time_and_are_purged(engine, empty_database):
-    settings = InventorySettings(server=ServerSettings(), auth=TEST_AUTH, request_id_ttl_s=1)
+    ttl_s = 3600
+    settings = InventorySettings(server=ServerSettings(), auth=TEST_AUTH, request_id_ttl_s=ttl_s)
     with serving(settings, engine) as running, authorized_channel(f"127.0.0.1:{running.port}", mint()) as channel:
         stub = inventory_pb2_grpc.ItemServiceStub(channel)
         item = create(stub, quantity=10)
         request = pb.AdjustQuantityRequest(id=item.id, delta=-1, request_id=str(uuid.uuid4()))
         stub.AdjustQuantity(request)
-        time.sleep(1.2)
+        age_request_ids(engine, ttl_s - 60)
+
+        assert stub.AdjustQuantity(request).item.quantity == 9  # within its time: a replay
+        age_request_ids(engine, 120)
 
         assert stub.AdjustQuantity(request).item.quantity == 8  # an expired key is a new request
-        time.sleep(1.2)
+        purger = build_item_service(engine, settings)
+        assert purger.purge_expired_request_ids() == 0  # claimed again just now
+        age_request_ids(engine, ttl_s + 60)
 
-        assert build_item_service(engine, settings).purge_expired_request_ids() == 1
+        assert purger.purge_expired_request_ids() == 1
 
 
 # --- the movement ledger ---------------------------------------------------------------
@@ -204,23 +202,6 @@ def test_stock_movements_of_an_unknown_item_are_not_found(items_stub):
     assert error.code() == grpc.StatusCode.NOT_FOUND
 
 
-@pytest.mark.parametrize(
-    ("fields", "field"),
-    [
-        ({"reason": REASON.STOCK_MOVEMENT_REASON_ITEM_CREATED}, "reason"),
-        ({"reason": 42}, "reason"),
-        ({"note": "n" * 501}, "note"),
-    ],
-)
-def test_adjust_quantity_with_a_bad_reason_or_note_is_invalid_argument(items_stub, fields, field):
-    item = create(items_stub, quantity=3)
-
-    error = rpc_error(adjust, items_stub, item.id, delta=1, **fields)
-
-    assert bad_request_fields(error) == [field]
-    assert len(movements(items_stub, item.id)) == 1
-
-
 def test_ledger_and_items_agree_after_200_concurrent_adjustments(items_stub):
     """The sum of an item's deltas equals its quantity, however the changes interleave."""
     items = [create(items_stub, quantity=20) for _ in range(3)]
@@ -266,11 +247,3 @@ def test_batch_get_items_with_an_unknown_id_is_not_found_naming_it(items_stub):
 
     assert error.code() == grpc.StatusCode.NOT_FOUND
     assert error.details() == "items not found: 555555"
-
-
-@pytest.mark.parametrize("ids", [[], list(range(1, 102)), [1, 0]])
-def test_batch_get_items_needs_1_to_100_valid_ids(items_stub, ids):
-    error = rpc_error(items_stub.BatchGetItems, pb.BatchGetItemsRequest(ids=ids))
-
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert bad_request_fields(error) == ["ids"]
