@@ -144,7 +144,7 @@ def test_batch_get_items_needs_1_to_100_valid_ids(service, ids, reason):
 
 
 def test_a_watch_from_a_negative_cursor_names_it(service):
-    assert invalid_field(service.open_watch, "", "", -1) == ("after_cursor", "must be zero or more")
+    assert invalid_field(service.watches.open, "", "", -1) == ("after_cursor", "must be zero or more")
 
 
 # --- UpdateItem, DeleteItem ---------------------------------------------------------------
