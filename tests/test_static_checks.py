@@ -1,5 +1,5 @@
-"""The code stays as ruff (lint and format) wants it, by the rules in pyproject.toml
-([tool.ruff]): a finding fails the suite, and so CI."""
+"""The code stays as ruff (lint and format) and mypy --strict want it, by the rules in
+pyproject.toml ([tool.ruff], [tool.mypy]): a finding fails the suite, and so CI."""
 
 from __future__ import annotations
 
@@ -39,3 +39,20 @@ def test_ruff_fails_on_a_finding(tmp_path):
     result = run(tool("ruff"), "check", "--no-cache", ".", cwd=tmp_path)
 
     assert result.returncode == 1 and "F401" in result.stdout, result.stdout + result.stderr
+
+
+def test_mypy_strict_finds_nothing_in_the_product_packages():
+    # No cache: a stale one could hide a finding, and a cold run takes seconds.
+    result = run(tool("mypy"), "--cache-dir", "/dev/null")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Success: no issues found" in result.stdout
+
+
+def test_mypy_fails_on_a_type_error(tmp_path):
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    (tmp_path / "module.py").write_text("def twice(n: int) -> int:\n    return n * 2\n\n\ntwice('two')\n")
+
+    result = run(tool("mypy"), "--cache-dir", "/dev/null", "module.py", cwd=tmp_path)
+
+    assert result.returncode == 1 and "arg-type" in result.stdout, result.stdout + result.stderr
