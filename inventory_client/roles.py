@@ -1,6 +1,7 @@
-"""The roles of inventory.v1.ItemService's contract: a token with READ_ROLE may call the
-reads (the methods the .proto marks NO_SIDE_EFFECTS), one with WRITE_ROLE every method.
-The server enforces them; callers mint tokens with them."""
+"""The roles of inventory.v1.ItemService's contract: the reads (the methods the .proto marks
+NO_SIDE_EFFECTS) need READ_ROLE, every other method WRITE_ROLE; neither implies the other,
+so a token that reads and writes carries both. The server enforces them; callers mint
+tokens with them."""
 
 from inventory.v1 import inventory_pb2 as pb
 from servicekit.contract import method_roles

@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +16,22 @@ import pytest
 from sqlalchemy import event
 
 from crm_svc.settings import CrmSettings
+from inventory.v1 import inventory_pb2 as pb
+from inventory.v1 import inventory_pb2_grpc
 from inventory_svc.demo import seed_demo_items
 from inventory_svc.server import build_item_service
 from inventory_svc.settings import InventorySettings
 from servicekit.server_settings import ServerSettings
-from tests.helpers import TEST_AUTH, eventually, grpcurl, migrated_engine, mint, serving, serving_crm
+from tests.helpers import (
+    TEST_AUTH,
+    authorized_channel,
+    eventually,
+    grpcurl,
+    migrated_engine,
+    mint,
+    serving,
+    serving_crm,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -212,7 +222,12 @@ def test_readme_watch_example_shows_the_event_and_the_ledger(tmp_path):
             ]
             assert all(run.returncode == 0 for run in runs), runs[-1].stderr
             assert eventually(lambda: "BECAME_LOW" in "".join(watched), 30), "no event in grpcurl's output"
-            time.sleep(0.5)  # room for a wrong second event to show
+            # A restock must show next: a wrong second event from the replayed sale would show before it.
+            with authorized_channel(port, mint()) as channel:
+                inventory_pb2_grpc.ItemServiceStub(channel).AdjustQuantity(
+                    pb.AdjustQuantityRequest(id=3, delta=5), timeout=10
+                )
+            assert eventually(lambda: "RECOVERED" in "".join(watched), 30), "no recovery in grpcurl's output"
         finally:
             os.killpg(watcher.pid, signal.SIGTERM)
             try:
@@ -223,7 +238,10 @@ def test_readme_watch_example_shows_the_event_and_the_ledger(tmp_path):
                 watcher.stderr.close()
 
     events = json_documents("".join(watched))
-    assert [(e["item_id"], e["kind"], e["quantity"]) for e in events] == [("3", "LOW_STOCK_EVENT_KIND_BECAME_LOW", 2)]
+    assert [(e["item_id"], e["kind"], e["quantity"]) for e in events] == [
+        ("3", "LOW_STOCK_EVENT_KIND_BECAME_LOW", 2),
+        ("3", "LOW_STOCK_EVENT_KIND_RECOVERED", 7),
+    ]
     ledger = json_documents(runs[-1].stdout)[-1]["movements"]
     assert [m["reason"] for m in ledger] == ["STOCK_MOVEMENT_REASON_SALE", "STOCK_MOVEMENT_REASON_ITEM_CREATED"]
 
