@@ -11,7 +11,8 @@ from typing import Any
 
 from sqlalchemy import event
 
-from bench_support.data import Database, connect
+from bench_support.data import Database, Fixtures, connect
+from bench_support.workloads import Workload
 from inventory.v1 import inventory_pb2 as pb
 from inventory_svc.convert import query_from_request
 from inventory_svc.storage.repositories import SqlItemRepository
@@ -45,3 +46,23 @@ def explain_list_items(database: Database, request: pb.ListItemsRequest, limit: 
             return plans
     finally:
         engine.dispose()
+
+
+def explain_queries(
+    database: Database, fixtures: Fixtures, workloads: list[Workload], search: str, page_size: int
+) -> list[dict[str, str]]:
+    """EXPLAIN ANALYZE of the run's list and search queries: page 1 of a category, the search,
+    and the deep page when the run measured it."""
+    categories = sorted(fixtures.category_sizes)
+    requests = {
+        "ListItems category page 1": pb.ListItemsRequest(category=categories[0], page_size=page_size),
+        f"ListItems search {search!r}": pb.ListItemsRequest(query=search, page_size=page_size),
+    }
+    deep = next((w for w in workloads if "page" in w.name and w.load.bodies), None)
+    if deep is not None:
+        requests[deep.name] = pb.ListItemsRequest.FromString(deep.load.bodies[0][5:])
+    explain: list[dict[str, str]] = []
+    for name, request in requests.items():
+        for statement, plan in explain_list_items(database, request, page_size):
+            explain.append({"query": name, "sql": statement, "plan": plan})
+    return explain
