@@ -74,7 +74,8 @@ def parse_args() -> argparse.Namespace:
         "--processes",
         type=int,
         default=os.cpu_count() or 1,
-        help="INVENTORY_PROCESSES and CRM_PROCESSES, as the README advises: the cores (default here: %(default)s)",
+        help="INVENTORY_PROCESSES and CRM_PROCESSES, as docs/configuration.md advises: the cores "
+        "(default here: %(default)s)",
     )
     parser.add_argument(
         "--pin-cpus",
