@@ -243,9 +243,13 @@ def main() -> None:
             print(f"\nEXPLAIN ANALYZE of the list and search queries: {VAR / 'explain.txt'} (--explain prints it)")
     summaries = []
     for title, path in profiles:
-        summary = profile.summarise(path)
-        summaries.append({"title": title, "file": str(path), **asdict(summary)})
-        print("\n" + profile.format_summary(title, summary) + f"\n  (collapsed stacks: {path}; open in speedscope)")
+        profile_summary = profile.summarise(path)
+        summaries.append({"title": title, "file": str(path), **asdict(profile_summary)})
+        print(
+            "\n"
+            + profile.format_summary(title, profile_summary)
+            + f"\n  (collapsed stacks: {path}; open in speedscope)"
+        )
 
     if args.drivers and database.kind == "postgresql":
         say("comparing database drivers (scripts/bench_support/drivers.py) ...")
