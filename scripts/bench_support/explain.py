@@ -1,8 +1,9 @@
 """EXPLAIN (ANALYZE, BUFFERS) of the SQL that ListItems runs, on PostgreSQL.
 
-The SQL is not written by hand: the repository's own list_page and count are called once
-with the query the servicer builds from the benchmark's request, and each statement they
-send is caught on its way to the driver, then explained with the same parameters.
+The SQL is not written by hand: the repository is called once as the service calls it for
+the benchmark's request (first_page for page 1, list_page for a later page), with the query
+the servicer builds, and each statement it sends is caught on its way to the driver, then
+explained with the same parameters.
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ from servicekit.page_tokens import decode_page_token, query_fingerprint
 def explain_list_items(database: Database, request: pb.ListItemsRequest, limit: int) -> list[tuple[str, str]]:
     """(statement, plan) for each statement one ListItems call with `request` sends."""
     query = query_from_request(request)
-    after_id = (
-        decode_page_token(request.page_token, query_fingerprint("items", query)).after_id if request.page_token else 0
-    )
+    position = decode_page_token(request.page_token, query_fingerprint("items", query)) if request.page_token else None
     engine = connect(database)
     caught: list[tuple[str, Any]] = []
 
@@ -35,8 +34,11 @@ def explain_list_items(database: Database, request: pb.ListItemsRequest, limit: 
         with engine.connect() as connection:
             event.listen(engine, "before_cursor_execute", catch)
             repository = SqlItemRepository(connection)
-            repository.list_page(query, after_id, limit + 1)  # the service asks for one more than a page
-            repository.count(query)
+            # The service asks for one more than a page.
+            if position is None:
+                repository.first_page(query, limit + 1)
+            else:
+                repository.list_page(query, position.after_id, limit + 1)
             event.remove(engine, "before_cursor_execute", catch)
             plans = []
             for statement, parameters in caught:
