@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Engine, create_engine, func, insert, select, text
 from sqlalchemy.engine import make_url
@@ -331,7 +331,9 @@ def read_fixtures(database: Database, pool: int, customer: str) -> Fixtures:
                 .scalars()
                 .all()
             )
-            sizes = dict(connection.execute(select(c.category, func.count()).group_by(c.category)).all())
+            sizes: dict[str, int] = dict(
+                connection.execute(select(c.category, func.count()).group_by(c.category)).all()
+            )
     finally:
         engine.dispose()
     rng.shuffle(item_ids)
@@ -375,7 +377,8 @@ class PostgresCounters:
 
     def __init__(self, database: Database) -> None:
         self._engine = connect(database)
-        self._connection = self._engine.raw_connection()
+        # psycopg2's own connection, whose cursors are context managers (the DB-API's types say not).
+        self._connection = cast(Any, self._engine.raw_connection())
         self._connection.driver_connection.autocommit = True
 
     def read(self) -> dict[str, int]:

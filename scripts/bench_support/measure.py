@@ -146,6 +146,8 @@ def measure(
             profiles.append((f"{workload.name} @{in_flight}, {name}", output))
     deltas = [handled_delta(before, after) for before, after in zip(metrics_before, metrics_after, strict=True)]
     cut = 0
+    errors: int | None
+    by_code: dict[str, int]
     if not servers[0].metrics_address:  # the null servers count nothing: h2load's failures are all we know
         errors, by_code, ok = result.failed, {}, result.calls
     else:

@@ -63,7 +63,7 @@ def page_token_for(address: str, token: str, request: pb.ListItemsRequest, page:
         current = pb.ListItemsRequest()
         current.CopyFrom(request)
         for _ in range(page - 1):
-            reply = call(current, metadata=[("authorization", f"Bearer {token}")], timeout=30)
+            reply = call(current, metadata=(("authorization", f"Bearer {token}"),), timeout=30)
             current.page_token = reply.next_page_token
             _expect(bool(reply.next_page_token), "ran out of pages")
         return current.page_token
@@ -257,10 +257,10 @@ def build_workloads(
 
 def spot_check(workload: Workload, address: str) -> str:
     """Sends each body once through a real gRPC client and checks the reply: h2load cannot."""
-    described = set()
+    described: set[str] = set()
     with grpc.insecure_channel(address) as channel:
-        call = channel.unary_unary(workload.load.path)
-        metadata = [("authorization", f"Bearer {workload.load.token}")] if workload.load.token else None
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(workload.load.path)
+        metadata = (("authorization", f"Bearer {workload.load.token}"),) if workload.load.token else None
         for body in workload.load.bodies:
             try:
                 reply = workload.reply_type.FromString(call(body[5:], metadata=metadata, timeout=30))
