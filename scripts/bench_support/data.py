@@ -3,6 +3,9 @@
 Items are loaded in bulk, straight into the tables the migrations made: COPY on
 PostgreSQL, an executemany on SQLite. Each item also gets its `item_created` ledger row,
 as CreateItem would write, so that an item's movements add up to its quantity.
+
+About 400 lines, one file: the generated items, their two bulk loaders and the fixtures and
+checks read back (quantities, ledger sums) must agree on one schema, so they change together.
 """
 
 from __future__ import annotations

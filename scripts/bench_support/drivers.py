@@ -24,6 +24,10 @@ rotated order each turn, so that drift of a shared machine shows across turns; t
 gives the median turn. CPU is the process's (time.process_time(), the driver's threads
 included) per call.
 
+About 800 lines, one file: a study that runs on its own (python drivers.py) and is read top
+to bottom (the options, the data, the measuring, the table); what is compared and how it is
+measured stay side by side so that a change to one is seen against the other.
+
     .venv/bin/python scripts/bench_support/drivers.py                  # 10,000 items, 3 turns of 5 s
     .venv/bin/python scripts/bench_support/drivers.py --turns 2 --duration 3 --only 'asyncpg'
 """
