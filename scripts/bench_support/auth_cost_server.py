@@ -18,9 +18,10 @@ import signal
 import sys
 
 from inventory_svc.async_service import DatabaseThreads
-from inventory_svc.server import build_engine, build_item_service, build_server, database_threads
+from inventory_svc.server import build_item_service, build_server, database_threads
 from inventory_svc.service import ItemService
 from inventory_svc.settings import InventorySettings
+from inventory_svc.storage.engine import build_engine
 from servicekit.logging import configure_logging
 from servicekit.observability import ServerMetrics, metrics_served
 

@@ -3,6 +3,9 @@
 Items are loaded in bulk, straight into the tables the migrations made: COPY on
 PostgreSQL, an executemany on SQLite. Each item also gets its `item_created` ledger row,
 as CreateItem would write, so that an item's movements add up to its quantity.
+
+About 400 lines, one file: the generated items, their two bulk loaders and the fixtures and
+checks read back (quantities, ledger sums) must agree on one schema, so they change together.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Engine, create_engine, func, insert, select, text
 from sqlalchemy.engine import make_url
@@ -331,7 +334,9 @@ def read_fixtures(database: Database, pool: int, customer: str) -> Fixtures:
                 .scalars()
                 .all()
             )
-            sizes = dict(connection.execute(select(c.category, func.count()).group_by(c.category)).all())
+            sizes: dict[str, int] = dict(
+                connection.execute(select(c.category, func.count()).group_by(c.category)).all()
+            )
     finally:
         engine.dispose()
     rng.shuffle(item_ids)
@@ -375,7 +380,8 @@ class PostgresCounters:
 
     def __init__(self, database: Database) -> None:
         self._engine = connect(database)
-        self._connection = self._engine.raw_connection()
+        # psycopg2's own connection, whose cursors are context managers (the DB-API's types say not).
+        self._connection = cast(Any, self._engine.raw_connection())
         self._connection.driver_connection.autocommit = True
 
     def read(self) -> dict[str, int]:

@@ -24,6 +24,10 @@ rotated order each turn, so that drift of a shared machine shows across turns; t
 gives the median turn. CPU is the process's (time.process_time(), the driver's threads
 included) per call.
 
+About 800 lines, one file: a study that runs on its own (python drivers.py) and is read top
+to bottom (the options, the data, the measuring, the table); what is compared and how it is
+measured stay side by side so that a change to one is seen against the other.
+
     .venv/bin/python scripts/bench_support/drivers.py                  # 10,000 items, 3 turns of 5 s
     .venv/bin/python scripts/bench_support/drivers.py --turns 2 --duration 3 --only 'asyncpg'
 """
@@ -43,7 +47,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 if __package__ in (None, ""):
     # Run as a script: scripts/ holds bench_support, as for scripts/bench.py.
@@ -57,8 +61,8 @@ from bench_support import data
 from bench_support.services import machine_busy_ticks
 from inventory_svc import migrations
 from inventory_svc.domain import MAX_QUANTITY_VALUE, Item, MovementReason
-from inventory_svc.server import build_engine
 from inventory_svc.settings import InventorySettings
+from inventory_svc.storage.engine import build_engine
 from inventory_svc.storage.queries import (
     ADD_MOVEMENT,
     ADD_TO_QUANTITY,
@@ -70,6 +74,7 @@ from inventory_svc.storage.queries import (
 from inventory_svc.storage.rows import item_from_row
 from inventory_svc.storage.tables import items
 
+Answer = TypeVar("Answer")
 POOL = 8  # connections per option at most; also the executor's threads
 PAGE = 50
 DATABASE = "inventory_drivers"  # not scripts/bench's database, which a bench run drops
@@ -211,7 +216,7 @@ class SyncInThreads:
         self._engine = build_engine(InventorySettings(database_url=url, db_pool_size=POOL, db_pool_pre_ping=pre_ping))
         self._executor = ThreadPoolExecutor(POOL, thread_name_prefix="db")
 
-    def _in_thread(self, function: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+    def _in_thread(self, function: Callable[..., Answer], *args: Any) -> Awaitable[Answer]:
         return asyncio.get_running_loop().run_in_executor(self._executor, partial(function, *args))
 
     def _rows(self, statement: Any, parameters: dict[str, Any]) -> Sequence[Any]:
@@ -265,7 +270,8 @@ class RawStatement:
 
     @classmethod
     def of(cls, statement: Any, column_keys: list[str] | None = None) -> RawStatement:
-        compiled = statement.compile(dialect=asyncpg_dialect(), column_keys=column_keys)
+        dialect = asyncpg_dialect()  # type: ignore[no-untyped-call]  # SQLAlchemy's dialects are unannotated
+        compiled = statement.compile(dialect=dialect, column_keys=column_keys)
         return cls(compiled.string, tuple(compiled.positiontup or ()), dict(compiled.params))
 
     def arguments(self, parameters: dict[str, Any]) -> list[Any]:
@@ -302,7 +308,7 @@ class RawAsyncpg:
         self._insert = RawStatement.of(ADD_MOVEMENT, column_keys=_MOVEMENT_COLUMNS)
 
     async def _open_pool(self) -> Any:
-        import asyncpg
+        import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no types
 
         async def keep(_connection: Any) -> None:
             pass  # every call ends its own transaction
@@ -320,7 +326,8 @@ class RawAsyncpg:
         async with await self._connection() as connection:
             if self._pre_ping:
                 await connection.fetchrow(";")
-            return await connection.fetch(statement.sql, *statement.arguments(parameters))
+            rows: list[Any] = await connection.fetch(statement.sql, *statement.arguments(parameters))
+            return rows
 
     async def get_item(self, item_id: int) -> Item | None:
         rows = await self._rows(self._get, {"item_id": item_id})

@@ -32,13 +32,15 @@ class AsyncNullItemServicer(inventory_pb2_grpc.ItemServiceServicer):
     def __init__(self) -> None:
         self._reply = pb.GetItemResponse(item=pb.Item(id=1, sku="NULL", name="constant"))
 
-    async def GetItem(self, request: pb.GetItemRequest, context: grpc.aio.ServicerContext) -> pb.GetItemResponse:
+    async def GetItem(
+        self, request: pb.GetItemRequest, context: grpc.aio.ServicerContext[pb.GetItemRequest, pb.GetItemResponse]
+    ) -> pb.GetItemResponse:
         return self._reply
 
 
 async def serve_aio(address: str) -> None:
     server = grpc.aio.server()
-    inventory_pb2_grpc.add_ItemServiceServicer_to_server(AsyncNullItemServicer(), server)
+    inventory_pb2_grpc.add_ItemServiceServicer_to_server(AsyncNullItemServicer(), server)  # type: ignore[abstract]  # GetItem only
     server.add_insecure_port(address)
     await server.start()
     stopping = asyncio.Event()
@@ -55,7 +57,7 @@ def main() -> None:
     max_workers = int(sys.argv[2]) if len(sys.argv) > 2 else 16
     # The thread pool size the services had when they were threaded.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"))
-    inventory_pb2_grpc.add_ItemServiceServicer_to_server(NullItemServicer(), server)
+    inventory_pb2_grpc.add_ItemServiceServicer_to_server(NullItemServicer(), server)  # type: ignore[abstract]  # GetItem only
     server.add_insecure_port(address)
     server.start()
     signal.signal(signal.SIGTERM, lambda *_: server.stop(1))

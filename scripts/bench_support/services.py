@@ -163,7 +163,7 @@ def wait_answering(process: Process, path: str, request: bytes, timeout_s: float
     """For a server without health checking (the null servers): until `path` answers."""
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(process.address) as channel:
-        call = channel.unary_unary(path)
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(path)
         while True:
             try:
                 call(request, timeout=1)
