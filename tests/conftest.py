@@ -26,6 +26,7 @@ from inventory_svc.settings import InventorySettings
 from inventory_svc.storage.tables import items, request_ids, stock_movements
 from servicekit.server import ServerThread
 from servicekit.server_settings import ServerSettings
+from tests import test_static_checks
 from tests.helpers import TEST_AUTH, authorized_channel, migrated_engine, mint, serving, serving_crm
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "")
@@ -122,6 +123,11 @@ def items_stub(inventory_address: str) -> Iterator[inventory_pb2_grpc.ItemServic
     """A stub whose calls carry a token with both inventory roles."""
     with authorized_channel(inventory_address, mint()) as channel:
         yield inventory_pb2_grpc.ItemServiceStub(channel)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if any(item.path.name == "test_static_checks.py" for item in session.items):
+        test_static_checks.start_mypy()
 
 
 def pytest_report_header() -> str:
