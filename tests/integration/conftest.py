@@ -28,8 +28,15 @@ def add_item(empty_database: Engine) -> Callable[..., Item]:
     return add
 
 
+# For what one database alone has: the test runs on that one only, rather than skip on the other.
+on_postgresql_only = pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+on_sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
 @pytest.fixture
 def postgres_database(empty_database: Engine) -> Engine:
-    if empty_database.dialect.name != "postgresql":
-        pytest.skip("only PostgreSQL has this")
+    """The empty database of a test marked on_postgresql_only."""
+    assert empty_database.dialect.name == "postgresql", "mark the test on_postgresql_only"
     return empty_database

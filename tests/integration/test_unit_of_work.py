@@ -15,6 +15,7 @@ from inventory_svc.storage import SqlUnitOfWork, build_engine
 from inventory_svc.storage import engine as storage_engine
 from servicekit.errors import Unavailable
 from tests.integration.builders import new_fields
+from tests.integration.conftest import on_postgresql_only, on_sqlite_only
 
 
 def test_leaving_a_unit_of_work_without_commit_rolls_back(empty_database: Engine):
@@ -60,6 +61,7 @@ def test_low_stock_events_are_announced_after_commit_only(empty_database: Engine
         assert announced == (["!"] if commit else [])
 
 
+@on_postgresql_only
 def test_a_connection_lost_inside_a_unit_of_work_is_unavailable_and_the_next_one_reconnects(
     postgres_database: Engine, inventory_settings: InventorySettings, add_item
 ):
@@ -81,11 +83,10 @@ def test_a_connection_lost_inside_a_unit_of_work_is_unavailable_and_the_next_one
         engine.dispose()
 
 
+@on_sqlite_only
 def test_a_sqlite_writer_waiting_past_the_busy_timeout_is_unavailable(
     empty_database: Engine, inventory_settings: InventorySettings, add_item, monkeypatch
 ):
-    if empty_database.dialect.name != "sqlite":
-        pytest.skip("SQLite's single writer lock")
     item = add_item(quantity=5)
     monkeypatch.setattr(storage_engine, "SQLITE_BUSY_TIMEOUT_MS", 100)  # not the 10 s a server waits
     engine = build_engine(inventory_settings)

@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from inventory_svc.domain import Item, LowStockChange, MovementReason, StockMovement, movement_between
 from inventory_svc.storage import SqlUnitOfWork
 from tests.integration.builders import new_fields
+from tests.integration.conftest import on_postgresql_only
 
 CEILING = 1_000
 
@@ -25,6 +26,7 @@ def _ledger(engine: Engine, item_id: int) -> list[StockMovement]:
         return uow.movements.list_page(item_id, None, 10)
 
 
+@on_postgresql_only
 def test_an_item_added_at_once_matches_one_added_the_ordinary_way(postgres_database: Engine):
     with SqlUnitOfWork(postgres_database, for_write=True, at_once=True) as uow:
         assert uow.at_once is not None
@@ -47,6 +49,7 @@ def test_an_item_added_at_once_matches_one_added_the_ordinary_way(postgres_datab
     assert _ledger(postgres_database, at_once.id)[0].low_stock_change == LowStockChange.BECAME_LOW
 
 
+@on_postgresql_only
 def test_a_stock_change_at_once_matches_the_ordinary_one_and_its_request_id_replays(
     postgres_database: Engine, add_item
 ):
@@ -78,6 +81,7 @@ def test_a_stock_change_at_once_matches_the_ordinary_one_and_its_request_id_repl
     assert stored is not None and (stored.fingerprint, stored.result) == ("f", at_once)
 
 
+@on_postgresql_only
 def test_writes_at_once_that_cannot_write_answer_none_and_change_nothing(postgres_database: Engine, add_item):
     item = add_item(quantity=1)
     with SqlUnitOfWork(postgres_database, for_write=True) as uow:
