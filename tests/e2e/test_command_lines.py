@@ -178,3 +178,14 @@ def test_crm_method_on_the_inventory_port_names_inventory(run_script):
     assert raised.value.details() == (
         "this server serves inventory.v1.ItemService (and health, reflection); crm.v1.CustomerItemsService is not here"
     )
+
+
+def test_unknown_method_of_a_served_service_is_named_as_such(run_script):
+    _, _, crm = run_script
+    with grpc.insecure_channel(crm) as channel, pytest.raises(grpc.RpcError) as raised:
+        channel.unary_unary("/crm.v1.CustomerItemsService/DeleteMyItems")(b"", timeout=10)
+
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert raised.value.details() == (
+        "crm.v1.CustomerItemsService has no method DeleteMyItems on this server (is the client's contract newer?)"
+    )
