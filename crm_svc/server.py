@@ -84,7 +84,14 @@ async def serve(settings: CrmSettings) -> None:
 
 
 def main() -> None:
-    run_service("crm_svc.server", "CRM", CrmSettings.from_env, serve)
+    run_service(
+        "crm_svc.server",
+        "CRM",
+        CrmSettings.from_env,
+        serve,
+        summary=f"Serves {CRM_SERVICE_NAME} (a customer's items, read from inventory) over gRPC, "
+        "with health and reflection.",
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 
@@ -107,7 +108,12 @@ def seed_demo_items(items: ItemService) -> int:
     return len(DEMO_ITEMS)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(
+        description=f"Adds {len(DEMO_ITEMS)} demo items (of customers alice and bob) to an empty inventory "
+        "database (run inventory-migrate first); a database holding any item is left alone.",
+        epilog="The database is INVENTORY_DATABASE_URL (or DATABASE_URL): docs/configuration.md.",
+    ).parse_args(argv)
     settings = InventorySettings.from_env(os.environ, serving=False)
     configure_logging(settings.server.log_level)
     engine = build_engine(settings)

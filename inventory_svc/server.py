@@ -5,6 +5,7 @@ The only module that knows every piece; storage/ builds the engine.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -169,11 +170,16 @@ def main() -> None:
         InventorySettings.from_env,
         serve,
         once_per_server=warn_unless_connections_fit,
+        summary=f"Serves {ITEM_SERVICE_NAME} (items, stock, low-stock watches) over gRPC, with health and reflection.",
     )
 
 
-def migrate_main() -> None:
+def migrate_main(argv: list[str] | None = None) -> None:
     """Bring the configured database to the newest schema, then exit."""
+    argparse.ArgumentParser(
+        description="Brings the inventory database to the newest schema (alembic upgrade head), then exits.",
+        epilog="The database is INVENTORY_DATABASE_URL (or DATABASE_URL): docs/configuration.md.",
+    ).parse_args(argv)
     settings = InventorySettings.from_env(os.environ, serving=False)
     configure_logging(settings.server.log_level)
     engine = build_engine(settings)

@@ -55,8 +55,8 @@ def generate(out_dir: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=ROOT / "gen")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "gen", metavar="DIR", help="where to write (default: gen/)")
     out_dir = parser.parse_args().out
     if out_dir.exists():
         shutil.rmtree(out_dir)

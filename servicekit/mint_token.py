@@ -9,15 +9,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Collection
 
 from servicekit.jwt import AuthSettings, TokenIssuer
 from servicekit.settings import SettingsError
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, known_roles: Collection[str] = ()) -> None:
+    """The command; `known_roles` are the only roles it mints (the kit knows no service's:
+    crm_svc.mint_token passes those of both contracts)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subject", required=True, help="the principal: a customer id, or a service name")
-    parser.add_argument("--roles", default="", help="comma-separated: inventory.read, inventory.write, customer")
+    parser.add_argument("--roles", default="", help=f"comma-separated, of: {', '.join(known_roles)}")
     parser.add_argument("--lifetime", type=int, default=3600, help="seconds until it expires (default 3600)")
     parser.add_argument(
         "--service",
@@ -33,8 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     except SettingsError as error:
         sys.exit(f"mint-token: {error}")
     roles = [role.strip() for role in args.roles.replace(" ", ",").split(",") if role.strip()]
+    unknown = [role for role in roles if role not in known_roles]
+    if unknown:
+        # A misspelt role would mint a token every call refuses with PERMISSION_DENIED.
+        parser.error(f"unknown role {', '.join(unknown)}: the known roles are {', '.join(known_roles)}")
     print(issuer.mint(args.subject, roles, args.lifetime))
-
-
-if __name__ == "__main__":
-    main()

@@ -36,6 +36,7 @@ from servicekit.call_context import REQUEST_ID_METADATA, CallContext, current_ca
 from servicekit.jwt import Principal, TokenVerifier
 from servicekit.observability import ServerMetrics, log_call, split_method
 from servicekit.status import internal_status, to_rpc_status
+from servicekit.unknown_method import UnknownMethodHandler
 
 # grpc's types are generic in the stubs alone: strings keep them out of run time.
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -163,8 +164,8 @@ class CallPipeline(grpc.aio.ServerInterceptor):
         handler = self._handlers.get(details.method)
         if handler is None:
             inner = await continuation(details)
-            if inner is None:
-                return None  # unimplemented: grpc answers UNIMPLEMENTED (grpcurl relies on it)
+            if inner is None or isinstance(inner, UnknownMethodHandler):
+                return inner  # UNIMPLEMENTED, before auth and uncounted (servicekit.unknown_method)
             handler = self._handlers.setdefault(
                 details.method, self._wrap(_Route(details.method, self._metrics), inner)
             )

@@ -22,9 +22,18 @@ from servicekit.observability import ServerMetrics
 from servicekit.pipeline import Authorizer, CallPipeline
 from servicekit.server_settings import ServerLimits, ServerSettings
 from servicekit.tracing import Tracing
+from servicekit.unknown_method import UnknownMethods
 
 log = logging.getLogger(__name__)
 Value = TypeVar("Value")
+
+
+class BindError(Exception):
+    """The server could not listen on its address: one line for the operator, no traceback."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(f"cannot listen on {address}: it is in use or not an address of this machine")
+        self.address = address
 
 
 @dataclass
@@ -67,7 +76,13 @@ async def finish_server(server: grpc.aio.Server, listen_address: str, service_na
     for service in ("", *names):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((*names, SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(listen_address)
+    server.add_generic_rpc_handlers((UnknownMethods(names),))  # last: only what nothing else serves
+    try:
+        port = server.add_insecure_port(listen_address)
+    except RuntimeError as error:  # grpc's "Failed to bind": say which address, and why it likely failed
+        raise BindError(listen_address) from error
+    if port == 0:  # older grpc versions return 0 instead of raising
+        raise BindError(listen_address)
     return RunningServer(server, port, health_servicer)
 
 
