@@ -61,6 +61,9 @@ _TLS_FLAGS = {
     "server-name": "the name to check the server's certificate against (default: the host probed)",
 }
 
+# The variable each TLS flag falls back on.
+TLS_VARIABLES = {flag: f"HEALTH_PROBE_TLS_{flag.upper().replace('-', '_')}" for flag in _TLS_FLAGS}
+
 
 class _ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
@@ -77,7 +80,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ)
     parser.add_argument("service", nargs="?", default="", help='a service name; "" (default): the whole server')
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds (default %(default)s)")
     for flag, meaning in _TLS_FLAGS.items():
-        variable = f"HEALTH_PROBE_TLS_{flag.upper().replace('-', '_')}"
+        variable = TLS_VARIABLES[flag]
         parser.add_argument(f"--{flag}", default=env.get(variable, ""), help=f"{meaning} (default: ${variable})")
     args = parser.parse_args(argv)
     tls = ClientTls(args.ca_file, args.cert_file, args.key_file, args.server_name)
