@@ -54,6 +54,7 @@ def connect_inventory(
         service_token(settings),
         timeout_s=settings.inventory_timeout_s,
         interceptors=interceptors,
+        tls=settings.inventory_tls,
     )
 
 
@@ -68,7 +69,7 @@ async def build_server(
     authorizer = Authorizer(TokenVerifier(settings.auth), ROLE_FOR_METHOD)
     server = new_server(metrics or ServerMetrics(), authorizer, settings.server.limits, tracing)
     crm_pb2_grpc.add_CustomerItemsServiceServicer_to_server(CustomerItemsServicer(items), server)
-    return await finish_server(server, settings.server.listen_address, [CRM_SERVICE_NAME])
+    return await finish_server(server, settings.server.listen_address, [CRM_SERVICE_NAME], tls=settings.server.tls)
 
 
 async def serve(settings: CrmSettings) -> None:
@@ -79,7 +80,8 @@ async def serve(settings: CrmSettings) -> None:
     ):
         async with connect_inventory(settings, metrics, tracing) as inventory:
             running = await build_server(settings, CustomerItemsService(inventory), metrics=metrics, tracing=tracing)
-            log.info("crm calls inventory at %s", settings.inventory_target)
+            security = "TLS" if settings.inventory_tls.enabled else "plaintext"
+            log.info("crm calls inventory at %s (%s)", settings.inventory_target, security)
             await serve_until_signalled(running, "crm", settings.server)
 
 

@@ -88,7 +88,7 @@ async def build_server(
     server = new_server(metrics or ServerMetrics(), authorizer, settings.server.limits, tracing)
     servicer = ItemServicer(AsyncItemService(items, threads, watch_poll_s=settings.watch_poll_s))
     inventory_pb2_grpc.add_ItemServiceServicer_to_server(servicer, server)
-    running = await finish_server(server, settings.server.listen_address, [ITEM_SERVICE_NAME])
+    running = await finish_server(server, settings.server.listen_address, [ITEM_SERVICE_NAME], tls=settings.server.tls)
     running.on_shutdown.append(items.watches.stop)
     return running
 

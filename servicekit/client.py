@@ -1,7 +1,7 @@
 """The base of the typed clients, synchronous and asyncio (grpc.aio) alike: a long-lived
 channel whose service config balances over every address and retries the contract's reads,
 the generated stub, and a caller that bounds and translates every call (servicekit.calls).
-Their credentials come from servicekit.credentials."""
+Their credentials come from servicekit.credentials, over TLS from servicekit.tls."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from servicekit.calls import AsyncRpcCaller, RpcCaller
 from servicekit.contract import retried_methods
 from servicekit.credentials import BearerTokenInterceptor, async_bearer_token_interceptors
+from servicekit.tls import ClientTls, secure_channel_credentials
 
 Element = TypeVar("Element")
 Stub = TypeVar("Stub")
@@ -112,10 +113,16 @@ class ServiceClient(_ClientBase[Stub]):
         *,
         timeout_s: float = 5.0,
         instrument: Callable[[grpc.Channel], grpc.Channel] | None = None,
+        tls: ClientTls | None = None,
     ) -> Client:
         """A channel to `target` (host:port, or dns:///name:port to spread calls over every
         address of a headless service), with the token on every call; `instrument` wraps the
-        channel with metrics or tracing."""
+        channel with metrics or tracing. With `tls` (a CA file at least) the channel is TLS
+        (mTLS with a client certificate) and the token goes as call credentials."""
+        if tls is not None and tls.enabled:
+            options = [*cls.channel_options(), *tls.channel_options()]
+            channel = grpc.secure_channel(target, secure_channel_credentials(tls, token), options=options)
+            return cls(instrument(channel) if instrument else channel, timeout_s=timeout_s)
         channel = grpc.insecure_channel(target, options=cls.channel_options())
         if instrument is not None:
             channel = instrument(channel)
@@ -148,10 +155,20 @@ class AsyncServiceClient(_ClientBase[Stub]):
         *,
         timeout_s: float = 5.0,
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        tls: ClientTls | None = None,
     ) -> AsyncClient:
         """As ServiceClient.connect, on a grpc.aio channel; `interceptors` (grpc.aio client
         interceptors, e.g. OpenTelemetry's aio_client_interceptors()) add metrics or
-        tracing, and see the token."""
+        tracing, and see the token on plaintext channels (on TLS ones it is added after
+        them, as call credentials)."""
+        if tls is not None and tls.enabled:
+            secure = grpc.aio.secure_channel(
+                target,
+                secure_channel_credentials(tls, token),
+                options=[*cls.channel_options(), *tls.channel_options()],
+                interceptors=interceptors,
+            )
+            return cls(secure, timeout_s=timeout_s)
         channel = grpc.aio.insecure_channel(
             target,
             options=cls.channel_options(),

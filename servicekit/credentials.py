@@ -1,5 +1,6 @@
 """A calling service's credentials: its own token (minted, or kept in a file by the
-platform) and the client interceptors that put `authorization: Bearer <token>` on every call."""
+platform) and what puts `authorization: Bearer <token>` on every call: client interceptors
+on plaintext channels, call credentials on TLS ones (servicekit.tls)."""
 
 from __future__ import annotations
 
@@ -95,6 +96,24 @@ def async_bearer_token_interceptors(token: Callable[[], str]) -> list[grpc.aio.C
     """BearerTokenInterceptor for grpc.aio channels, which take one kind of call per
     interceptor object: one for unary calls, one for server streams."""
     return [_AsyncUnaryBearerToken(token), _AsyncStreamBearerToken(token)]
+
+
+class _BearerTokenPlugin(grpc.AuthMetadataPlugin):
+    def __init__(self, token: Callable[[], str]) -> None:
+        self._token = token
+
+    def __call__(self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback) -> None:
+        try:
+            metadata = (("authorization", f"Bearer {self._token()}"),)
+        except CredentialsMissing as error:  # this call fails UNAVAILABLE, the channel lives on
+            callback((), error)
+            return
+        callback(metadata, None)
+
+
+def bearer_call_credentials(token: Callable[[], str]) -> grpc.CallCredentials:
+    """The token as call credentials, which grpc sends on secure channels only."""
+    return grpc.metadata_call_credentials(_BearerTokenPlugin(token), name="bearer")
 
 
 class MintedServiceToken:

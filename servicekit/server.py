@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from servicekit.observability import ServerMetrics
 from servicekit.pipeline import Authorizer, CallPipeline
 from servicekit.server_settings import ServerLimits, ServerSettings
+from servicekit.tls import ServerTls, server_credentials
 from servicekit.tracing import Tracing
 from servicekit.unknown_method import UnknownMethods
 
@@ -68,8 +69,11 @@ def new_server(
     return grpc.aio.server(interceptors=interceptors, options=limits.channel_options())
 
 
-async def finish_server(server: grpc.aio.Server, listen_address: str, service_names: Iterable[str]) -> RunningServer:
-    """Adds health (SERVING for the server and each service) and reflection, then binds."""
+async def finish_server(
+    server: grpc.aio.Server, listen_address: str, service_names: Iterable[str], *, tls: ServerTls | None = None
+) -> RunningServer:
+    """Adds health (SERVING for the server and each service) and reflection, then binds:
+    with TLS (and mTLS) when `tls` names certificate files, else in plaintext."""
     names = tuple(service_names)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -78,7 +82,7 @@ async def finish_server(server: grpc.aio.Server, listen_address: str, service_na
     reflection.enable_server_reflection((*names, SERVICE_NAME, reflection.SERVICE_NAME), server)
     server.add_generic_rpc_handlers((UnknownMethods(names),))  # last: only what nothing else serves
     try:
-        port = server.add_insecure_port(listen_address)
+        port = bind(server, listen_address, tls or ServerTls())
     except RuntimeError as error:  # grpc's "Failed to bind": say which address, and why it likely failed
         raise BindError(listen_address) from error
     if port == 0:  # older grpc versions return 0 instead of raising
@@ -86,12 +90,19 @@ async def finish_server(server: grpc.aio.Server, listen_address: str, service_na
     return RunningServer(server, port, health_servicer)
 
 
+def bind(server: grpc.aio.Server, listen_address: str, tls: ServerTls) -> int:
+    if tls.enabled:
+        return server.add_secure_port(listen_address, server_credentials(tls))
+    return server.add_insecure_port(listen_address)
+
+
 async def serve_until_signalled(running: RunningServer, name: str, settings: ServerSettings) -> None:
     """Starts the server and returns once SIGTERM or SIGINT has stopped it gracefully
     (settings.shutdown_drain_s, then settings.shutdown_grace_s)."""
     await running.server.start()
     host = settings.listen_address.rsplit(":", 1)[0]
-    log.info("%s listening on %s:%d", name, host, running.port, extra={"port": running.port})
+    security = "mTLS" if settings.tls.client_ca_file else "TLS" if settings.tls.enabled else "plaintext"
+    log.info("%s listening on %s:%d (%s)", name, host, running.port, security, extra={"port": running.port})
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -1,5 +1,5 @@
 """The settings every server has, whichever service it serves: where it listens, how many
-processes, its limits, how it shuts down, logs and traces. Each service's settings hold
+processes, its limits, its TLS, how it shuts down, logs and traces. Each service's settings hold
 one, read with the service's prefix (INVENTORY_LISTEN_ADDRESS, else LISTEN_ADDRESS)."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from servicekit.pipeline import CallLimits
 from servicekit.settings import EnvReader
+from servicekit.tls import ServerTls
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ class ServerSettings:
     # OpenTelemetry spans: none, console or otlp (OTEL_EXPORTER_OTLP_ENDPOINT says where).
     traces_exporter: str = "none"
     limits: ServerLimits = field(default_factory=ServerLimits)
+    # Certificate and key files (TLS), and a client CA (mTLS); none: plaintext.
+    tls: ServerTls = field(default_factory=ServerTls)
 
     @classmethod
     def from_env(cls, read: EnvReader, defaults: ServerSettings) -> ServerSettings:
@@ -98,6 +101,7 @@ class ServerSettings:
             log_level=read.str("LOG_LEVEL", defaults.log_level),
             traces_exporter=read.str("OTEL_TRACES_EXPORTER", defaults.traces_exporter),
             limits=ServerLimits.from_env(read),
+            tls=ServerTls.from_env(read),
         )
 
     @property

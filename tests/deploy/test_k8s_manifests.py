@@ -1,5 +1,5 @@
 """The Kubernetes manifests in k8s/: valid for the API server, offline, and saying what a
-user relies on (replicas, gRPC probes, non-root, the CRM balancing over every inventory
+user relies on (replicas, gRPC probes over TLS, mTLS to inventory, non-root, the CRM balancing over every inventory
 pod, and every referenced name defined)."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from crm.v1 import crm_pb2
 from crm_svc.settings import CrmSettings
 from inventory.v1 import inventory_pb2
 from inventory_svc.settings import InventorySettings
+from servicekit import health_probe
 from servicekit.jwt import AuthSettings, TokenVerifier
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -201,13 +202,40 @@ def test_inventory_runs_3_replicas_and_crm_2(resources):
 
 @pytest.mark.parametrize("deployment", SERVERS)
 def test_readiness_and_liveness_are_grpc_health_probes_on_the_grpc_port(resources, deployment):
+    # The kubelet's own gRPC probe speaks plaintext only: the image's probe speaks TLS.
     _, service, port = SERVERS[deployment]
     container = grpc_container(resources, deployment)
+    probe = ["python", "-m", "servicekit.health_probe", f"0.0.0.0:{port}"]
 
     assert port_named(container, "grpc") == port
-    assert container["readinessProbe"]["grpc"] == {"port": port, "service": service}
+    assert container["readinessProbe"]["exec"]["command"] == [*probe, service]
     # "" is the whole server's status.
-    assert container["livenessProbe"]["grpc"] in ({"port": port, "service": ""}, {"port": port, "service": service})
+    assert container["livenessProbe"]["exec"]["command"] in ([*probe, ""], [*probe, service])
+
+
+@pytest.mark.parametrize("deployment", SERVERS)
+def test_servers_serve_tls_from_their_secret_and_their_probes_speak_it(resources, deployment):
+    prefix, _, _ = SERVERS[deployment]
+    pod = resources[("Deployment", deployment)]["spec"]["template"]["spec"]
+    container = grpc_container(resources, deployment)
+    env = environment(resources, container)
+    files = [env[f"{prefix}_TLS_CERT_FILE"], env[f"{prefix}_TLS_KEY_FILE"], env[health_probe.TLS_VARIABLES["ca-file"]]]
+
+    # One Secret as cert-manager writes it, mounted as a directory so that renewals arrive.
+    assert [PurePosixPath(file).name for file in files] == ["tls.crt", "tls.key", "ca.crt"]
+    assert len({PurePosixPath(file).parent for file in files}) == 1
+    assert all(secret_file(resources, pod, container, file) is not None for file in files)
+    assert not [mount for mount in container["volumeMounts"] if "subPath" in mount]
+
+
+def test_inventory_requires_client_certificates_and_the_crm_presents_one(resources):
+    inventory = environment(resources, grpc_container(resources, "inventory"))
+    crm = environment(resources, grpc_container(resources, "crm"))
+
+    assert inventory["INVENTORY_TLS_CLIENT_CA_FILE"]
+    assert inventory[health_probe.TLS_VARIABLES["cert-file"]], "inventory's probe needs a client certificate"
+    assert crm["CRM_INVENTORY_TLS_CA_FILE"] and crm["CRM_INVENTORY_TLS_CERT_FILE"] and crm["CRM_INVENTORY_TLS_KEY_FILE"]
+    assert crm["CRM_INVENTORY_TLS_SERVER_NAME"] == inventory[health_probe.TLS_VARIABLES["server-name"]]
 
 
 @pytest.mark.parametrize("deployment", SERVERS)
@@ -328,7 +356,8 @@ def test_every_variable_set_is_a_setting_the_service_reads(resources, tmp_path, 
 
     read_settings(env)  # and the values parse
 
-    assert set(env) - {"POD_NAMESPACE"} - env.looked_up == set()
+    # The probes (servicekit.health_probe) read their own.
+    assert set(env) - {"POD_NAMESPACE", *health_probe.TLS_VARIABLES.values()} - env.looked_up == set()
 
 
 def test_no_service_is_given_a_signing_key_or_shared_secret(resources):
