@@ -52,7 +52,10 @@ def compile_lock(name: str, extras: list[str], out: Path, constraint: Path | Non
     if constraint:
         command += ["--constraint", str(constraint)]
     subprocess.run(command, check=True, cwd=ROOT)
-    out.write_text(f"{DIGEST_PREFIX}{dependencies_digest()}\n" + out.read_text())
+    text = out.read_text()
+    if constraint:  # the annotations name the constraint where it will lie, not the scratch copy
+        text = text.replace(str(constraint), str(lock_path("dev").relative_to(ROOT)))
+    out.write_text(f"{DIGEST_PREFIX}{dependencies_digest()}\n" + text)
 
 
 def main(argv: list[str] | None = None) -> int:
