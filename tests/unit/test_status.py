@@ -66,6 +66,25 @@ def test_every_reason_in_the_code_is_in_the_docs_table_and_no_other():
     assert code_reasons() == documented_reasons()
 
 
+@pytest.mark.parametrize(
+    ("proto", "domain"),
+    [("protos/inventory/v1/inventory.proto", "inventory.v1"), ("protos/crm/v1/crm.proto", "crm.v1")],
+)
+def test_each_contract_lists_the_reasons_of_its_domain_under_their_status(proto, domain):
+    comment = (ROOT / proto).read_text().split("\nservice ", 1)[0]
+    listed = set()
+    status = ""
+    for line in re.findall(r"^//   (.*)$", comment, flags=re.MULTILINE):
+        words = line.split()
+        if not line.startswith(" "):  # a status; indented lines go on with its reasons
+            status = words.pop(0)
+        listed.update((status, word, domain) for word in re.findall(r"\b[A-Z][A-Z_]{3,}\b", " ".join(words)))
+    expected = {row for row in code_reasons() if row[2] == domain}
+
+    assert expected <= listed
+    assert {reason for _, reason, _ in listed - expected} <= {"STOCK", "ETAG"}  # PreconditionFailure types
+
+
 def test_each_error_class_has_a_reason_of_its_own_within_its_domain():
     reasons: dict[tuple[str, str], type[errors.DomainError]] = {}
     for cls in error_classes():
