@@ -138,6 +138,18 @@ def retry_delay_s(error: grpc.RpcError) -> float | None:
     return None
 
 
+def precondition_subjects(error: grpc.RpcError) -> list[tuple[str, str]]:
+    """The (type, subject) of each violation in the error's google.rpc.PreconditionFailure."""
+    status = rpc_status.from_call(error)
+    assert status is not None, "the error carries no rich status"
+    found = []
+    for detail in status.details:
+        failure = error_details_pb2.PreconditionFailure()
+        if detail.Unpack(failure):
+            found.extend((violation.type, violation.subject) for violation in failure.violations)
+    return found
+
+
 def bad_request_fields(error: grpc.RpcError) -> list[str]:
     """The field paths named in the error's google.rpc.BadRequest detail."""
     status = rpc_status.from_call(error)
