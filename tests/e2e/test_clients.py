@@ -485,5 +485,11 @@ def test_crm_client_reaches_exactly_the_customers_own_items(inventory_address, c
         assert [item.id for item in crm.list_my_items().items] == [own.id]
         assert crm.get_my_item(own.id).price == money("USD", "2.50")
         assert [item.sku for item in crm.search_my_items("w-", category="").items] == ["W-1"]
-        with pytest.raises(NotFound):
+        with pytest.raises(NotFound) as hidden:
             crm.get_my_item(other.id)
+
+    assert (hidden.value.reason, hidden.value.domain, hidden.value.metadata) == (
+        "ITEM_NOT_FOUND",
+        "crm.v1",
+        {"item_id": str(other.id)},
+    )
