@@ -1,16 +1,30 @@
-"""Items and their rules: plain dataclasses, no grpc, no SQL."""
+"""Items and their rules: plain dataclasses, no grpc, no SQL.
+
+Over 300 lines: the item's errors (one class per reason of docs/api.md) sit beside the
+rules that raise them, which a reader checks together."""
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from enum import Enum, IntEnum
 from typing import Any, Generic, TypeVar
 
-from servicekit.errors import FailedPrecondition, InvalidField
+from servicekit.errors import (
+    AlreadyExists,
+    Conflict,
+    DomainError,
+    FailedPrecondition,
+    FieldChecks,
+    InvalidField,
+    NotFound,
+    PreconditionViolation,
+    ResourceExhausted,
+    Unavailable,
+)
 
 NANOS_PER_UNIT = 1_000_000_000
 MAX_QUANTITY_VALUE = 2**31 - 1  # quantities are int32 on the wire
@@ -66,14 +80,98 @@ class Item(ItemFields):
         return ItemFields(**{name: getattr(self, name) for name in MUTABLE_FIELDS})
 
 
-class StockWouldGoNegative(FailedPrecondition):
+def item_subject(item_id: int) -> str:
+    """An item's name as the subject of a google.rpc.PreconditionFailure."""
+    return f"items/{item_id}"
+
+
+class ItemNotFound(NotFound):
+    reason = "ITEM_NOT_FOUND"
+
     def __init__(self, item_id: int) -> None:
-        super().__init__(f"item {item_id} has too little stock for this change: nothing was changed")
+        super().__init__(f"item {item_id} not found", metadata={"item_id": str(item_id)})
+
+    @classmethod
+    def among(cls, item_ids: Sequence[int]) -> ItemNotFound:
+        """The answer of a batch that names missing items: every one of them."""
+        error = cls(item_ids[0])
+        DomainError.__init__(
+            error,
+            f"items not found: {', '.join(map(str, item_ids))}",
+            metadata={"item_ids": ",".join(map(str, item_ids))},
+        )
+        return error
+
+
+class SkuTaken(AlreadyExists):
+    reason = "SKU_TAKEN"
+
+    def __init__(self, sku: str) -> None:
+        super().__init__(f"an item with sku {sku!r} already exists", metadata={"sku": sku})
+
+
+class StockWouldGoNegative(FailedPrecondition):
+    reason = "STOCK_WOULD_GO_NEGATIVE"
+
+    def __init__(self, item_id: int) -> None:
+        super().__init__(
+            f"item {item_id} has too little stock for this change: nothing was changed",
+            metadata={"item_id": str(item_id)},
+        )
+        self.precondition_violations = (
+            PreconditionViolation("STOCK", item_subject(item_id), "the change would take the quantity below zero"),
+        )
 
 
 class StockWouldOverflow(FailedPrecondition):
+    reason = "STOCK_WOULD_OVERFLOW"
+
     def __init__(self, item_id: int) -> None:
-        super().__init__(f"item {item_id} would hold more than {MAX_QUANTITY_VALUE} units: nothing was changed")
+        super().__init__(
+            f"item {item_id} would hold more than {MAX_QUANTITY_VALUE} units: nothing was changed",
+            metadata={"item_id": str(item_id), "max_quantity": str(MAX_QUANTITY_VALUE)},
+        )
+        self.precondition_violations = (
+            PreconditionViolation(
+                "STOCK", item_subject(item_id), f"the change would take the quantity past {MAX_QUANTITY_VALUE}"
+            ),
+        )
+
+
+class EtagMismatch(Conflict):
+    """The item changed since the etag the client sent: re-read it and retry."""
+
+    reason = "ETAG_MISMATCH"
+
+    def __init__(self, item_id: int, etag: str) -> None:
+        super().__init__(f"item {item_id} changed since etag {etag}: read it again", metadata={"item_id": str(item_id)})
+        self.precondition_violations = (
+            PreconditionViolation("ETAG", item_subject(item_id), f"etag {etag} is not the item's current etag"),
+        )
+
+
+class ItemKeptChanging(Conflict):
+    reason = "ITEM_KEPT_CHANGING"
+
+    def __init__(self, item_id: int) -> None:
+        super().__init__(
+            f"item {item_id} kept changing while being updated: try again", metadata={"item_id": str(item_id)}
+        )
+
+
+class RequestIdReused(InvalidField):
+    reason = "REQUEST_ID_REUSED"
+
+    def __init__(self) -> None:
+        super().__init__("request_id", "was already used for a different request")
+
+
+class TooManyWatches(ResourceExhausted):
+    reason = "TOO_MANY_WATCHES"
+
+
+class DatabaseUnavailable(Unavailable):
+    reason = "DATABASE_UNAVAILABLE"
 
 
 def check_text(field: str, value: str, max_length: int, required: bool = False) -> None:
@@ -96,30 +194,31 @@ def check_currency_code(field: str, code: str) -> None:
 
 
 def validate_item_fields(item: ItemFields, prefix: str = "item.") -> None:
-    """Raises InvalidField, naming the request field, for the first rule `item` breaks."""
-    check_text(prefix + "sku", item.sku, 100, required=True)
-    if item.sku != item.sku.strip():
-        raise InvalidField(prefix + "sku", "must not start or end with white space")
-    check_text(prefix + "name", item.name, 255, required=True)
-    check_text(prefix + "description", item.description, 4000)
-    check_text(prefix + "category", item.category, 100)
-    check_text(prefix + "brand", item.brand, 100)
-    check_text(prefix + "dimensions", item.dimensions, 100)
-    check_text(prefix + "customer_id", item.customer_id, 100)
-    check_currency_code(prefix + "price.currency_code", item.price.currency_code)
+    """Raises one InvalidField naming every request field that breaks a rule (the first
+    broken rule of each field)."""
+    checks = FieldChecks()
+    checks.run(check_text, prefix + "sku", item.sku, 100, required=True)
+    if not checks.violations and item.sku != item.sku.strip():
+        checks.fail(prefix + "sku", "must not start or end with white space")
+    checks.run(check_text, prefix + "name", item.name, 255, required=True)
+    for name, max_length in (("description", 4000), ("category", 100), ("brand", 100), ("dimensions", 100)):
+        checks.run(check_text, prefix + name, getattr(item, name), max_length)
+    checks.run(check_text, prefix + "customer_id", item.customer_id, 100)
+    checks.run(check_currency_code, prefix + "price.currency_code", item.price.currency_code)
     if item.price.nanos <= 0:
-        raise InvalidField(prefix + "price", "must be greater than zero")
+        checks.fail(prefix + "price", "must be greater than zero")
     if item.cost is not None:
         if item.cost.currency_code not in ("", item.price.currency_code):
-            raise InvalidField(prefix + "cost.currency_code", "must be empty or the price's currency")
+            checks.fail(prefix + "cost.currency_code", "must be empty or the price's currency")
         if item.cost.nanos < 0:
-            raise InvalidField(prefix + "cost", "must be zero or more")
-    _check_count(prefix + "quantity", item.quantity)
-    _check_count(prefix + "low_stock_threshold", item.low_stock_threshold)
+            checks.fail(prefix + "cost", "must be zero or more")
+    checks.run(_check_count, prefix + "quantity", item.quantity)
+    checks.run(_check_count, prefix + "low_stock_threshold", item.low_stock_threshold)
     if item.max_quantity is not None and item.max_quantity <= item.low_stock_threshold:
-        raise InvalidField(prefix + "max_quantity", "must be greater than low_stock_threshold")
+        checks.fail(prefix + "max_quantity", "must be greater than low_stock_threshold")
     if item.weight_kg is not None and not (math.isfinite(item.weight_kg) and item.weight_kg >= 0):
-        raise InvalidField(prefix + "weight_kg", "must be a finite number, zero or more")
+        checks.fail(prefix + "weight_kg", "must be a finite number, zero or more")
+    checks.raise_if_any()
 
 
 def apply_changes(item: Item, changes: Mapping[str, Any]) -> ItemFields:
@@ -150,7 +249,8 @@ class ItemQuery:
     low_stock_at_most: int | None = None
 
     def check(self) -> None:
-        """Raises InvalidField, naming the request field, for a filter no item could match."""
+        """Raises one InvalidField naming every filter no item could match."""
+        checks = FieldChecks()
         for field, value, max_length in (
             ("category", self.category, 100),
             ("brand", self.brand, 100),
@@ -158,10 +258,11 @@ class ItemQuery:
             ("name_contains", self.name_contains, 255),
             ("query", self.text, 100),
         ):
-            check_text(field, value, max_length)
+            checks.run(check_text, field, value, max_length)
         for field, bound in (("min_price", self.min_price), ("max_price", self.max_price)):
             if bound is not None and bound.currency_code:
-                check_currency_code(f"{field}.currency_code", bound.currency_code)
+                checks.run(check_currency_code, f"{field}.currency_code", bound.currency_code)
+        checks.raise_if_any()
 
 
 Entry = TypeVar("Entry")

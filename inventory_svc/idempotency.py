@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import uuid
 
-from inventory_svc.domain import Item
+from inventory_svc.domain import Item, RequestIdReused
 from inventory_svc.ports import UnitOfWork
-from servicekit.errors import Conflict, InvalidField
+from servicekit.errors import InvalidField, RequestInProgress
 from servicekit.page_tokens import query_fingerprint
 
 
@@ -36,7 +36,7 @@ def replay(uow: UnitOfWork, ttl_s: float, request_id: str, method: str, *request
     if stored is None:
         return None
     if (stored.method, stored.fingerprint) != (method, fingerprint):
-        raise InvalidField("request_id", "was already used for a different request")
+        raise RequestIdReused()
     if stored.result is None:
-        raise Conflict("a request with this request_id is still in progress: try again")
+        raise RequestInProgress("a request with this request_id is still in progress: try again")
     return stored.result

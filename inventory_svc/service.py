@@ -11,8 +11,11 @@ from inventory_svc.domain import (
     CLIENT_REASONS,
     MAX_NOTE_LENGTH,
     MAX_QUANTITY_VALUE,
+    EtagMismatch,
     Item,
     ItemFields,
+    ItemKeptChanging,
+    ItemNotFound,
     ItemQuery,
     MovementReason,
     Page,
@@ -28,7 +31,7 @@ from inventory_svc.idempotency import canonical_request_id, replay, request_fing
 from inventory_svc.item_cache import ItemCache
 from inventory_svc.ports import UnitOfWork, UnitOfWorkFactory
 from inventory_svc.watches import LowStockSignal, LowStockWatches
-from servicekit.errors import Conflict, InvalidField, NotFound
+from servicekit.errors import InvalidField
 from servicekit.page_tokens import PagePosition, decode_page_token, encode_page_token, query_fingerprint
 
 DEFAULT_PAGE_SIZE = 50
@@ -129,7 +132,7 @@ class ItemService:
             found = uow.items.get_many(item_ids)
         missing = sorted(set(item_ids) - set(found))
         if missing:
-            raise NotFound(f"items not found: {', '.join(map(str, missing))}")
+            raise ItemNotFound.among(missing)
         return [found[item_id] for item_id in item_ids]
 
     def list_stock_movements(self, item_id: int, page_size: int, page_token: str) -> Page[StockMovement]:
@@ -140,7 +143,7 @@ class ItemService:
         with self._unit_of_work() as uow:
             found = uow.movements.list_page(item_id, before_id, limit + 1)
             if not found and before_id is None and not uow.items.get(item_id):
-                raise NotFound(f"item {item_id} not found")
+                raise ItemNotFound(item_id)
         page = found[:limit]
         next_token = encode_page_token(PagePosition(page[-1].id), fingerprint) if len(found) > limit else ""
         return Page(page, next_token)
@@ -164,7 +167,7 @@ class ItemService:
         with self._unit_of_work() as uow:
             item = uow.items.get(item_id)
         if item is None:
-            raise NotFound(f"item {item_id} not found")
+            raise ItemNotFound(item_id)
         self._cache.put(item, generation, read_at)
         return item
 
@@ -192,9 +195,9 @@ class ItemService:
             with self._unit_of_work(for_write=True) as uow:
                 current = uow.items.get(item_id)
                 if current is None:
-                    raise NotFound(f"item {item_id} not found")
+                    raise ItemNotFound(item_id)
                 if expected_version is not None and current.version != expected_version:
-                    raise Conflict(f"item {item_id} changed since etag {etag}: read it again")
+                    raise EtagMismatch(item_id, etag)
                 fields = apply_changes(current, changes)
                 validate_item_fields(fields)
                 updated = uow.items.replace_fields(item_id, current.version, fields)
@@ -204,8 +207,8 @@ class ItemService:
                     self._cache.invalidate(item_id)  # now: this replica's readers must see their own write
                     return updated
             if expected_version is not None:
-                raise Conflict(f"item {item_id} changed since etag {etag}: read it again")
-        raise Conflict(f"item {item_id} kept changing while being updated: try again")
+                raise EtagMismatch(item_id, etag)
+        raise ItemKeptChanging(item_id)
 
     def delete_item(self, item_id: int, etag: str, *, principal: str = "") -> None:
         _check_id(item_id, "id")
@@ -214,8 +217,8 @@ class ItemService:
             deleted = uow.items.delete(item_id, expected_version)
             if deleted is None:
                 if expected_version is not None and uow.items.get(item_id) is not None:
-                    raise Conflict(f"item {item_id} changed since etag {etag}: read it again")
-                raise NotFound(f"item {item_id} not found")
+                    raise EtagMismatch(item_id, etag)
+                raise ItemNotFound(item_id)
             self._record(uow, deleted, None, MovementReason.ITEM_DELETED, principal=principal)
             uow.commit()
         self._cache.invalidate(item_id)
@@ -291,7 +294,7 @@ class ItemService:
             after = uow.items.set_quantity(item_id, set_to or 0) if before else None
         if after is None:
             if uow.items.get(item_id) is None:
-                raise NotFound(f"item {item_id} not found")
+                raise ItemNotFound(item_id)
             raise StockWouldGoNegative(item_id) if (delta or 0) < 0 else StockWouldOverflow(item_id)
         self._record(uow, before, after, reason, note=note, principal=principal, request_id=request_id)
         if request_id:

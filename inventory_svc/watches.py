@@ -8,9 +8,9 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from inventory_svc.domain import ItemQuery, StockMovement
+from inventory_svc.domain import ItemQuery, StockMovement, TooManyWatches
 from inventory_svc.ports import UnitOfWorkFactory
-from servicekit.errors import InvalidField, ResourceExhausted, Unavailable
+from servicekit.errors import InvalidField, ShuttingDown
 
 WATCH_BATCH = 100
 
@@ -71,12 +71,12 @@ class LowStockWatches:
             raise InvalidField("after_cursor", "must be zero or more")
         ItemQuery(customer_id=customer_id, category=category).check()
         if self._signal.closed:
-            raise Unavailable("this replica is shutting down: watch another")
+            raise ShuttingDown("this replica is shutting down: watch another")
         with self._lock:
             if sum(self._open.values()) >= self._max_watchers:
-                raise ResourceExhausted("too many low-stock watchers on this replica: try another or later")
+                raise TooManyWatches("too many low-stock watchers on this replica: try another or later")
             if self._open[subject] >= self._max_watches_per_subject:
-                raise ResourceExhausted(
+                raise TooManyWatches(
                     f"this token's subject has {self._max_watches_per_subject} watches open already: close one first"
                 )
             self._open[subject] += 1

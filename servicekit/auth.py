@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import Any
 
-from servicekit.errors import Unauthenticated
+from servicekit.errors import TokenMissing
 from servicekit.jwt import Principal
 
 PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -23,6 +23,6 @@ def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str:
         if key == "authorization":
             scheme, _, token = str(value).partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
-                raise Unauthenticated("authorization metadata must be 'Bearer <token>'")
+                raise TokenMissing("authorization metadata must be 'Bearer <token>'")
             return token.strip()
-    raise Unauthenticated("missing authorization metadata: 'Bearer <token>'")
+    raise TokenMissing("missing authorization metadata: 'Bearer <token>'")

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from servicekit import errors
@@ -26,7 +26,9 @@ _ERROR_FOR_STATUS = {code: error for error, code in STATUS_FOR_ERROR.items()}
 
 
 def error_from_rpc(error: grpc.RpcError) -> errors.DomainError:
-    """The servicekit error for a status, with the field of a BadRequest detail. A status
+    """The servicekit error for a status, its google.rpc details unpacked once: `reason`,
+    `domain` and `metadata` (ErrorInfo), `field_violations` (BadRequest),
+    `precondition_violations` (PreconditionFailure), `retry_after_s` (RetryInfo). A status
     outside the table (INTERNAL, UNKNOWN, ...) is the other service failing: Unavailable."""
     code = error.code()
     kind = _ERROR_FOR_STATUS.get(code)
@@ -34,15 +36,41 @@ def error_from_rpc(error: grpc.RpcError) -> errors.DomainError:
         log.warning("call failed with %s: %s", code.name, error.details())
         return errors.Unavailable(f"a service this call needs failed ({code.name})")
     message = error.details() or code.name
-    if kind is errors.InvalidField:
-        status = rpc_status.from_call(error)
-        for detail in status.details if status else ():
-            bad_request = error_details_pb2.BadRequest()
-            if detail.Unpack(bad_request) and bad_request.field_violations:
-                violation = bad_request.field_violations[0]
-                return errors.InvalidField(violation.field, violation.description)
-        return errors.InvalidField("", message)
-    return kind(message)
+    details = _Details(rpc_status.from_call(error))
+    raised = errors.InvalidField.of(details.field_violations, message) if kind is errors.InvalidField else kind(message)
+    if details.info is not None:
+        raised.reason, raised.domain = details.info.reason, details.info.domain
+        raised.metadata = dict(details.info.metadata)
+    raised.field_violations = details.field_violations
+    raised.precondition_violations = details.precondition_violations
+    if details.retry_after_s is not None:
+        raised.retry_after_s = details.retry_after_s
+    return raised
+
+
+class _Details:
+    """The google.rpc details of a status that the typed clients read."""
+
+    def __init__(self, status: status_pb2.Status | None) -> None:
+        self.info: error_details_pb2.ErrorInfo | None = None
+        self.field_violations: tuple[errors.FieldViolation, ...] = ()
+        self.precondition_violations: tuple[errors.PreconditionViolation, ...] = ()
+        self.retry_after_s: float | None = None
+        for detail in status.details if status is not None else ():
+            info, bad_request = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+            failure, retry = error_details_pb2.PreconditionFailure(), error_details_pb2.RetryInfo()
+            if detail.Unpack(info):
+                self.info = info
+            elif detail.Unpack(bad_request):
+                self.field_violations = tuple(
+                    errors.FieldViolation(v.field, v.description) for v in bad_request.field_violations
+                )
+            elif detail.Unpack(failure):
+                self.precondition_violations = tuple(
+                    errors.PreconditionViolation(v.type, v.subject, v.description) for v in failure.violations
+                )
+            elif detail.Unpack(retry):
+                self.retry_after_s = retry.retry_delay.ToNanoseconds() / 1e9
 
 
 def call_bounds(timeout: float | None) -> tuple[float | None, tuple[tuple[str, str], ...]]:

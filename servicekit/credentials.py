@@ -149,6 +149,8 @@ class MintedServiceToken:
 class CredentialsMissing(errors.Unavailable):
     """This service cannot present its own credentials (e.g. its token file is gone)."""
 
+    reason = "CREDENTIALS_MISSING"
+
 
 class TokenFile:
     """A token kept in a file by the platform (a mounted secret), read again when it changes."""

@@ -17,7 +17,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 
-from servicekit.errors import Unauthenticated
+from servicekit.errors import TokenExpired, Unauthenticated
 from servicekit.settings import EnvReader, SettingsError
 
 SYMMETRIC_ALGORITHMS = frozenset({"HS256"})
@@ -156,7 +156,8 @@ class TokenVerifier:
             )
         except jwt.InvalidTokenError as error:
             reason = next(text for kind, text in _UNAUTHENTICATED_REASONS if isinstance(error, kind))
-            raise Unauthenticated(reason) from None
+            kind = TokenExpired if isinstance(error, jwt.ExpiredSignatureError) else Unauthenticated
+            raise kind(reason) from None
         # PyJWT compares exp as an int of any size; kept as a float here, 10**400 would overflow.
         expiry = claims["exp"]
         if not (isinstance(expiry, (int, float)) and expiry <= MAX_EXPIRY):  # rules out inf too

@@ -35,7 +35,7 @@ from servicekit.auth import PUBLIC_METHOD_PREFIXES, bearer_token, current_princi
 from servicekit.call_context import REQUEST_ID_METADATA, CallContext, current_call, new_request_id
 from servicekit.jwt import Principal, TokenVerifier
 from servicekit.observability import ServerMetrics, log_call, split_method
-from servicekit.status import internal_status, to_rpc_status
+from servicekit.status import error_domain, internal_status, to_rpc_status
 from servicekit.unknown_method import UnknownMethodHandler
 
 # grpc's types are generic in the stubs alone: strings keep them out of run time.
@@ -85,7 +85,9 @@ class Authorizer:
         principal = self._verifier.verify(bearer_token(metadata))
         required = self._role_for_method.get(method)
         if required is None or required not in principal.roles:
-            raise errors.PermissionDenied(f"this call needs the {required or 'unknown'} role")
+            raise errors.PermissionDenied(
+                f"this call needs the {required or 'unknown'} role", metadata={"required_role": required or ""}
+            )
         return principal
 
 
@@ -114,9 +116,9 @@ class _CallCounter:
 
     def acquire(self, subject: str) -> None:
         if self._total >= self._limits.max_calls_in_flight:
-            raise errors.ResourceExhausted("this server is at its limit of calls in flight: retry shortly")
+            raise errors.TooManyCalls("this server is at its limit of calls in flight: retry shortly")
         if self._by_subject[subject] >= self._limits.cap_for(subject):
-            raise errors.ResourceExhausted("too many calls in flight for this token's subject: retry shortly")
+            raise errors.TooManyCalls("too many calls in flight for this token's subject: retry shortly")
         self._total += 1
         self._by_subject[subject] += 1
 
@@ -305,7 +307,7 @@ class CallPipeline(grpc.aio.ServerInterceptor):
             code = context.code()
             return (code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"), None
         if isinstance(error, errors.DomainError):
-            status = to_rpc_status(error)
+            status = to_rpc_status(error, error_domain(route.method))
         else:
             log.error("unexpected error in %s", route.method, exc_info=error)
             status = internal_status()

@@ -1,9 +1,12 @@
-"""One table from errors to gRPC statuses (servicekit.pipeline applies it to every call)."""
+"""One table from errors to gRPC statuses (servicekit.pipeline applies it to every call), and
+the google.rpc details each answer carries: ErrorInfo always, BadRequest, PreconditionFailure
+and RetryInfo when the error has them."""
 
 from __future__ import annotations
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -30,22 +33,40 @@ def status_code_for(error: errors.DomainError) -> grpc.StatusCode:
     return next(STATUS_FOR_ERROR[cls] for cls in type(error).__mro__ if cls in STATUS_FOR_ERROR)
 
 
-def to_rpc_status(error: errors.DomainError) -> grpc.Status:
+def error_domain(method: str) -> str:
+    """The ErrorInfo domain of a method's answers: its package, "inventory.v1" for
+    "/inventory.v1.ItemService/GetItem"."""
+    service = method.lstrip("/").split("/", 1)[0]
+    return service.rpartition(".")[0]
+
+
+def to_rpc_status(error: errors.DomainError, domain: str) -> grpc.Status:
+    """The status for `error` as the service of `domain` answers it."""
     code = status_code_for(error)
     status = status_pb2.Status(code=code.value[0], message=str(error))
-    if isinstance(error, errors.InvalidField) and error.field:
-        violation = error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.reason)
-        _add_detail(status, error_details_pb2.BadRequest(field_violations=[violation]))
-    if isinstance(error, errors.RetryLater):
+    _add_detail(status, error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata))
+    if error.field_violations:
+        violations = [
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+            for v in error.field_violations
+        ]
+        _add_detail(status, error_details_pb2.BadRequest(field_violations=violations))
+    if error.precondition_violations:
+        failures = [
+            error_details_pb2.PreconditionFailure.Violation(type=v.type, subject=v.subject, description=v.description)
+            for v in error.precondition_violations
+        ]
+        _add_detail(status, error_details_pb2.PreconditionFailure(violations=failures))
+    if error.retry_after_s is not None:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(error.retry_after_s * 1e9))
         _add_detail(status, error_details_pb2.RetryInfo(retry_delay=delay))
     return _to_grpc_status(status)
 
 
-def _add_detail(status: status_pb2.Status, detail: object) -> None:
+def _add_detail(status: status_pb2.Status, detail: Message) -> None:
     packed = any_pb2.Any()
-    packed.Pack(detail)  # type: ignore[arg-type]
+    packed.Pack(detail)
     status.details.append(packed)
 
 

@@ -117,6 +117,39 @@ def page_token_with_total(token: str, total: int) -> str:
     return encode_page_token(PagePosition(after_id, total), fingerprint)
 
 
+def error_reason(error: grpc.RpcError) -> tuple[str, str, dict[str, str]]:
+    """The reason, domain and metadata of the error's google.rpc.ErrorInfo detail."""
+    status = rpc_status.from_call(error)
+    assert status is not None, "the error carries no rich status"
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info.reason, info.domain, dict(info.metadata)
+    raise AssertionError("the error carries no google.rpc.ErrorInfo")
+
+
+def retry_delay_s(error: grpc.RpcError) -> float | None:
+    """The delay of the error's google.rpc.RetryInfo detail, in seconds; None without one."""
+    status = rpc_status.from_call(error)
+    for detail in status.details if status else ():
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return float(info.retry_delay.ToNanoseconds() / 1e9)
+    return None
+
+
+def precondition_subjects(error: grpc.RpcError) -> list[tuple[str, str]]:
+    """The (type, subject) of each violation in the error's google.rpc.PreconditionFailure."""
+    status = rpc_status.from_call(error)
+    assert status is not None, "the error carries no rich status"
+    found = []
+    for detail in status.details:
+        failure = error_details_pb2.PreconditionFailure()
+        if detail.Unpack(failure):
+            found.extend((violation.type, violation.subject) for violation in failure.violations)
+    return found
+
+
 def bad_request_fields(error: grpc.RpcError) -> list[str]:
     """The field paths named in the error's google.rpc.BadRequest detail."""
     status = rpc_status.from_call(error)

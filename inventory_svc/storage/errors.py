@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
+from inventory_svc.domain import DatabaseUnavailable
 from servicekit.errors import Unavailable
 
 
@@ -20,16 +21,16 @@ def unavailable_for(error: BaseException | None) -> Unavailable | None:
     retry (None: an error of ours, or of the request)."""
     if isinstance(error, DBAPIError) and error.connection_invalidated:
         # The pool drops the broken connection; the next call gets a fresh one.
-        return Unavailable("the database connection was lost; try again")
+        return DatabaseUnavailable("the database connection was lost; try again")
     if isinstance(error, OperationalError) and "database is locked" in str(error.orig):
         # SQLite's busy timeout ran out behind another writer.
-        return Unavailable("the database is busy; try again")
+        return DatabaseUnavailable("the database is busy; try again")
     return None
 
 
 def lost_while_writing(stage: str) -> Unavailable:
     """The connection went while a write was `stage` ("writing", "committing"): it may have committed."""
-    return Unavailable(
+    return DatabaseUnavailable(
         f"the database connection was lost while {stage}: the change may or may not "
         "have been made; read it again, or retry with the same request_id"
     )

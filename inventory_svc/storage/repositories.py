@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from inventory_svc.domain import Item, ItemFields, ItemQuery, LowStockChange, StockMovement
+from inventory_svc.domain import Item, ItemFields, ItemQuery, LowStockChange, SkuTaken, StockMovement
 from inventory_svc.ports import StoredRequest
 from inventory_svc.storage import queries
 from inventory_svc.storage.errors import is_unique_violation
@@ -26,11 +26,10 @@ from inventory_svc.storage.tables import (
     request_ids,
     stock_movements,
 )
-from servicekit.errors import AlreadyExists
 
 
-def _sku_taken(fields: ItemFields) -> AlreadyExists:
-    return AlreadyExists(f"an item with sku {fields.sku!r} already exists")
+def _sku_taken(fields: ItemFields) -> SkuTaken:
+    return SkuTaken(fields.sku)
 
 
 class SqlItemRepository:

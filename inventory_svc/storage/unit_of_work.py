@@ -12,12 +12,12 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from inventory_svc.domain import DatabaseUnavailable
 from inventory_svc.ports import UnitOfWorkFactory
 from inventory_svc.storage.engine import WRITE_TRANSACTION_OPTION
 from inventory_svc.storage.errors import lost_while_writing, unavailable_for
 from inventory_svc.storage.repositories import SqlItemRepository, SqlRequestIdRepository, SqlStockMovementRepository
 from inventory_svc.storage.writes_at_once import SqlWritesAtOnce
-from servicekit.errors import Unavailable
 
 
 class SqlUnitOfWork:
@@ -50,9 +50,9 @@ class SqlUnitOfWork:
         except DBAPIError as error:
             # Refused ("too many clients already", a database that accepts no connections),
             # unreachable, or lost again at once: none of it was this call's doing.
-            raise Unavailable("the database cannot be reached; try again") from error
+            raise DatabaseUnavailable("the database cannot be reached; try again") from error
         except PoolTimeout as error:
-            raise Unavailable("every database connection of this replica is in use; try again") from error
+            raise DatabaseUnavailable("every database connection of this replica is in use; try again") from error
         self._autocommit_driver: Any = None
         if self._for_write and not self._at_once:
             self._connection.execution_options(**{WRITE_TRANSACTION_OPTION: True})

@@ -28,9 +28,11 @@ from servicekit.errors import (
     Conflict,
     DeadlineExceeded,
     FailedPrecondition,
+    FieldViolation,
     InvalidField,
     NotFound,
     PermissionDenied,
+    Unauthenticated,
 )
 from tests.helpers import mint
 
@@ -266,6 +268,89 @@ def test_an_invalid_field_is_named_in_the_error(inventory):
         inventory.create_item(widget(name=""))
 
     assert invalid.value.field == "item.name"
+    assert (invalid.value.reason, invalid.value.domain) == ("INVALID_FIELDS", "inventory.v1")
+
+
+def test_an_item_with_three_broken_fields_names_all_three_at_once(inventory):
+    with pytest.raises(InvalidField) as invalid:
+        inventory.create_item(widget(sku="", name="", quantity=-1))
+
+    assert invalid.value.field_violations == (
+        FieldViolation("item.sku", "is required"),
+        FieldViolation("item.name", "is required"),
+        FieldViolation("item.quantity", "must be zero or more"),
+    )
+    assert inventory.list_items().total_size == 0
+
+
+def test_a_missing_item_is_item_not_found_naming_it(inventory):
+    with pytest.raises(NotFound) as missing:
+        inventory.get_item(424242)
+    with pytest.raises(NotFound) as batch:
+        inventory.batch_get_items([424242, 424243])
+
+    assert (missing.value.reason, missing.value.domain, missing.value.metadata) == (
+        "ITEM_NOT_FOUND",
+        "inventory.v1",
+        {"item_id": "424242"},
+    )
+    assert (batch.value.reason, batch.value.metadata) == ("ITEM_NOT_FOUND", {"item_ids": "424242,424243"})
+
+
+def test_a_taken_sku_is_sku_taken(inventory):
+    inventory.create_item(widget())
+
+    with pytest.raises(AlreadyExists) as taken:
+        inventory.create_item(widget())
+
+    assert (taken.value.reason, taken.value.metadata) == ("SKU_TAKEN", {"sku": "W-1"})
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [({"delta": -100}, "STOCK_WOULD_GO_NEGATIVE"), ({"delta": 2**31 - 1}, "STOCK_WOULD_OVERFLOW")],
+)
+def test_a_stock_change_out_of_range_names_its_reason_and_the_item(inventory, change, reason):
+    created = inventory.create_item(widget(quantity=3))
+
+    with pytest.raises(FailedPrecondition) as refused:
+        inventory.adjust_quantity(created.id, **change)
+
+    assert refused.value.reason == reason
+    assert [(v.type, v.subject) for v in refused.value.precondition_violations] == [("STOCK", f"items/{created.id}")]
+    assert inventory.get_item(created.id).quantity == 3
+
+
+def test_a_stale_etag_is_etag_mismatch_naming_the_item(inventory):
+    created = inventory.create_item(widget())
+
+    with pytest.raises(Conflict) as stale:
+        inventory.update_item(created.id, {"name": "x"}, etag="999")
+
+    assert stale.value.reason == "ETAG_MISMATCH"
+    assert [(v.type, v.subject) for v in stale.value.precondition_violations] == [("ETAG", f"items/{created.id}")]
+
+
+def test_a_request_id_reused_for_another_change_is_request_id_reused(inventory):
+    created = inventory.create_item(widget(quantity=3))
+    request_id = "6b1f9d3e-2c4a-4e8b-9f0d-3a5c7e9b1d20"
+    inventory.adjust_quantity(created.id, delta=1, request_id=request_id)
+
+    with pytest.raises(InvalidField) as reused:
+        inventory.adjust_quantity(created.id, delta=2, request_id=request_id)
+
+    assert (reused.value.reason, reused.value.field) == ("REQUEST_ID_REUSED", "request_id")
+    assert inventory.get_item(created.id).quantity == 4
+
+
+def test_an_expired_token_is_token_expired(client_kind, inventory_address):
+    expired = connected(client_kind, inventory_address, lambda: mint(lifetime_s=-120))
+    try:
+        with pytest.raises(Unauthenticated) as refused:
+            expired.list_items()
+        assert (refused.value.reason, refused.value.domain) == ("TOKEN_EXPIRED", "inventory.v1")
+    finally:
+        expired.close()
 
 
 def test_stock_below_zero_is_failed_precondition_and_changes_nothing(inventory):
@@ -287,8 +372,12 @@ def test_an_update_with_a_stale_etag_is_conflict(inventory):
 def test_a_client_with_a_read_only_token_cannot_write(client_kind, inventory_address):
     reader = connected(client_kind, inventory_address, lambda: mint(roles=("inventory.read",)))
     try:
-        with pytest.raises(PermissionDenied):
+        with pytest.raises(PermissionDenied) as denied:
             reader.create_item(widget())
+        assert (denied.value.reason, denied.value.metadata) == (
+            "PERMISSION_DENIED",
+            {"required_role": "inventory.write"},
+        )
         assert reader.list_items().total_size == 0
     finally:
         reader.close()
@@ -396,5 +485,11 @@ def test_crm_client_reaches_exactly_the_customers_own_items(inventory_address, c
         assert [item.id for item in crm.list_my_items().items] == [own.id]
         assert crm.get_my_item(own.id).price == money("USD", "2.50")
         assert [item.sku for item in crm.search_my_items("w-", category="").items] == ["W-1"]
-        with pytest.raises(NotFound):
+        with pytest.raises(NotFound) as hidden:
             crm.get_my_item(other.id)
+
+    assert (hidden.value.reason, hidden.value.domain, hidden.value.metadata) == (
+        "ITEM_NOT_FOUND",
+        "crm.v1",
+        {"item_id": str(other.id)},
+    )

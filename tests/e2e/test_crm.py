@@ -15,6 +15,7 @@ from tests.helpers import (
     authorized_channel,
     bad_request_fields,
     create,
+    error_reason,
     mint,
     page_token_with_total,
     rpc_error,
@@ -115,6 +116,8 @@ def test_another_customers_item_answers_exactly_like_a_missing_one(as_customer, 
     assert foreign.code() == missing.code() == grpc.StatusCode.NOT_FOUND
     assert foreign.details() == f"item {shop['BO-KB']} not found"
     assert missing.details() == f"item {missing_id} not found"
+    assert error_reason(foreign) == ("ITEM_NOT_FOUND", "crm.v1", {"item_id": str(shop["BO-KB"])})
+    assert error_reason(missing) == ("ITEM_NOT_FOUND", "crm.v1", {"item_id": str(missing_id)})
 
 
 @pytest.mark.parametrize("sku", ["AL-OLD", "NOBODY"])
@@ -122,6 +125,7 @@ def test_inactive_or_unowned_items_are_not_found(as_customer, shop, sku):
     error = rpc_error(as_customer("alice").GetMyItem, crm.GetMyItemRequest(id=shop[sku]))
 
     assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert error_reason(error) == ("ITEM_NOT_FOUND", "crm.v1", {"item_id": str(shop[sku])})
 
 
 @pytest.mark.parametrize(
@@ -204,6 +208,7 @@ def test_invalid_fields_are_invalid_argument_naming_them(as_customer_any_db, cal
 
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_request_fields(error) == [field]
+    assert error_reason(error)[:2] == ("INVALID_FIELDS", "crm.v1")
 
 
 # --- authentication on the CRM ---------------------------------------------------------
@@ -214,6 +219,7 @@ def test_crm_call_without_token_is_unauthenticated(crm_address_any_db):
         error = rpc_error(crm_pb2_grpc.CustomerItemsServiceStub(channel).ListMyItems, crm.ListMyItemsRequest())
 
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error_reason(error) == ("TOKEN_MISSING", "crm.v1", {})
 
 
 def test_crm_refuses_an_expired_customer_token(crm_address_any_db):
@@ -222,12 +228,14 @@ def test_crm_refuses_an_expired_customer_token(crm_address_any_db):
 
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert error.details() == "token has expired"
+    assert error_reason(error) == ("TOKEN_EXPIRED", "crm.v1", {})
 
 
 def test_crm_refuses_a_token_without_the_customer_role(as_customer_any_db):
     error = rpc_error(as_customer_any_db("ops", roles=("inventory.read",)).ListMyItems, crm.ListMyItemsRequest())
 
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error_reason(error) == ("PERMISSION_DENIED", "crm.v1", {"required_role": "customer"})
 
 
 @pytest.mark.parametrize("subject", ["c" * 101, "alice\x00"])
@@ -242,3 +250,4 @@ def test_crm_refuses_a_customer_token_whose_subject_no_item_could_name(as_custom
         error = rpc_error(call, request)
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED
         assert error.details() == "this token's subject is not a customer id"
+        assert error_reason(error) == ("NOT_A_CUSTOMER", "crm.v1", {})

@@ -17,7 +17,18 @@ from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
 from inventory_svc.settings import InventorySettings
 from servicekit.server_settings import ServerSettings
-from tests.helpers import TEST_AUTH, authorized_channel, create, free_port, mint, rpc_error, serving, serving_crm
+from tests.helpers import (
+    TEST_AUTH,
+    authorized_channel,
+    create,
+    error_reason,
+    free_port,
+    mint,
+    retry_delay_s,
+    rpc_error,
+    serving,
+    serving_crm,
+)
 
 # gRPC sends a deadline as a timeout header rounded up, so the receiver may see a hair more.
 TIMEOUT_ROUNDING_S = 0.01
@@ -53,6 +64,8 @@ def test_inventory_down_is_unavailable_quickly_and_the_crm_recovers_when_it_is_b
             error = rpc_error(alice.ListMyItems, crm.ListMyItemsRequest(), timeout=10)
             assert error.code() == grpc.StatusCode.UNAVAILABLE
             assert error.details() == "the inventory service is unavailable: try again shortly"
+            assert error_reason(error) == ("INVENTORY_UNAVAILABLE", "crm.v1", {})
+            assert retry_delay_s(error) == 0.1
             assert time.monotonic() - started < 3, "a customer must not wait long for a dead inventory"
 
             with serving(inventory_settings, engine):
@@ -150,6 +163,7 @@ def test_inventory_refusing_the_crms_token_is_unavailable_to_the_customer(invent
 
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert error.details() == "the inventory service refused this service's credentials"
+    assert error_reason(error) == ("INVENTORY_UNAVAILABLE", "crm.v1", {})
 
 
 def test_the_crm_picks_up_a_renewed_token_file(inventory_server, empty_database, tmp_path):
@@ -176,6 +190,7 @@ def test_a_missing_token_file_is_unavailable_to_the_customer(inventory_server, e
 
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert error.details() == "this service's credentials are missing"
+    assert error_reason(error) == ("CREDENTIALS_MISSING", "crm.v1", {})
 
 
 def test_crm_and_inventory_can_use_audiences_of_their_own(engine, empty_database):

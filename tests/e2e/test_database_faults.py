@@ -28,6 +28,7 @@ from tests.helpers import (
     TEST_AUTH,
     authorized_channel,
     create,
+    error_reason,
     eventually,
     migrated_engine,
     mint,
@@ -115,6 +116,7 @@ def test_without_pre_ping_a_cut_connection_is_unavailable_once_then_the_service_
         error = rpc_error(items.AdjustQuantity, pb.AdjustQuantityRequest(id=item.id, delta=3))
 
         assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert error_reason(error)[:2] == ("DATABASE_UNAVAILABLE", "inventory.v1")
         assert "psycopg2" not in error.details() and "SELECT" not in error.details()
         assert items.GetItem(pb.GetItemRequest(id=item.id)).item.quantity == 5
         cut_every_connection(postgres_url)

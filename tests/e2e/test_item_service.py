@@ -13,7 +13,18 @@ from google.protobuf import field_mask_pb2
 from inventory.v1 import inventory_pb2 as pb
 from inventory_svc.domain import ItemFields, Money
 from inventory_svc.storage import SqlUnitOfWork
-from tests.helpers import all_pages, bad_request_fields, create, money, new_item, page_token_with_total, rpc_error, usd
+from tests.helpers import (
+    all_pages,
+    bad_request_fields,
+    create,
+    error_reason,
+    money,
+    new_item,
+    page_token_with_total,
+    precondition_subjects,
+    rpc_error,
+    usd,
+)
 
 
 def get(stub, item_id: int) -> pb.Item:
@@ -85,6 +96,7 @@ def test_create_item_with_taken_sku_is_already_exists_and_keeps_the_first(items_
     error = rpc_error(items_stub.CreateItem, pb.CreateItemRequest(item=new_item(sku="DUP-1", name="second")))
 
     assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert error_reason(error) == ("SKU_TAKEN", "inventory.v1", {"sku": "DUP-1"})
     assert total_items(items_stub) == 1
     assert get(items_stub, first.id).name == "first"
 
@@ -95,6 +107,16 @@ def test_create_item_breaking_a_rule_is_invalid_argument_naming_the_field_and_st
 
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_request_fields(error) == ["item.sku"]
+    assert error_reason(error) == ("INVALID_FIELDS", "inventory.v1", {})
+    assert total_items(items_stub) == 0
+
+
+def test_create_item_breaking_three_rules_names_all_three_fields_in_one_answer(items_stub):
+    error = rpc_error(items_stub.CreateItem, pb.CreateItemRequest(item=new_item(sku="", name="", quantity=-1)))
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(error) == ["item.sku", "item.name", "item.quantity"]
+    assert error.details().startswith("invalid item.sku: is required; invalid item.name")
     assert total_items(items_stub) == 0
 
 
@@ -106,6 +128,7 @@ def test_get_unknown_item_is_not_found(items_stub):
 
     assert error.code() == grpc.StatusCode.NOT_FOUND
     assert "424242" in error.details()
+    assert error_reason(error) == ("ITEM_NOT_FOUND", "inventory.v1", {"item_id": "424242"})
 
 
 # --- ListItems --------------------------------------------------------------------------
@@ -379,6 +402,8 @@ def test_update_item_with_stale_etag_is_aborted_and_changes_nothing(items_stub):
     error = rpc_error(update, items_stub, pb.Item(id=created.id, name="second", etag=created.etag), "name")
 
     assert error.code() == grpc.StatusCode.ABORTED
+    assert error_reason(error)[:2] == ("ETAG_MISMATCH", "inventory.v1")
+    assert precondition_subjects(error) == [("ETAG", f"items/{created.id}")]
     assert get(items_stub, created.id).name == "first"
 
 
@@ -432,6 +457,7 @@ def test_delete_item_with_stale_etag_is_aborted_and_keeps_it(items_stub):
     error = rpc_error(items_stub.DeleteItem, pb.DeleteItemRequest(id=created.id, etag=created.etag))
 
     assert error.code() == grpc.StatusCode.ABORTED
+    assert error_reason(error)[:2] == ("ETAG_MISMATCH", "inventory.v1")
     assert get(items_stub, created.id).name == "changed"
 
 
@@ -494,6 +520,8 @@ def test_adjust_quantity_below_zero_is_failed_precondition_and_changes_nothing(i
     error = rpc_error(adjust, items_stub, created.id, delta=-3)
 
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_reason(error) == ("STOCK_WOULD_GO_NEGATIVE", "inventory.v1", {"item_id": str(created.id)})
+    assert precondition_subjects(error) == [("STOCK", f"items/{created.id}")]
     assert get(items_stub, created.id) == created
 
 
@@ -504,7 +532,11 @@ def test_adjust_quantity_of_unknown_item_is_not_found(items_stub):
 def test_adjust_quantity_past_int32_is_failed_precondition(items_stub):
     created = create(items_stub, quantity=2**31 - 2)
 
-    assert rpc_error(adjust, items_stub, created.id, delta=5).code() == grpc.StatusCode.FAILED_PRECONDITION
+    error = rpc_error(adjust, items_stub, created.id, delta=5)
+
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_reason(error)[0] == "STOCK_WOULD_OVERFLOW"
+    assert precondition_subjects(error) == [("STOCK", f"items/{created.id}")]
     assert get(items_stub, created.id).quantity == 2**31 - 2
 
 

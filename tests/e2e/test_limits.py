@@ -31,7 +31,7 @@ from servicekit.observability import ServerMetrics
 from servicekit.pipeline import CallLimits
 from servicekit.server import ServerThread
 from servicekit.server_settings import ServerLimits, ServerSettings
-from tests.helpers import TEST_AUTH, authorized_channel, create, migrated_engine, mint, rpc_error
+from tests.helpers import TEST_AUTH, authorized_channel, create, error_reason, migrated_engine, mint, rpc_error
 from tests.raw_http2 import RawHttp2Client
 
 # Generous: a call answered in time on a loaded machine, not a benchmark figure.
@@ -198,6 +198,7 @@ def test_a_subjects_calls_past_its_cap_are_resource_exhausted_with_retry_info_wh
 
             assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert retry_info(refused) is not None, "RESOURCE_EXHAUSTED without a google.rpc.RetryInfo"
+            assert error_reason(refused)[:2] == ("TOO_MANY_CALLS", "inventory.v1")
             assert reply.item.quantity == 10 and bob_s < ANSWERED_WITHIN_S
             assert all(not call.done() for call in slow)  # the cap was met by calls still in flight
         assert sorted(call.result().item.quantity for call in slow) == [11, 12]  # the refused one changed nothing
@@ -302,6 +303,7 @@ def test_a_subjects_watch_past_its_cap_is_resource_exhausted_with_retry_info_whi
 
     assert isinstance(refused, grpc.RpcError) and refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert retry_info(refused) is not None, "RESOURCE_EXHAUSTED without a google.rpc.RetryInfo"
+    assert error_reason(refused)[:2] == ("TOO_MANY_WATCHES", "inventory.v1")
     assert isinstance(bobs_event, pb.WatchLowStockResponse) and bobs_event.item_id == item.id
 
 

@@ -14,7 +14,7 @@ from google.protobuf import field_mask_pb2
 from inventory.v1 import inventory_pb2 as pb
 from inventory_svc.convert import changes_from_update, item_fields_from_proto, query_from_request, reason_from_proto
 from inventory_svc.service import ItemService
-from servicekit.errors import InvalidField
+from servicekit.errors import FieldViolation, InvalidField
 from tests.helpers import money, new_item, usd
 
 
@@ -28,10 +28,36 @@ def service() -> ItemService:
 
 
 def invalid_field(call: Callable[..., object], *args: Any, **kwargs: Any) -> tuple[str, str]:
-    """The field and reason of the InvalidField that `call` raises."""
+    """The field and description of the one violation of the InvalidField that `call` raises."""
     with pytest.raises(InvalidField) as raised:
         call(*args, **kwargs)
-    return raised.value.field, raised.value.reason
+    (violation,) = raised.value.field_violations
+    return violation.field, violation.description
+
+
+def test_create_item_breaking_three_rules_names_all_three_fields_at_once(service):
+    item = new_item(sku="", name="", quantity=-1)
+
+    with pytest.raises(InvalidField) as raised:
+        service.create_item(item_fields_from_proto(item))
+
+    assert raised.value.field_violations == (
+        FieldViolation("item.sku", "is required"),
+        FieldViolation("item.name", "is required"),
+        FieldViolation("item.quantity", "must be zero or more"),
+    )
+    assert str(raised.value) == (
+        "invalid item.sku: is required; invalid item.name: is required; invalid item.quantity: must be zero or more"
+    )
+
+
+def test_a_listing_with_two_bad_filters_names_both(service):
+    request = pb.ListItemsRequest(category="c" * 101, brand="b" * 101)
+
+    with pytest.raises(InvalidField) as raised:
+        service.list_items(query_from_request(request), 10, "")
+
+    assert [violation.field for violation in raised.value.field_violations] == ["category", "brand"]
 
 
 # --- CreateItem ---------------------------------------------------------------------------

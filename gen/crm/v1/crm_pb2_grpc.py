@@ -31,6 +31,23 @@ class CustomerItemsServiceStub:
     The customer is the subject of the bearer token (role `customer`); no request names
     a customer. Items of other customers, and inactive items, answer exactly like
     missing ones, so ids of other customers cannot be probed.
+
+    Every error carries a google.rpc.ErrorInfo with domain "crm.v1" and one of these
+    reasons (docs/api.md has the full table); inventory's errors reach the customer as these:
+    INVALID_ARGUMENT     INVALID_FIELDS (a google.rpc.BadRequest names every field),
+    MALFORMED_REQUEST
+    NOT_FOUND            ITEM_NOT_FOUND (metadata item_id): missing, inactive or another
+    customer's alike; NOT_FOUND
+    ALREADY_EXISTS       ALREADY_EXISTS
+    FAILED_PRECONDITION  FAILED_PRECONDITION
+    ABORTED              REQUEST_IN_PROGRESS, ABORTED
+    UNAUTHENTICATED      TOKEN_MISSING, TOKEN_EXPIRED, UNAUTHENTICATED
+    PERMISSION_DENIED    PERMISSION_DENIED (metadata required_role), NOT_A_CUSTOMER
+    RESOURCE_EXHAUSTED   TOO_MANY_CALLS, RESOURCE_EXHAUSTED (with a google.rpc.RetryInfo)
+    UNAVAILABLE          INVENTORY_UNAVAILABLE, SHUTTING_DOWN, CREDENTIALS_MISSING,
+    UNAVAILABLE (with a google.rpc.RetryInfo)
+    DEADLINE_EXCEEDED    DEADLINE_EXCEEDED
+    CANCELLED            CANCELLED
     """
 
     def __init__(self, channel):
@@ -62,6 +79,23 @@ class CustomerItemsServiceServicer:
     The customer is the subject of the bearer token (role `customer`); no request names
     a customer. Items of other customers, and inactive items, answer exactly like
     missing ones, so ids of other customers cannot be probed.
+
+    Every error carries a google.rpc.ErrorInfo with domain "crm.v1" and one of these
+    reasons (docs/api.md has the full table); inventory's errors reach the customer as these:
+    INVALID_ARGUMENT     INVALID_FIELDS (a google.rpc.BadRequest names every field),
+    MALFORMED_REQUEST
+    NOT_FOUND            ITEM_NOT_FOUND (metadata item_id): missing, inactive or another
+    customer's alike; NOT_FOUND
+    ALREADY_EXISTS       ALREADY_EXISTS
+    FAILED_PRECONDITION  FAILED_PRECONDITION
+    ABORTED              REQUEST_IN_PROGRESS, ABORTED
+    UNAUTHENTICATED      TOKEN_MISSING, TOKEN_EXPIRED, UNAUTHENTICATED
+    PERMISSION_DENIED    PERMISSION_DENIED (metadata required_role), NOT_A_CUSTOMER
+    RESOURCE_EXHAUSTED   TOO_MANY_CALLS, RESOURCE_EXHAUSTED (with a google.rpc.RetryInfo)
+    UNAVAILABLE          INVENTORY_UNAVAILABLE, SHUTTING_DOWN, CREDENTIALS_MISSING,
+    UNAVAILABLE (with a google.rpc.RetryInfo)
+    DEADLINE_EXCEEDED    DEADLINE_EXCEEDED
+    CANCELLED            CANCELLED
     """
 
     def ListMyItems(self, request, context):
@@ -117,6 +151,23 @@ class CustomerItemsService:
     The customer is the subject of the bearer token (role `customer`); no request names
     a customer. Items of other customers, and inactive items, answer exactly like
     missing ones, so ids of other customers cannot be probed.
+
+    Every error carries a google.rpc.ErrorInfo with domain "crm.v1" and one of these
+    reasons (docs/api.md has the full table); inventory's errors reach the customer as these:
+    INVALID_ARGUMENT     INVALID_FIELDS (a google.rpc.BadRequest names every field),
+    MALFORMED_REQUEST
+    NOT_FOUND            ITEM_NOT_FOUND (metadata item_id): missing, inactive or another
+    customer's alike; NOT_FOUND
+    ALREADY_EXISTS       ALREADY_EXISTS
+    FAILED_PRECONDITION  FAILED_PRECONDITION
+    ABORTED              REQUEST_IN_PROGRESS, ABORTED
+    UNAUTHENTICATED      TOKEN_MISSING, TOKEN_EXPIRED, UNAUTHENTICATED
+    PERMISSION_DENIED    PERMISSION_DENIED (metadata required_role), NOT_A_CUSTOMER
+    RESOURCE_EXHAUSTED   TOO_MANY_CALLS, RESOURCE_EXHAUSTED (with a google.rpc.RetryInfo)
+    UNAVAILABLE          INVENTORY_UNAVAILABLE, SHUTTING_DOWN, CREDENTIALS_MISSING,
+    UNAVAILABLE (with a google.rpc.RetryInfo)
+    DEADLINE_EXCEEDED    DEADLINE_EXCEEDED
+    CANCELLED            CANCELLED
     """
 
     @staticmethod

@@ -30,7 +30,26 @@ class ItemServiceStub:
     """ItemService manages items: products held in stock.
 
     Every RPC needs `authorization: Bearer <JWT>` metadata. Invalid input answers
-    INVALID_ARGUMENT with a google.rpc.BadRequest detail naming the field.
+    INVALID_ARGUMENT with a google.rpc.BadRequest detail naming every broken field.
+
+    Every error carries a google.rpc.ErrorInfo with domain "inventory.v1" and one of these
+    reasons (docs/api.md has the full table, with metadata and details):
+      INVALID_ARGUMENT     INVALID_FIELDS, MALFORMED_REQUEST, REQUEST_ID_REUSED
+      NOT_FOUND            ITEM_NOT_FOUND (metadata item_id or item_ids), NOT_FOUND
+      ALREADY_EXISTS       SKU_TAKEN (metadata sku), ALREADY_EXISTS
+      FAILED_PRECONDITION  STOCK_WOULD_GO_NEGATIVE, STOCK_WOULD_OVERFLOW (with a
+                           google.rpc.PreconditionFailure, type STOCK, subject items/{id}),
+                           FAILED_PRECONDITION
+      ABORTED              ETAG_MISMATCH (PreconditionFailure, type ETAG), ITEM_KEPT_CHANGING,
+                           REQUEST_IN_PROGRESS, ABORTED
+      UNAUTHENTICATED      TOKEN_MISSING, TOKEN_EXPIRED, UNAUTHENTICATED
+      PERMISSION_DENIED    PERMISSION_DENIED (metadata required_role)
+      RESOURCE_EXHAUSTED   TOO_MANY_CALLS, TOO_MANY_WATCHES, RESOURCE_EXHAUSTED (with a
+                           google.rpc.RetryInfo)
+      UNAVAILABLE          DATABASE_UNAVAILABLE, SHUTTING_DOWN, CREDENTIALS_MISSING,
+                           UNAVAILABLE (with a google.rpc.RetryInfo)
+      DEADLINE_EXCEEDED    DEADLINE_EXCEEDED
+      CANCELLED            CANCELLED
     """
 
     @_typing.overload
@@ -71,7 +90,26 @@ class ItemServiceAsyncStub(ItemServiceStub):
     """ItemService manages items: products held in stock.
 
     Every RPC needs `authorization: Bearer <JWT>` metadata. Invalid input answers
-    INVALID_ARGUMENT with a google.rpc.BadRequest detail naming the field.
+    INVALID_ARGUMENT with a google.rpc.BadRequest detail naming every broken field.
+
+    Every error carries a google.rpc.ErrorInfo with domain "inventory.v1" and one of these
+    reasons (docs/api.md has the full table, with metadata and details):
+      INVALID_ARGUMENT     INVALID_FIELDS, MALFORMED_REQUEST, REQUEST_ID_REUSED
+      NOT_FOUND            ITEM_NOT_FOUND (metadata item_id or item_ids), NOT_FOUND
+      ALREADY_EXISTS       SKU_TAKEN (metadata sku), ALREADY_EXISTS
+      FAILED_PRECONDITION  STOCK_WOULD_GO_NEGATIVE, STOCK_WOULD_OVERFLOW (with a
+                           google.rpc.PreconditionFailure, type STOCK, subject items/{id}),
+                           FAILED_PRECONDITION
+      ABORTED              ETAG_MISMATCH (PreconditionFailure, type ETAG), ITEM_KEPT_CHANGING,
+                           REQUEST_IN_PROGRESS, ABORTED
+      UNAUTHENTICATED      TOKEN_MISSING, TOKEN_EXPIRED, UNAUTHENTICATED
+      PERMISSION_DENIED    PERMISSION_DENIED (metadata required_role)
+      RESOURCE_EXHAUSTED   TOO_MANY_CALLS, TOO_MANY_WATCHES, RESOURCE_EXHAUSTED (with a
+                           google.rpc.RetryInfo)
+      UNAVAILABLE          DATABASE_UNAVAILABLE, SHUTTING_DOWN, CREDENTIALS_MISSING,
+                           UNAVAILABLE (with a google.rpc.RetryInfo)
+      DEADLINE_EXCEEDED    DEADLINE_EXCEEDED
+      CANCELLED            CANCELLED
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -108,7 +146,26 @@ class ItemServiceServicer(metaclass=_abc_1.ABCMeta):
     """ItemService manages items: products held in stock.
 
     Every RPC needs `authorization: Bearer <JWT>` metadata. Invalid input answers
-    INVALID_ARGUMENT with a google.rpc.BadRequest detail naming the field.
+    INVALID_ARGUMENT with a google.rpc.BadRequest detail naming every broken field.
+
+    Every error carries a google.rpc.ErrorInfo with domain "inventory.v1" and one of these
+    reasons (docs/api.md has the full table, with metadata and details):
+      INVALID_ARGUMENT     INVALID_FIELDS, MALFORMED_REQUEST, REQUEST_ID_REUSED
+      NOT_FOUND            ITEM_NOT_FOUND (metadata item_id or item_ids), NOT_FOUND
+      ALREADY_EXISTS       SKU_TAKEN (metadata sku), ALREADY_EXISTS
+      FAILED_PRECONDITION  STOCK_WOULD_GO_NEGATIVE, STOCK_WOULD_OVERFLOW (with a
+                           google.rpc.PreconditionFailure, type STOCK, subject items/{id}),
+                           FAILED_PRECONDITION
+      ABORTED              ETAG_MISMATCH (PreconditionFailure, type ETAG), ITEM_KEPT_CHANGING,
+                           REQUEST_IN_PROGRESS, ABORTED
+      UNAUTHENTICATED      TOKEN_MISSING, TOKEN_EXPIRED, UNAUTHENTICATED
+      PERMISSION_DENIED    PERMISSION_DENIED (metadata required_role)
+      RESOURCE_EXHAUSTED   TOO_MANY_CALLS, TOO_MANY_WATCHES, RESOURCE_EXHAUSTED (with a
+                           google.rpc.RetryInfo)
+      UNAVAILABLE          DATABASE_UNAVAILABLE, SHUTTING_DOWN, CREDENTIALS_MISSING,
+                           UNAVAILABLE (with a google.rpc.RetryInfo)
+      DEADLINE_EXCEEDED    DEADLINE_EXCEEDED
+      CANCELLED            CANCELLED
     """
 
     @_abc_1.abstractmethod
