@@ -34,7 +34,7 @@ from servicekit import errors
 from servicekit.auth import PUBLIC_METHOD_PREFIXES, bearer_token, current_principal
 from servicekit.call_context import REQUEST_ID_METADATA, CallContext, current_call, new_request_id
 from servicekit.jwt import Principal, TokenVerifier
-from servicekit.observability import ServerMetrics, log_call, split_method
+from servicekit.observability import ServerMetrics, log_call, rpc_type, split_method
 from servicekit.status import internal_status, to_rpc_status
 
 # grpc's types are generic in the stubs alone: strings keep them out of run time.
@@ -131,10 +131,11 @@ class _CallCounter:
 class _Route:
     """What the pipeline knows of one method, looked up once."""
 
-    def __init__(self, method: str, metrics: ServerMetrics) -> None:
+    def __init__(self, method: str, handler: Handler, metrics: ServerMetrics) -> None:
         self.method = method
         self.public = method.startswith(PUBLIC_METHOD_PREFIXES)
-        self.labels = split_method(method)
+        self.labels = (rpc_type(handler.request_streaming, handler.response_streaming), *split_method(method))
+        self.started = metrics.started.labels(*self.labels)
         self.in_flight = metrics.in_flight.labels(*self.labels)
         self.latency = metrics.latency.labels(*self.labels)
         self._handled = metrics.handled
@@ -166,7 +167,7 @@ class CallPipeline(grpc.aio.ServerInterceptor):
             if inner is None:
                 return None  # unimplemented: grpc answers UNIMPLEMENTED (grpcurl relies on it)
             handler = self._handlers.setdefault(
-                details.method, self._wrap(_Route(details.method, self._metrics), inner)
+                details.method, self._wrap(_Route(details.method, inner, self._metrics), inner)
             )
         return handler
 
@@ -224,6 +225,7 @@ class CallPipeline(grpc.aio.ServerInterceptor):
     ) -> Any:
         started = time.perf_counter()
         call = self._begin(context)
+        route.started.inc()
         route.in_flight.inc()
         subject: str | None = None  # whose cap the call counts against, once admitted
         code, ended = "OK", False
@@ -261,6 +263,7 @@ class CallPipeline(grpc.aio.ServerInterceptor):
         async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
             started = time.perf_counter()
             call = self._begin(context)
+            route.started.inc()
             route.in_flight.inc()
             code, ended = "OK", False
             try:
