@@ -259,6 +259,39 @@ def test_traces_are_off_by_default_and_cross_from_crm_to_inventory_when_on(tmp_p
         not_found,
     ]
     assert crm_missing["attributes"]["rpc.grpc.status_code"] == not_found
+    assert {span["resource"]["attributes"]["service.name"] for span in crm_spans} == {"crm"}
+    assert {span["resource"]["attributes"]["service.name"] for span in inventory_spans} == {"inventory"}
+    assert [span_ids(line) for line in access_lines(traced.crm, f"/{CRM}/GetMyItem")] == [
+        span_ids(crm_found),
+        span_ids(crm_missing),
+    ]
+    assert [span_ids(line) for line in access_lines(traced.inventory, f"/{ITEMS}/GetItem")] == [
+        span_ids(inventory_found),
+        span_ids(inventory_missing),
+    ]
+    untraced = [line for line in traced.inventory.log_lines() if "listening on" in line["message"]]
+    assert untraced and all("trace_id" not in line for line in untraced)
+
+
+def span_ids(span_or_log_line: dict[str, Any]) -> tuple[str, str]:
+    """(trace_id, span_id) as 32 and 16 hex digits: the console exporter writes them with 0x."""
+    ids = span_or_log_line.get("context", span_or_log_line)
+    return ids["trace_id"].removeprefix("0x"), ids["span_id"].removeprefix("0x")
+
+
+def test_spans_name_the_service_otel_service_name_gives(tmp_path):
+    env = service_env(
+        INVENTORY_DATABASE_URL=f"sqlite:///{tmp_path / 'inventory.db'}",
+        INVENTORY_LISTEN_ADDRESS="127.0.0.1:0",
+        OTEL_TRACES_EXPORTER="console",
+        OTEL_SERVICE_NAME="inventory-eu-canary",
+    )
+    migrate(env["INVENTORY_DATABASE_URL"])
+    with service_process("inventory_svc.server", env, tmp_path / "inventory.log") as inventory:
+        rpc_error(items_stub(inventory.wait_until_serving()).GetItem, pb.GetItemRequest(id=999))
+        found = [span for span in spans(inventory.stop()) if span["name"] == f"/{ITEMS}/GetItem"]
+
+    assert [span["resource"]["attributes"]["service.name"] for span in found] == ["inventory-eu-canary"]
 
 
 def test_a_stream_cut_by_its_deadline_is_counted_as_deadline_exceeded(services):
