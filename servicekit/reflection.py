@@ -48,12 +48,15 @@ def _add_v1_descriptor() -> None:
     reflection_pb2.DESCRIPTOR.CopyToProto(v1)
     v1.name, v1.package = V1_FILE, V1_PACKAGE
     v1.options.Clear()  # v1alpha's java_package and the like name v1alpha
-    old_prefix, new_prefix = f".{V1ALPHA_PACKAGE}.", f".{V1_PACKAGE}."
     for message in v1.message_type:
         for message_field in message.field:
-            if message_field.type_name.startswith(old_prefix):
-                message_field.type_name = new_prefix + message_field.type_name[len(old_prefix) :]
+            if message_field.HasField("type_name"):  # proto2: setting "" would make a scalar look typed
+                message_field.type_name = _in_v1(message_field.type_name)
     for method in (method for service in v1.service for method in service.method):
-        method.input_type = new_prefix + method.input_type[len(old_prefix) :]
-        method.output_type = new_prefix + method.output_type[len(old_prefix) :]
+        method.input_type, method.output_type = _in_v1(method.input_type), _in_v1(method.output_type)
     pool.AddSerializedFile(v1.SerializeToString())
+
+
+def _in_v1(type_name: str) -> str:
+    """ ".grpc.reflection.v1alpha.ListServiceResponse" -> ".grpc.reflection.v1.ListServiceResponse"."""
+    return type_name.replace(f".{V1ALPHA_PACKAGE}.", f".{V1_PACKAGE}.", 1)

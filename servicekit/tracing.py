@@ -61,10 +61,10 @@ def tracing_started(exporter: str, service_name: str) -> Iterator[Tracing | None
     provider.add_span_processor(BatchSpanProcessor(span_exporter))
 
     def current_span_ids() -> tuple[str, str] | None:
-        span = trace.get_current_span().get_span_context()
-        if not span.is_valid:
+        context = trace.get_current_span().get_span_context()
+        if not context.is_valid:
             return None
-        return trace.format_trace_id(span.trace_id), trace.format_span_id(span.span_id)
+        return trace.format_trace_id(context.trace_id), trace.format_span_id(context.span_id)
 
     try:
         # OpenTelemetry's grpc instrumentation is unannotated upstream.
