@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from servicekit.call_context import current_call
@@ -37,6 +39,34 @@ class RequestIdFilter(logging.Filter):
         if call is not None:
             record.request_id = call.request_id
         return True
+
+
+class SpanFilter(logging.Filter):
+    """Adds the trace_id and span_id of the current span (hex, as trace backends show
+    them), so that a log line leads to its trace."""
+
+    def __init__(self, current_span_ids: Callable[[], tuple[str, str] | None]) -> None:
+        super().__init__()
+        self._current_span_ids = current_span_ids
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        span_ids = self._current_span_ids()
+        if span_ids is not None:
+            record.trace_id, record.span_id = span_ids
+        return True
+
+
+@contextmanager
+def filter_added(log_filter: logging.Filter) -> Iterator[None]:
+    """Adds `log_filter` to the root logger's handlers while the block runs."""
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(log_filter)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(log_filter)
 
 
 def configure_logging(level: str = "INFO") -> None:

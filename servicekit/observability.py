@@ -5,6 +5,7 @@ import), so that two servers in one process never mix their counts."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,12 +27,26 @@ def split_method(full_method: str) -> tuple[str, str]:
     return service, method
 
 
+def rpc_type(request_streaming: bool, response_streaming: bool) -> str:
+    """go-grpc-prometheus's grpc_type label: unary, server_stream, client_stream or bidi_stream."""
+    if request_streaming:
+        return "bidi_stream" if response_streaming else "client_stream"
+    return "server_stream" if response_streaming else "unary"
+
+
 class ServerMetrics:
-    """The metrics of one gRPC server, named as grpc-ecosystem's go-grpc-prometheus names them."""
+    """The metrics of one gRPC server, named and labelled as grpc-ecosystem's
+    go-grpc-prometheus names them (so its dashboards match), plus calls in flight."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        labels = ("grpc_service", "grpc_method")
+        labels = ("grpc_type", "grpc_service", "grpc_method")
+        self.started = Counter(
+            "grpc_server_started",
+            "Calls started on the server.",
+            labels,
+            registry=self.registry,
+        )
         self.handled = Counter(
             "grpc_server_handled",
             "Calls completed on the server, by status code.",
@@ -53,10 +68,23 @@ class ServerMetrics:
             registry=self.registry,
             multiprocess_mode="livesum",
         )
+        self.client_started = Counter(
+            "grpc_client_started",
+            "Calls this server started to other services.",
+            labels,
+            registry=self.registry,
+        )
         self.client_handled = Counter(
             "grpc_client_handled",
             "Calls this server made to other services, by status code.",
             (*labels, "grpc_code"),
+            registry=self.registry,
+        )
+        self.client_latency = Histogram(
+            "grpc_client_handling_seconds",
+            "Time from starting a call to another service to its status.",
+            labels,
+            buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
 
@@ -96,22 +124,43 @@ def log_call(method_name: str, code: str, elapsed_s: float, subject: str) -> Non
         )
 
 
+class _ClientRoute:
+    """The series of one method a client calls, looked up once."""
+
+    def __init__(self, method: str, metrics: ServerMetrics) -> None:
+        self.labels = ("unary", *split_method(method))
+        self.started = metrics.client_started.labels(*self.labels)
+        self.latency = metrics.client_latency.labels(*self.labels)
+        self._handled = metrics.client_handled
+        self._handled_by_code: dict[grpc.StatusCode, Any] = {}
+
+    def handled(self, code: grpc.StatusCode) -> Any:
+        series = self._handled_by_code.get(code)
+        if series is None:
+            series = self._handled_by_code[code] = self._handled.labels(*self.labels, code.name)
+        return series
+
+
 class AsyncClientMetricsInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
-    """Counts the unary calls a service makes to another, by the status they ended with."""
+    """Counts the unary calls a service makes to another (the only kind the CRM makes), as
+    they start and by the status they end with, and times them."""
 
     def __init__(self, metrics: ServerMetrics) -> None:
-        self._handled = metrics.client_handled
-        self._series: dict[tuple[str, grpc.StatusCode], Any] = {}
+        self._metrics = metrics
+        self._routes: dict[str, _ClientRoute] = {}
 
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
-        call = await continuation(details, request)
-        code = await call.code()
         raw_method: str | bytes = details.method  # grpc.aio hands bytes over, whatever its stubs say
         method = raw_method.decode() if isinstance(raw_method, bytes) else raw_method
-        series = self._series.get((method, code))
-        if series is None:
-            series = self._series[(method, code)] = self._handled.labels(*split_method(method), code.name)
-        series.inc()
+        route = self._routes.get(method)
+        if route is None:
+            route = self._routes[method] = _ClientRoute(method, self._metrics)
+        route.started.inc()
+        started = time.perf_counter()
+        call = await continuation(details, request)
+        code = await call.code()
+        route.latency.observe(time.perf_counter() - started)
+        route.handled(code).inc()
         return call

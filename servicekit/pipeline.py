@@ -34,7 +34,7 @@ from servicekit import errors
 from servicekit.auth import PUBLIC_METHOD_PREFIXES, bearer_token, current_principal
 from servicekit.call_context import REQUEST_ID_METADATA, CallContext, current_call, new_request_id
 from servicekit.jwt import Principal, TokenVerifier
-from servicekit.observability import ServerMetrics, log_call, split_method
+from servicekit.observability import ServerMetrics, log_call, rpc_type, split_method
 from servicekit.status import error_domain, internal_status, to_rpc_status
 from servicekit.unknown_method import UnknownMethodHandler
 
@@ -134,10 +134,11 @@ class _CallCounter:
 class _Route:
     """What the pipeline knows of one method, looked up once."""
 
-    def __init__(self, method: str, metrics: ServerMetrics) -> None:
+    def __init__(self, method: str, handler: Handler, metrics: ServerMetrics) -> None:
         self.method = method
         self.public = method.startswith(PUBLIC_METHOD_PREFIXES)
-        self.labels = split_method(method)
+        self.labels = (rpc_type(handler.request_streaming, handler.response_streaming), *split_method(method))
+        self.started = metrics.started.labels(*self.labels)
         self.in_flight = metrics.in_flight.labels(*self.labels)
         self.latency = metrics.latency.labels(*self.labels)
         self._handled = metrics.handled
@@ -169,7 +170,7 @@ class CallPipeline(grpc.aio.ServerInterceptor):
             if inner is None or isinstance(inner, UnknownMethodHandler):
                 return inner  # UNIMPLEMENTED, before auth and uncounted (servicekit.unknown_method)
             handler = self._handlers.setdefault(
-                details.method, self._wrap(_Route(details.method, self._metrics), inner)
+                details.method, self._wrap(_Route(details.method, inner, self._metrics), inner)
             )
         return handler
 
@@ -227,6 +228,7 @@ class CallPipeline(grpc.aio.ServerInterceptor):
     ) -> Any:
         started = time.perf_counter()
         call = self._begin(context)
+        route.started.inc()
         route.in_flight.inc()
         subject: str | None = None  # whose cap the call counts against, once admitted
         code, ended = "OK", False
@@ -264,6 +266,7 @@ class CallPipeline(grpc.aio.ServerInterceptor):
         async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
             started = time.perf_counter()
             call = self._begin(context)
+            route.started.inc()
             route.in_flight.inc()
             code, ended = "OK", False
             try:

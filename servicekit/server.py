@@ -16,10 +16,10 @@ import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import SERVICE_NAME
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
 from servicekit.observability import ServerMetrics
 from servicekit.pipeline import Authorizer, CallPipeline
+from servicekit.reflection import enable_reflection
 from servicekit.server_settings import ServerLimits, ServerSettings
 from servicekit.tls import ServerTls, server_credentials
 from servicekit.tracing import Tracing
@@ -79,7 +79,7 @@ async def finish_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in ("", *names):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection((*names, SERVICE_NAME, reflection.SERVICE_NAME), server)
+    enable_reflection((*names, SERVICE_NAME), server)
     server.add_generic_rpc_handlers((UnknownMethods(names),))  # last: only what nothing else serves
     try:
         port = bind(server, listen_address, tls or ServerTls())

@@ -1,5 +1,6 @@
 """OpenTelemetry tracing, off by default. OpenTelemetry is imported only when it is turned
-on, so the services run without the `tracing` extra installed."""
+on, so the services run without the `tracing` extra installed. While it is on, log lines
+carry the trace_id and span_id of the span they were written in."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 
+from servicekit.logging import SpanFilter, filter_added
 from servicekit.settings import SettingsError
 
 EXPORTERS = ("none", "console", "otlp")
@@ -27,16 +29,18 @@ class Tracing:
 @contextmanager
 def tracing_started(exporter: str, service_name: str) -> Iterator[Tracing | None]:
     """`exporter` is OTEL_TRACES_EXPORTER's value: none, console (stdout), or otlp (to
-    OTEL_EXPORTER_OTLP_ENDPOINT, read by the exporter itself). Spans still buffered are
-    sent when the block ends."""
+    OTEL_EXPORTER_OTLP_ENDPOINT, read by the exporter itself). Spans name `service_name` as
+    their service unless OTEL_SERVICE_NAME (or service.name in OTEL_RESOURCE_ATTRIBUTES)
+    names another. Spans still buffered are sent when the block ends."""
     if exporter == "none":
         yield None
         return
     if exporter not in EXPORTERS:
         raise SettingsError(f"OTEL_TRACES_EXPORTER must be one of {', '.join(EXPORTERS)}, not {exporter!r}")
     try:
+        from opentelemetry import trace
         from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
-        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.resources import OTELResourceDetector, Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
     except ImportError as missing:
@@ -50,12 +54,23 @@ def tracing_started(exporter: str, service_name: str) -> Iterator[Tracing | None
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         span_exporter = OTLPSpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    # Resource.create lets its argument win over the environment: the environment is merged
+    # again on top, so that an operator's OTEL_SERVICE_NAME wins over our default.
+    resource = Resource.create({"service.name": service_name}).merge(OTELResourceDetector().detect())
+    provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(span_exporter))
+
+    def current_span_ids() -> tuple[str, str] | None:
+        context = trace.get_current_span().get_span_context()
+        if not context.is_valid:
+            return None
+        return trace.format_trace_id(context.trace_id), trace.format_span_id(context.span_id)
+
     try:
         # OpenTelemetry's grpc instrumentation is unannotated upstream.
         server_interceptor = aio_server_interceptor(tracer_provider=provider)  # type: ignore[no-untyped-call]
         client_interceptors = aio_client_interceptors(tracer_provider=provider)  # type: ignore[no-untyped-call]
-        yield Tracing(server_interceptor, client_interceptors)
+        with filter_added(SpanFilter(current_span_ids)):
+            yield Tracing(server_interceptor, client_interceptors)
     finally:
         provider.shutdown()

@@ -54,6 +54,7 @@ def test_grpcurl_lists_the_services_without_a_token(address):
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [
         "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
         "inventory.v1.ItemService",
     ]

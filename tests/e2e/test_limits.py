@@ -37,6 +37,7 @@ from tests.raw_http2 import RawHttp2Client
 # Generous: a call answered in time on a loaded machine, not a benchmark figure.
 ANSWERED_WITHIN_S = 2.0
 ITEM_SERVICE = "inventory.v1.ItemService"
+REFLECTION = "grpc.reflection.v1alpha.ServerReflection"
 
 
 @dataclass
@@ -50,15 +51,16 @@ class LimitedServer:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def handled(self, service: str, method: str, code: str) -> float:
+    def handled(self, service: str, method: str, code: str, grpc_type: str = "unary") -> float:
         value = self.metrics.registry.get_sample_value(
-            "grpc_server_handled_total", {"grpc_service": service, "grpc_method": method, "grpc_code": code}
+            "grpc_server_handled_total",
+            {"grpc_type": grpc_type, "grpc_service": service, "grpc_method": method, "grpc_code": code},
         )
         return value or 0.0
 
     def in_flight(self, method: str) -> float:
         value = self.metrics.registry.get_sample_value(
-            "grpc_server_in_flight", {"grpc_service": ITEM_SERVICE, "grpc_method": method}
+            "grpc_server_in_flight", {"grpc_type": "unary", "grpc_service": ITEM_SERVICE, "grpc_method": method}
         )
         return value or 0.0
 
@@ -349,11 +351,9 @@ def test_a_cancelled_reflection_stream_is_counted_cancelled_and_logs_no_error(tm
         stream.cancel()
         requests.put(None)
 
-        counted = until(
-            lambda: server.handled("grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo", "CANCELLED") == 1
-        )
+        counted = until(lambda: server.handled(REFLECTION, "ServerReflectionInfo", "CANCELLED", "bidi_stream") == 1)
         others = {
-            code: server.handled("grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo", code)
+            code: server.handled(REFLECTION, "ServerReflectionInfo", code, "bidi_stream")
             for code in ("OK", "UNKNOWN", "INTERNAL")
         }
 

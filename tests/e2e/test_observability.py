@@ -65,6 +65,11 @@ def sample(metrics: dict, name: str, **labels: str) -> float:
     return metrics.get((name, frozenset(labels.items())), 0.0)
 
 
+def series(metrics: dict, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of `name`: its labels and value."""
+    return [(dict(labels), value) for (found, labels), value in metrics.items() if found == name]
+
+
 @pytest.fixture
 def services(tmp_path) -> Iterator[Deployment]:
     with deployment(tmp_path) as running:
@@ -89,26 +94,69 @@ def test_a_scrape_counts_the_calls_just_made_by_method_and_status(services):
     metrics = services.inventory.metrics()
 
     assert (
-        sample(metrics, "grpc_server_handled_total", grpc_service=ITEMS, grpc_method="CreateItem", grpc_code="OK") == 1
-    )
-    assert (
-        sample(metrics, "grpc_server_handled_total", grpc_service=ITEMS, grpc_method="GetItem", grpc_code="NOT_FOUND")
+        sample(
+            metrics,
+            "grpc_server_handled_total",
+            grpc_type="unary",
+            grpc_service=ITEMS,
+            grpc_method="CreateItem",
+            grpc_code="OK",
+        )
         == 1
     )
     assert (
         sample(
             metrics,
             "grpc_server_handled_total",
+            grpc_type="unary",
+            grpc_service=ITEMS,
+            grpc_method="GetItem",
+            grpc_code="NOT_FOUND",
+        )
+        == 1
+    )
+    assert (
+        sample(
+            metrics,
+            "grpc_server_handled_total",
+            grpc_type="unary",
             grpc_service=ITEMS,
             grpc_method="ListItems",
             grpc_code="UNAUTHENTICATED",
         )
         == 1
     )
-    assert sample(metrics, "grpc_server_handling_seconds_count", grpc_service=ITEMS, grpc_method="GetItem") == 1
-    assert sample(metrics, "grpc_server_in_flight", grpc_service=ITEMS, grpc_method="GetItem") == 0
+    assert (
+        sample(
+            metrics, "grpc_server_handling_seconds_count", grpc_type="unary", grpc_service=ITEMS, grpc_method="GetItem"
+        )
+        == 1
+    )
+    assert sample(metrics, "grpc_server_in_flight", grpc_type="unary", grpc_service=ITEMS, grpc_method="GetItem") == 0
     assert sample(metrics, "db_pool_size") >= 1
     assert ("db_pool_connections_in_use", frozenset()) in metrics
+
+
+def test_a_scrape_counts_calls_started_by_method_and_rpc_type_as_go_grpc_prometheus_does(services):
+    items = items_stub(services.inventory_address)
+    create(items)
+    rpc_error(items.GetItem, pb.GetItemRequest(id=999))
+    rpc_error(items_stub(services.inventory_address, token="").ListItems, pb.ListItemsRequest())
+    rpc_error(lambda request: next(items.WatchLowStock(request, timeout=0.5)), pb.WatchLowStockRequest())
+
+    metrics = services.inventory.metrics()
+
+    started = {
+        (labels["grpc_type"], labels["grpc_method"]): value
+        for labels, value in series(metrics, "grpc_server_started_total")
+        if labels["grpc_service"] == ITEMS
+    }
+    assert started == {
+        ("unary", "CreateItem"): 1,
+        ("unary", "GetItem"): 1,
+        ("unary", "ListItems"): 1,  # counted before its token was refused
+        ("server_stream", "WatchLowStock"): 1,
+    }
 
 
 def test_the_crm_counts_its_inventory_calls_by_status(services):
@@ -119,13 +167,41 @@ def test_the_crm_counts_its_inventory_calls_by_status(services):
 
     metrics = services.crm.metrics()
 
-    assert sample(metrics, "grpc_client_handled_total", grpc_service=ITEMS, grpc_method="GetItem", grpc_code="OK") == 1
+    client_labels = {"grpc_type": "unary", "grpc_service": ITEMS, "grpc_method": "GetItem"}
+    assert sample(metrics, "grpc_client_started_total", **client_labels) == 2
+    assert sample(metrics, "grpc_client_handling_seconds_count", **client_labels) == 2
+    assert sample(metrics, "grpc_client_handling_seconds_bucket", **client_labels, le="+Inf") == 2
     assert (
-        sample(metrics, "grpc_client_handled_total", grpc_service=ITEMS, grpc_method="GetItem", grpc_code="NOT_FOUND")
+        sample(
+            metrics,
+            "grpc_client_handled_total",
+            grpc_type="unary",
+            grpc_service=ITEMS,
+            grpc_method="GetItem",
+            grpc_code="OK",
+        )
         == 1
     )
     assert (
-        sample(metrics, "grpc_server_handled_total", grpc_service=CRM, grpc_method="GetMyItem", grpc_code="NOT_FOUND")
+        sample(
+            metrics,
+            "grpc_client_handled_total",
+            grpc_type="unary",
+            grpc_service=ITEMS,
+            grpc_method="GetItem",
+            grpc_code="NOT_FOUND",
+        )
+        == 1
+    )
+    assert (
+        sample(
+            metrics,
+            "grpc_server_handled_total",
+            grpc_type="unary",
+            grpc_service=CRM,
+            grpc_method="GetMyItem",
+            grpc_code="NOT_FOUND",
+        )
         == 1
     )
 
@@ -183,6 +259,39 @@ def test_traces_are_off_by_default_and_cross_from_crm_to_inventory_when_on(tmp_p
         not_found,
     ]
     assert crm_missing["attributes"]["rpc.grpc.status_code"] == not_found
+    assert {span["resource"]["attributes"]["service.name"] for span in crm_spans} == {"crm"}
+    assert {span["resource"]["attributes"]["service.name"] for span in inventory_spans} == {"inventory"}
+    assert [span_ids(line) for line in access_lines(traced.crm, f"/{CRM}/GetMyItem")] == [
+        span_ids(crm_found),
+        span_ids(crm_missing),
+    ]
+    assert [span_ids(line) for line in access_lines(traced.inventory, f"/{ITEMS}/GetItem")] == [
+        span_ids(inventory_found),
+        span_ids(inventory_missing),
+    ]
+    untraced = [line for line in traced.inventory.log_lines() if "listening on" in line["message"]]
+    assert untraced and all("trace_id" not in line for line in untraced)
+
+
+def span_ids(span_or_log_line: dict[str, Any]) -> tuple[str, str]:
+    """(trace_id, span_id) as 32 and 16 hex digits: the console exporter writes them with 0x."""
+    ids = span_or_log_line.get("context", span_or_log_line)
+    return ids["trace_id"].removeprefix("0x"), ids["span_id"].removeprefix("0x")
+
+
+def test_spans_name_the_service_otel_service_name_gives(tmp_path):
+    env = service_env(
+        INVENTORY_DATABASE_URL=f"sqlite:///{tmp_path / 'inventory.db'}",
+        INVENTORY_LISTEN_ADDRESS="127.0.0.1:0",
+        OTEL_TRACES_EXPORTER="console",
+        OTEL_SERVICE_NAME="inventory-eu-canary",
+    )
+    migrate(env["INVENTORY_DATABASE_URL"])
+    with service_process("inventory_svc.server", env, tmp_path / "inventory.log") as inventory:
+        rpc_error(items_stub(inventory.wait_until_serving()).GetItem, pb.GetItemRequest(id=999))
+        found = [span for span in spans(inventory.stop()) if span["name"] == f"/{ITEMS}/GetItem"]
+
+    assert [span["resource"]["attributes"]["service.name"] for span in found] == ["inventory-eu-canary"]
 
 
 def test_a_stream_cut_by_its_deadline_is_counted_as_deadline_exceeded(services):
@@ -198,11 +307,18 @@ def test_a_stream_cut_by_its_deadline_is_counted_as_deadline_exceeded(services):
             sample(
                 metrics,
                 "grpc_server_handled_total",
+                grpc_type="server_stream",
                 grpc_service=ITEMS,
                 grpc_method="WatchLowStock",
                 grpc_code="DEADLINE_EXCEEDED",
             ),
-            sample(metrics, "grpc_server_in_flight", grpc_service=ITEMS, grpc_method="WatchLowStock"),
+            sample(
+                metrics,
+                "grpc_server_in_flight",
+                grpc_type="server_stream",
+                grpc_service=ITEMS,
+                grpc_method="WatchLowStock",
+            ),
         )
 
     deadline = time.monotonic() + 10  # the server notices at its next look at the stream

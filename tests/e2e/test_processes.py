@@ -61,6 +61,7 @@ def test_two_processes_share_the_port_and_report_their_calls_together(tmp_path):
                 "grpc_server_handled_total",
                 frozenset(
                     {
+                        ("grpc_type", "unary"),
                         ("grpc_service", "inventory.v1.ItemService"),
                         ("grpc_method", "GetItem"),
                         ("grpc_code", "NOT_FOUND"),

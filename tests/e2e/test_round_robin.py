@@ -26,6 +26,7 @@ def handled_get_items(replica) -> float:
             "grpc_server_handled_total",
             frozenset(
                 {
+                    ("grpc_type", "unary"),
                     ("grpc_service", "inventory.v1.ItemService"),
                     ("grpc_method", "GetItem"),
                     ("grpc_code", "OK"),
