@@ -162,9 +162,10 @@ class RemoteKeySet:
 
     def key_for(self, key_id: str) -> Any:
         now = time.monotonic()
-        if key_id not in self._keys and now - self._tried_at >= self._settings.jwks_min_refetch_s:
+        may_fetch = now - self._tried_at >= self._settings.jwks_min_refetch_s  # failed fetches count too
+        if key_id not in self._keys and may_fetch:
             self._fetch()
-        elif now - self._fetched_at >= self._settings.jwks_max_age_s and not self._fetch_lock.locked():
+        elif now - self._fetched_at >= self._settings.jwks_max_age_s and may_fetch and not self._fetch_lock.locked():
             threading.Thread(target=self._fetch, name="jwks-refresh", daemon=True).start()
         if key_id not in self._keys:
             raise Unauthenticated("token is signed by an unknown key")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import threading
@@ -73,14 +74,15 @@ def jwks_auth(url: str, **overrides: float) -> AuthSettings:
         jwks_url=url,
         jwks_min_refetch_s=overrides.get("min_refetch_s", MIN_REFETCH_S),
         jwks_timeout_s=overrides.get("timeout_s", 2.0),
+        jwks_max_age_s=overrides.get("max_age_s", 300.0),
         issuer=TEST_AUTH.issuer,
         audience=TEST_AUTH.audience,
     )
 
 
-def signed_by(key: ec.EllipticCurvePrivateKey, kid: str) -> str:
+def signed_by(key: ec.EllipticCurvePrivateKey, kid: str, subject: str = "jwks-tester") -> str:
     now = int(time.time())
-    claims = {"sub": "jwks-tester", "roles": ["inventory.read"], "iss": TEST_AUTH.issuer, "aud": TEST_AUTH.audience}
+    claims = {"sub": subject, "roles": ["inventory.read"], "iss": TEST_AUTH.issuer, "aud": TEST_AUTH.audience}
     claims |= {"iat": now, "nbf": now, "exp": now + 300}
     return jwt.encode(claims, key, algorithm="ES256", headers={"kid": kid})
 
@@ -133,6 +135,25 @@ def test_a_token_by_an_unknown_key_is_unauthenticated_and_a_flood_of_them_fetche
         (grpc.StatusCode.UNAUTHENTICATED, "token is signed by an unknown key")
     }
     assert jwks.fetches - fetches_before <= 1  # the server fetched when it started; within MIN_REFETCH_S, not again
+
+
+def test_a_key_withdrawn_from_the_jwks_stops_verifying_once_the_keys_are_max_age_old(jwks):
+    key_1 = jwks.publish_only("key-1")
+    verifier = TokenVerifier(jwks_auth(jwks.url, min_refetch_s=0.2, max_age_s=0.5))
+    assert verifier.verify(signed_by(key_1, "key-1")).subject == "jwks-tester"
+
+    jwks.publish_only("key-2")
+
+    attempts = itertools.count()
+
+    def refused() -> bool:  # a new subject each time: no token is remembered as verified
+        try:
+            verifier.verify(signed_by(key_1, "key-1", subject=f"attempt-{next(attempts)}"))
+        except Unauthenticated:
+            return True
+        return False
+
+    assert eventually(refused, timeout_s=5)  # fetched again in the background, not by the call
 
 
 def test_a_jwks_url_that_does_not_answer_delays_a_verification_by_its_timeout_at_most_and_once():
