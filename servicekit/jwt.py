@@ -8,6 +8,7 @@ The algorithm is pinned by configuration, never taken from the token's header, s
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -26,6 +27,8 @@ ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "ES256"})
 KEY_TYPE_FOR_ALGORITHM = {"RS256": "RSA", "ES256": "EC"}
 MIN_SECRET_BYTES = 32
 REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,13 @@ class AuthSettings:
     private_key: str = field(default="", repr=False)
     # Names the signing key in the tokens' `kid` header (chooses the key in a JWKS).
     key_id: str = ""
+    # RS256/ES256: where the identity provider publishes its JWKS, fetched again when a token
+    # names a key it lacks (so keys rotate without a restart) and in the background every
+    # `jwks_max_age_s`; a fetch waits `jwks_timeout_s` at most, once per `jwks_min_refetch_s`.
+    jwks_url: str = ""
+    jwks_timeout_s: float = 2.0
+    jwks_min_refetch_s: float = 10.0
+    jwks_max_age_s: float = 300.0
     issuer: str = "inventory-crm"
     audience: str = "inventory-crm"
     leeway_s: float = 30.0
@@ -61,6 +71,10 @@ class AuthSettings:
             public_key=read.secret("JWT_PUBLIC_KEY"),
             private_key=read.secret("JWT_PRIVATE_KEY"),
             key_id=read.str("JWT_KEY_ID", ""),
+            jwks_url=read.str("JWT_JWKS_URL", ""),
+            jwks_timeout_s=read.float("JWT_JWKS_TIMEOUT_S", cls.jwks_timeout_s),
+            jwks_min_refetch_s=read.float("JWT_JWKS_MIN_REFETCH_S", cls.jwks_min_refetch_s),
+            jwks_max_age_s=read.float("JWT_JWKS_MAX_AGE_S", cls.jwks_max_age_s),
             issuer=read.str("JWT_ISSUER", cls.issuer),
             audience=read.str("JWT_AUDIENCE", cls.audience),
             leeway_s=read.float("JWT_LEEWAY_S", cls.leeway_s),
@@ -76,10 +90,28 @@ class AuthSettings:
                     f"JWT_SECRET (or JWT_SECRET_FILE) must hold at least {MIN_SECRET_BYTES} random bytes"
                 )
         elif self.algorithm in ASYMMETRIC_ALGORITHMS:
-            if not (self.public_key or self.private_key):
-                raise SettingsError(f"{self.algorithm} needs JWT_PUBLIC_KEY_FILE (PEM or JWKS) or JWT_PRIVATE_KEY_FILE")
+            if not (self.public_key or self.private_key or self.jwks_url):
+                raise SettingsError(
+                    f"{self.algorithm} needs JWT_JWKS_URL, JWT_PUBLIC_KEY_FILE (PEM or JWKS) or JWT_PRIVATE_KEY_FILE"
+                )
         else:
             raise SettingsError(f"JWT_ALGORITHM must be one of HS256, RS256, ES256, got {self.algorithm!r}")
+        if self.jwks_url and not self.jwks_url.startswith(("https://", "http://")):
+            raise SettingsError(f"JWT_JWKS_URL must be an https:// (or http://) URL, got {self.jwks_url!r}")
+        if self.jwks_url and self.algorithm in SYMMETRIC_ALGORITHMS:
+            raise SettingsError("JWT_JWKS_URL publishes public keys: it needs JWT_ALGORITHM RS256 or ES256")
+        if not 0 < self.jwks_timeout_s <= 30:
+            raise SettingsError(f"JWT_JWKS_TIMEOUT_S must be within (0, 30], got {self.jwks_timeout_s}")
+
+
+def _usable_keys(jwks: jwt.PyJWKSet, algorithm: str) -> dict[str, Any]:
+    """A JWKS's keys by key id. A token names its key by `kid` before it is verified: only keys
+    that can verify the pinned algorithm may be picked, or a token could choose an RSA key for ES256."""
+    return {
+        key.key_id or "": key.key
+        for key in jwks.keys
+        if key.key_type == KEY_TYPE_FOR_ALGORITHM[algorithm] and key.public_key_use != "enc"
+    }
 
 
 def _load_verification_keys(settings: AuthSettings) -> dict[str, Any]:
@@ -87,14 +119,7 @@ def _load_verification_keys(settings: AuthSettings) -> dict[str, Any]:
     if settings.algorithm in SYMMETRIC_ALGORITHMS:
         return {"": settings.secret}
     if settings.public_key.lstrip().startswith("{"):
-        jwks = jwt.PyJWKSet.from_json(settings.public_key)
-        # A token names its key by `kid` before it is verified: only keys that can verify
-        # the pinned algorithm may be picked, or a token could choose an RSA key for ES256.
-        return {
-            key.key_id or "": key.key
-            for key in jwks.keys
-            if key.key_type == KEY_TYPE_FOR_ALGORITHM[settings.algorithm] and key.public_key_use != "enc"
-        }
+        return _usable_keys(jwt.PyJWKSet.from_json(settings.public_key), settings.algorithm)
     if settings.public_key:
         return {"": serialization.load_pem_public_key(settings.public_key.encode())}
     private_key = serialization.load_pem_private_key(settings.private_key.encode(), password=None)
@@ -118,6 +143,49 @@ MAX_SUBJECT_LENGTH = 255
 MAX_EXPIRY = 253402300799  # 9999-12-31T23:59:59Z: a later expiry is no real one
 
 
+class RemoteKeySet:
+    """The keys of the JWKS at `jwks_url`, fetched by PyJWT's PyJWKClient (its own set cache is
+    off: when it expires it fetches in the foreground and a failed fetch rejects every token).
+
+    Verification runs on the server's event loop, so the keys fetched last are kept and served:
+    a token naming an unknown `kid` waits for one fetch (at most `jwks_timeout_s`), and only
+    once per `jwks_min_refetch_s`, so a flood of made-up kids costs no fetch per call; keys
+    older than `jwks_max_age_s` are fetched again in a thread, so a withdrawn key stops working."""
+
+    def __init__(self, settings: AuthSettings) -> None:
+        self._settings = settings
+        self._client = jwt.PyJWKClient(settings.jwks_url, cache_jwk_set=False, timeout=settings.jwks_timeout_s)
+        self._keys: dict[str, Any] = {}
+        self._fetched_at = self._tried_at = float("-inf")  # time.monotonic() of the last fetch, tried
+        self._fetch_lock = threading.Lock()
+        self._fetch()
+
+    def key_for(self, key_id: str) -> Any:
+        now = time.monotonic()
+        may_fetch = now - self._tried_at >= self._settings.jwks_min_refetch_s  # failed fetches count too
+        if key_id not in self._keys and may_fetch:
+            self._fetch()
+        elif now - self._fetched_at >= self._settings.jwks_max_age_s and may_fetch and not self._fetch_lock.locked():
+            threading.Thread(target=self._fetch, name="jwks-refresh", daemon=True).start()
+        if key_id not in self._keys:
+            raise Unauthenticated("token is signed by an unknown key")
+        return self._keys[key_id]
+
+    def _fetch(self) -> None:
+        if not self._fetch_lock.acquire(blocking=False):
+            return  # a fetch is under way: the keys it brings serve the next calls
+        try:
+            self._tried_at = time.monotonic()
+            self._keys = _usable_keys(self._client.get_jwk_set(), self._settings.algorithm)
+            self._fetched_at = time.monotonic()
+        except (jwt.PyJWTError, ValueError) as error:  # unreachable, not JSON, no usable key
+            log.warning(
+                "cannot fetch the JWKS at %s, keeping %d keys: %s", self._settings.jwks_url, len(self._keys), error
+            )
+        finally:
+            self._fetch_lock.release()
+
+
 class TokenVerifier:
     """Verifies bearer tokens. A token verified once is remembered until it expires, so
     that a service token reused for every call costs one signature check, not thousands."""
@@ -125,7 +193,8 @@ class TokenVerifier:
     def __init__(self, settings: AuthSettings) -> None:
         settings.check()
         self._settings = settings
-        self._keys = _load_verification_keys(settings)
+        self._keys = {} if settings.jwks_url else _load_verification_keys(settings)
+        self._remote_keys = RemoteKeySet(settings) if settings.jwks_url else None
         self._verified: dict[str, tuple[Principal, float]] = {}
         self._lock = threading.Lock()
 
@@ -173,6 +242,8 @@ class TokenVerifier:
         if len(self._keys) == 1 and "" in self._keys:
             return self._keys[""]
         key_id = jwt.get_unverified_header(token).get("kid", "")
+        if self._remote_keys is not None:
+            return self._remote_keys.key_for(str(key_id))
         if key_id not in self._keys:
             raise Unauthenticated("token is signed by an unknown key")
         return self._keys[key_id]

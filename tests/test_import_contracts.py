@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("crm_svc", "inventory_svc", "inventory_client", "servicekit", "gen")
+PACKAGES = ("crm_svc", "inventory_svc", "inventory_client", "crm_client", "servicekit", "gen")
 
 
 def lint_imports(tree: Path) -> subprocess.CompletedProcess[str]:
@@ -95,6 +95,13 @@ def test_a_crm_module_importing_inventory_svc_breaks_its_contract(tmp_path):
             "the CRM's service calls inventory through inventory_client, not through grpc or stubs",
             "crm_svc.service -> inventory.v1.inventory_pb2_grpc",
             id="the CRM's service importing inventory's stubs",
+        ),
+        pytest.param(
+            "servicekit/calls.py",
+            "import prometheus_client",
+            "the installable clients import no server-side module and no server dependency",
+            "servicekit.calls -> prometheus_client",
+            id="a module the clients import importing a server dependency",
         ),
     ],
 )

@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from crm.v1 import crm_pb2
-from crm_svc.client import CrmClient
+from crm_client import CrmClient
 from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
 from inventory_client import AsyncInventoryClient, InventoryClient, ItemFilter, money

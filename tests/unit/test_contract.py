@@ -9,7 +9,7 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool
 
 from crm.v1 import crm_pb2
-from crm_svc.client import CrmClient
+from crm_client import CrmClient
 from crm_svc.servicer import CUSTOMER_ROLE
 from crm_svc.servicer import ROLE_FOR_METHOD as CRM_ROLE_FOR_METHOD
 from inventory.v1 import inventory_pb2

@@ -1,8 +1,4 @@
-"""A typed Python client for crm.v1.CustomerItemsService, for a customer's token.
-
-    with CrmClient.connect("127.0.0.1:50052", token=lambda: customer_token) as crm:
-        page = crm.list_my_items(page_size=20)      # a Page of crm.v1.CustomerItem
-        item = crm.get_my_item(page.items[0].id)
+"""CrmClient: crm.v1.CustomerItemsService over a synchronous grpc.Channel.
 
 Failures raise the errors of servicekit.errors (NotFound, InvalidField, Unavailable, ...).
 """
