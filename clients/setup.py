@@ -25,6 +25,7 @@ CLIENT_SIDE_SERVICEKIT = {
     "jwt",
     "settings",
     "status",
+    "tls",
 }
 
 
