@@ -67,7 +67,9 @@ async def build_server(
 ) -> RunningServer:
     """Call on the event loop that will serve."""
     authorizer = Authorizer(TokenVerifier(settings.auth), ROLE_FOR_METHOD)
-    server = new_server(metrics or ServerMetrics(), authorizer, settings.server.limits, tracing)
+    server = new_server(
+        metrics or ServerMetrics(), authorizer, settings.server.limits, tracing, reuse_port=settings.server.reuse_port
+    )
     crm_pb2_grpc.add_CustomerItemsServiceServicer_to_server(CustomerItemsServicer(items), server)
     return await finish_server(server, settings.server.listen_address, [CRM_SERVICE_NAME], tls=settings.server.tls)
 

@@ -85,7 +85,9 @@ async def build_server(
     """Call on the event loop that will serve. `require_auth=False` exists only so that
     scripts/bench can measure what auth costs."""
     authorizer = Authorizer(TokenVerifier(settings.auth), ROLE_FOR_METHOD) if require_auth else None
-    server = new_server(metrics or ServerMetrics(), authorizer, settings.server.limits, tracing)
+    server = new_server(
+        metrics or ServerMetrics(), authorizer, settings.server.limits, tracing, reuse_port=settings.server.reuse_port
+    )
     servicer = ItemServicer(AsyncItemService(items, threads, watch_poll_s=settings.watch_poll_s))
     inventory_pb2_grpc.add_ItemServiceServicer_to_server(servicer, server)
     running = await finish_server(server, settings.server.listen_address, [ITEM_SERVICE_NAME], tls=settings.server.tls)

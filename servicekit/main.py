@@ -12,8 +12,8 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol, TypeVar
 
 from servicekit.logging import configure_logging
-from servicekit.server import BindError
 from servicekit.server_settings import ServerSettings
+from servicekit.settings import BindError
 from servicekit.workers import is_worker, stay_on_assigned_cpu, supervise_workers
 
 log = logging.getLogger(__name__)
@@ -51,22 +51,22 @@ def run_service(
     configure_logging(server.log_level)
     if once_per_server is not None and not is_worker(os.environ):
         once_per_server(settings)
-    if server.processes > 1:
-        sys.exit(
-            supervise_workers(
-                module,
-                env_prefix,
-                server.processes,
-                server.listen_address,
-                server.metrics_address,
-                pin_cpus=server.pin_cpus,
-                stop_timeout_s=server.stop_timeout_s,
-            )
-        )
-    stay_on_assigned_cpu(os.environ)
     try:
+        if server.processes > 1:
+            sys.exit(
+                supervise_workers(
+                    module,
+                    env_prefix,
+                    server.processes,
+                    server.listen_address,
+                    server.metrics_address,
+                    pin_cpus=server.pin_cpus,
+                    stop_timeout_s=server.stop_timeout_s,
+                )
+            )
+        stay_on_assigned_cpu(os.environ)
         asyncio.run(serve(settings))
-    except BindError as error:
+    except BindError as error:  # the gRPC or the metrics address
         log.error("%s", error, extra={"address": error.address})
         sys.exit(1)
 

@@ -14,6 +14,8 @@ import grpc
 import grpc.aio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from servicekit.settings import BindError
+
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("access")
 
@@ -97,7 +99,10 @@ def metrics_served(address: str, registry: CollectorRegistry) -> Iterator[int | 
         yield None
         return
     host, _, port = address.rpartition(":")
-    http_server, thread = start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=registry)
+    try:
+        http_server, thread = start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=registry)
+    except OSError as error:
+        raise BindError(address) from error
     bound_port = http_server.server_address[1]
     log.info("metrics on http://%s:%d/metrics", host, bound_port, extra={"metrics_port": bound_port})
     try:

@@ -21,20 +21,13 @@ from servicekit.observability import ServerMetrics
 from servicekit.pipeline import Authorizer, CallPipeline
 from servicekit.reflection import enable_reflection
 from servicekit.server_settings import ServerLimits, ServerSettings
+from servicekit.settings import BindError
 from servicekit.tls import ServerTls, server_credentials
 from servicekit.tracing import Tracing
 from servicekit.unknown_method import UnknownMethods
 
 log = logging.getLogger(__name__)
 Value = TypeVar("Value")
-
-
-class BindError(Exception):
-    """The server could not listen on its address: one line for the operator, no traceback."""
-
-    def __init__(self, address: str) -> None:
-        super().__init__(f"cannot listen on {address}: it is in use or not an address of this machine")
-        self.address = address
 
 
 @dataclass
@@ -61,12 +54,17 @@ def new_server(
     authorizer: Authorizer | None,
     limits: ServerLimits,
     tracing: Tracing | None = None,
+    *,
+    reuse_port: bool = False,
 ) -> grpc.aio.Server:
     """A grpc.aio server whose calls pass the trace span (when tracing is on), then the
-    call pipeline (request id, metrics and access log, auth, caps, error mapping)."""
+    call pipeline (request id, metrics and access log, auth, caps, error mapping).
+    `reuse_port`: other processes may listen on the same port (grpc's default; off here so
+    that a taken port fails to bind)."""
     interceptors: list[grpc.aio.ServerInterceptor] = [tracing.server_interceptor] if tracing else []
     interceptors.append(CallPipeline(metrics, authorizer, limits.calls))
-    return grpc.aio.server(interceptors=interceptors, options=limits.channel_options())
+    options = [*limits.channel_options(), ("grpc.so_reuseport", int(reuse_port))]
+    return grpc.aio.server(interceptors=interceptors, options=options)
 
 
 async def finish_server(

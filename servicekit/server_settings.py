@@ -77,6 +77,9 @@ class ServerSettings:
     # With processes > 1, each worker keeps its threads on one core (servicekit.workers says
     # why and when). Off by default.
     pin_cpus: bool = False
+    # Let other processes listen on the same port (SO_REUSEPORT): the supervisor's workers do.
+    # Off, a second copy started on a taken port fails to bind instead of sharing its calls.
+    reuse_port: bool = False
     # SIGTERM: report NOT_SERVING for drain_s while still serving, so balancers move away,
     # then refuse new calls and give in-flight ones grace_s to finish.
     shutdown_drain_s: float = 0.0
@@ -96,6 +99,7 @@ class ServerSettings:
             metrics_address=read.str("METRICS_ADDRESS", defaults.metrics_address),
             processes=read.int("PROCESSES", defaults.processes, minimum=1),
             pin_cpus=read.bool("PIN_CPUS", defaults.pin_cpus),
+            reuse_port=read.bool("REUSE_PORT", defaults.reuse_port),
             shutdown_drain_s=read.float("SHUTDOWN_DRAIN_S", defaults.shutdown_drain_s),
             shutdown_grace_s=read.float("SHUTDOWN_GRACE_S", defaults.shutdown_grace_s),
             log_level=read.str("LOG_LEVEL", defaults.log_level),

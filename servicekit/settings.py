@@ -14,6 +14,15 @@ class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 
+class BindError(Exception):
+    """A server could not listen on its address (gRPC or metrics): one line for the operator,
+    no traceback."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(f"cannot listen on {address}: it is in use or not an address of this machine")
+        self.address = address
+
+
 class EnvReader:
     """Looks a name up as PREFIX_NAME first, then as plain NAME (e.g. INVENTORY_DATABASE_URL, DATABASE_URL)."""
 

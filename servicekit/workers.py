@@ -101,6 +101,7 @@ def supervise_workers(
         worker_env = {
             **{name: value for name, value in os.environ.items() if name != WORKER_CPU_VARIABLE},
             f"{prefix}_PROCESSES": "1",
+            f"{prefix}_REUSE_PORT": "true",
             f"{prefix}_METRICS_ADDRESS": "off",
             "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
             WORKER_VARIABLE: "1",

@@ -61,8 +61,9 @@ def test_help_prints_usage_and_starts_nothing(command, tmp_path):
     assert files_under(tmp_path, ROOT / "var", ROOT / "gen") == before
 
 
+@pytest.mark.parametrize("setting", ["LISTEN_ADDRESS", "METRICS_ADDRESS"])
 @pytest.mark.parametrize("module", ["inventory_svc.server", "crm_svc.server"])
-def test_server_on_a_taken_port_exits_naming_the_address_in_one_line(module, tmp_path):
+def test_server_on_a_taken_port_exits_naming_the_address_in_one_line(module, setting, tmp_path):
     database_url = f"sqlite:///{tmp_path / 'inventory.db'}"
     migrate(database_url)
     with socket.socket() as holder:
@@ -70,7 +71,9 @@ def test_server_on_a_taken_port_exits_naming_the_address_in_one_line(module, tmp
         holder.listen()
         address = f"127.0.0.1:{holder.getsockname()[1]}"
         env = command_env(tmp_path, INVENTORY_DATABASE_URL=database_url, CRM_INVENTORY_TARGET="127.0.0.1:1")
-        env["INVENTORY_LISTEN_ADDRESS" if module.startswith("inventory") else "CRM_LISTEN_ADDRESS"] = address
+        prefix = "INVENTORY" if module.startswith("inventory") else "CRM"
+        env[f"{prefix}_LISTEN_ADDRESS"] = "127.0.0.1:0"
+        env[f"{prefix}_{setting}"] = address
 
         failed = subprocess.run(
             [sys.executable, "-m", module], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -16,7 +17,9 @@ from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
 from inventory_svc.server import ITEM_SERVICE_NAME, build_engine
 from inventory_svc.settings import InventorySettings
-from servicekit.server_settings import ServerSettings
+from servicekit.observability import ServerMetrics
+from servicekit.server import BindError, finish_server, new_server
+from servicekit.server_settings import ServerLimits, ServerSettings
 from tests.helpers import TEST_AUTH, authorized_channel, eventually, free_port, mint, rpc_error, serving
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,3 +98,24 @@ def test_sigterm_reports_not_serving_then_exits_cleanly(tmp_path):
         server.kill()
         output = server.communicate()[0]
     assert "inventory stopped" in output
+
+
+async def _binds_a_second_server_on_the_port_of_the_first(reuse_port: bool) -> bool:
+    first = new_server(ServerMetrics(), None, ServerLimits(), reuse_port=reuse_port)
+    running = await finish_server(first, "127.0.0.1:0", [])
+    second = new_server(ServerMetrics(), None, ServerLimits(), reuse_port=reuse_port)
+    try:
+        await finish_server(second, f"127.0.0.1:{running.port}", [])
+        return True
+    except BindError:
+        return False
+    finally:
+        await second.stop(None)
+        await first.stop(None)
+
+
+def test_a_second_server_on_a_taken_port_fails_to_bind_unless_it_reuses_the_port():
+    """A copy started by mistake must not quietly take half of the calls; the supervisor's
+    workers share their port on purpose (REUSE_PORT)."""
+    assert asyncio.run(_binds_a_second_server_on_the_port_of_the_first(reuse_port=False)) is False
+    assert asyncio.run(_binds_a_second_server_on_the_port_of_the_first(reuse_port=True)) is True

@@ -121,8 +121,9 @@ def test_each_service_has_its_own_ports_and_the_same_server_defaults(service):
     server = read_service_settings(service, {}).server
 
     assert (server.listen_address, server.metrics_address) == SERVER_DEFAULTS_OF_EACH_SERVICE[service]
-    assert (server.processes, server.pin_cpus, server.shutdown_drain_s, server.shutdown_grace_s) == (
+    assert (server.processes, server.pin_cpus, server.reuse_port, server.shutdown_drain_s, server.shutdown_grace_s) == (
         1,
+        False,
         False,
         0.0,
         10.0,
@@ -140,6 +141,7 @@ def test_every_server_setting_is_read_under_its_name(service, prefixed):
         "METRICS_ADDRESS": "off",
         "PROCESSES": "3",
         "PIN_CPUS": "true",
+        "REUSE_PORT": "true",
         "SHUTDOWN_DRAIN_S": "2.5",
         "SHUTDOWN_GRACE_S": "4",
         "LOG_LEVEL": "DEBUG",
@@ -163,6 +165,7 @@ def test_every_server_setting_is_read_under_its_name(service, prefixed):
         metrics_address="off",
         processes=3,
         pin_cpus=True,
+        reuse_port=True,
         shutdown_drain_s=2.5,
         shutdown_grace_s=4.0,
         log_level="DEBUG",
