@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,12 +97,26 @@ class AuthSettings:
                 )
         else:
             raise SettingsError(f"JWT_ALGORITHM must be one of HS256, RS256, ES256, got {self.algorithm!r}")
-        if self.jwks_url and not self.jwks_url.startswith(("https://", "http://")):
-            raise SettingsError(f"JWT_JWKS_URL must be an https:// (or http://) URL, got {self.jwks_url!r}")
+        if self.jwks_url and not _trusted_jwks_url(self.jwks_url):
+            raise SettingsError(
+                f"JWT_JWKS_URL must be an https:// URL (http:// only to this machine), got {self.jwks_url!r}"
+            )
         if self.jwks_url and self.algorithm in SYMMETRIC_ALGORITHMS:
             raise SettingsError("JWT_JWKS_URL publishes public keys: it needs JWT_ALGORITHM RS256 or ES256")
         if not 0 < self.jwks_timeout_s <= 30:
             raise SettingsError(f"JWT_JWKS_TIMEOUT_S must be within (0, 30], got {self.jwks_timeout_s}")
+        if self.jwks_min_refetch_s <= 0 or self.jwks_max_age_s <= 0:
+            raise SettingsError("JWT_JWKS_MIN_REFETCH_S and JWT_JWKS_MAX_AGE_S must be greater than 0")
+
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def _trusted_jwks_url(url: str) -> bool:
+    """https, or plain http to this machine: over the network, whoever could answer an http
+    fetch could publish keys and sign any token."""
+    parsed = urllib.parse.urlsplit(url)
+    return parsed.scheme == "https" or (parsed.scheme == "http" and parsed.hostname in LOOPBACK_HOSTS)
 
 
 def _usable_keys(jwks: jwt.PyJWKSet, algorithm: str) -> dict[str, Any]:
@@ -143,42 +158,57 @@ MAX_SUBJECT_LENGTH = 255
 MAX_EXPIRY = 253402300799  # 9999-12-31T23:59:59Z: a later expiry is no real one
 
 
+def _fingerprints(keys: Mapping[str, Any]) -> dict[str, bytes]:
+    der, info = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    return {kid: key.public_bytes(der, info) for kid, key in keys.items()}
+
+
 class RemoteKeySet:
     """The keys of the JWKS at `jwks_url`, fetched by PyJWT's PyJWKClient (its own set cache is
     off: when it expires it fetches in the foreground and a failed fetch rejects every token).
 
-    Verification runs on the server's event loop, so the keys fetched last are kept and served:
-    a token naming an unknown `kid` waits for one fetch (at most `jwks_timeout_s`), and only
-    once per `jwks_min_refetch_s`, so a flood of made-up kids costs no fetch per call; keys
-    older than `jwks_max_age_s` are fetched again in a thread, so a withdrawn key stops working."""
+    Verification runs on the server's event loop, so it never waits for a fetch: the keys
+    fetched last are served. A token naming an unknown `kid` is refused and starts a fetch in
+    a thread, at most once per `jwks_min_refetch_s` (a flood of made-up kids costs one fetch);
+    keys older than `jwks_max_age_s` are fetched again the same way, so a withdrawn key stops
+    working. `generation` changes whenever the keys do."""
 
     def __init__(self, settings: AuthSettings) -> None:
         self._settings = settings
         self._client = jwt.PyJWKClient(settings.jwks_url, cache_jwk_set=False, timeout=settings.jwks_timeout_s)
         self._keys: dict[str, Any] = {}
+        self.generation = 0
         self._fetched_at = self._tried_at = float("-inf")  # time.monotonic() of the last fetch, tried
         self._fetch_lock = threading.Lock()
-        self._fetch()
+        self._fetch()  # at start, before serving: the one fetch anything waits for
 
     def key_for(self, key_id: str) -> Any:
-        now = time.monotonic()
-        may_fetch = now - self._tried_at >= self._settings.jwks_min_refetch_s  # failed fetches count too
-        if key_id not in self._keys and may_fetch:
-            self._fetch()
-        elif now - self._fetched_at >= self._settings.jwks_max_age_s and may_fetch and not self._fetch_lock.locked():
-            threading.Thread(target=self._fetch, name="jwks-refresh", daemon=True).start()
         if key_id not in self._keys:
+            self.refresh(unknown_key=True)
             raise Unauthenticated("token is signed by an unknown key")
         return self._keys[key_id]
+
+    def refresh(self, *, unknown_key: bool = False) -> None:
+        """Starts a fetch in a thread when the keys are `jwks_max_age_s` old (or a token named
+        a key they lack), at most once per `jwks_min_refetch_s`; never waits for it."""
+        now = time.monotonic()
+        may_fetch = now - self._tried_at >= self._settings.jwks_min_refetch_s  # failed fetches count too
+        stale = now - self._fetched_at >= self._settings.jwks_max_age_s
+        if (unknown_key or stale) and may_fetch and not self._fetch_lock.locked():
+            self._tried_at = now
+            threading.Thread(target=self._fetch, name="jwks-refresh", daemon=True).start()
 
     def _fetch(self) -> None:
         if not self._fetch_lock.acquire(blocking=False):
             return  # a fetch is under way: the keys it brings serve the next calls
         try:
             self._tried_at = time.monotonic()
-            self._keys = _usable_keys(self._client.get_jwk_set(), self._settings.algorithm)
+            keys = _usable_keys(self._client.get_jwk_set(), self._settings.algorithm)
+            if _fingerprints(keys) != _fingerprints(self._keys):
+                self._keys, self.generation = keys, self.generation + 1
             self._fetched_at = time.monotonic()
-        except (jwt.PyJWTError, ValueError) as error:  # unreachable, not JSON, no usable key
+        # Unreachable, cut mid-body (OSError), not JSON, no usable key.
+        except (jwt.PyJWTError, ValueError, OSError) as error:
             log.warning(
                 "cannot fetch the JWKS at %s, keeping %d keys: %s", self._settings.jwks_url, len(self._keys), error
             )
@@ -196,9 +226,16 @@ class TokenVerifier:
         self._keys = {} if settings.jwks_url else _load_verification_keys(settings)
         self._remote_keys = RemoteKeySet(settings) if settings.jwks_url else None
         self._verified: dict[str, tuple[Principal, float]] = {}
+        self._verified_generation = 0  # of the remote keys the remembered tokens were checked with
         self._lock = threading.Lock()
 
     def verify(self, token: str) -> Principal:
+        if self._remote_keys is not None:
+            self._remote_keys.refresh()
+        if self._remote_keys is not None and self._remote_keys.generation != self._verified_generation:
+            with self._lock:  # the keys changed: a token checked with a withdrawn key must not stay accepted
+                self._verified.clear()
+                self._verified_generation = self._remote_keys.generation
         remembered = self._verified.get(token)
         if remembered is not None and time.time() < remembered[1]:
             return remembered[0]

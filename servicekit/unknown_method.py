@@ -8,7 +8,7 @@ tells anyone anyway) and without metrics (a scanner's made-up names would each b
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +55,9 @@ class UnknownMethods(grpc.GenericRpcHandler):
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> UnknownMethodHandler:
         message = unknown_method_message(handler_call_details.method, self._served)
 
-        async def answer(_requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        # An async generator, as a stream-stream handler is: the tracing interceptor iterates it.
+        async def answer(_requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+            yield  # type: ignore[unreachable]  # makes this an async generator; abort raises first
 
         return UnknownMethodHandler(answer)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -184,3 +185,56 @@ def test_the_jwks_url_is_read_from_the_environment_and_checked():
     assert (settings.jwks_url, settings.jwks_timeout_s) == (url, 1.5)
     with pytest.raises(SettingsError, match="JWT_JWKS_URL must be an https"):
         AuthSettings(algorithm="RS256", jwks_url="file:///etc/passwd").check()
+
+
+def test_a_token_verified_before_its_key_was_withdrawn_is_refused_after_the_keys_change(jwks):
+    key_1 = jwks.publish_only("key-1")
+    verifier = TokenVerifier(jwks_auth(jwks.url, min_refetch_s=0.2, max_age_s=0.5))
+    token = signed_by(key_1, "key-1")
+    assert verifier.verify(token).subject == "jwks-tester"  # now remembered as verified
+
+    jwks.publish_only("key-2")
+
+    def refused() -> bool:  # the very same token, the one an attacker with the old key would hold
+        try:
+            verifier.verify(token)
+        except Unauthenticated:
+            return True
+        return False
+
+    assert eventually(refused, timeout_s=5)
+
+
+def test_a_jwks_cut_off_mid_answer_leaves_the_server_starting_and_the_token_unauthenticated():
+    with socket.create_server(("127.0.0.1", 0)) as cutting:
+        url = f"http://127.0.0.1:{cutting.getsockname()[1]}/jwks.json"
+
+        def answer_half_then_reset() -> None:
+            while True:
+                try:
+                    connection, _ = cutting.accept()
+                except OSError:
+                    return
+                with connection:
+                    connection.recv(65536)
+                    connection.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n{"keys": [')
+                    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+        threading.Thread(target=answer_half_then_reset, daemon=True).start()
+        verifier = TokenVerifier(jwks_auth(url, timeout_s=0.5))  # no traceback at start
+
+        with pytest.raises(Unauthenticated, match="unknown key"):
+            verifier.verify(signed_by(ec.generate_private_key(ec.SECP256R1()), "key-1"))
+
+
+@pytest.mark.parametrize(
+    "url", ["http://login.example/jwks.json", "http://10.0.0.7/jwks.json", "file:///etc/passwd", "ftp://x/jwks"]
+)
+def test_a_jwks_url_over_the_network_must_be_https(url):
+    with pytest.raises(SettingsError, match="JWT_JWKS_URL must be an https"):
+        AuthSettings(algorithm="ES256", jwks_url=url).check()
+
+
+@pytest.mark.parametrize("url", ["https://login.example/jwks.json", "http://127.0.0.1:8080/jwks.json"])
+def test_a_jwks_url_by_https_or_to_this_machine_is_accepted(url):
+    AuthSettings(algorithm="ES256", jwks_url=url).check()

@@ -247,7 +247,12 @@ def test_traces_are_off_by_default_and_cross_from_crm_to_inventory_when_on(tmp_p
         alice = crm_stub(traced.crm_address, "alice")
         alice.GetMyItem(crm_pb2.GetMyItemRequest(id=item.id))
         rpc_error(alice.GetMyItem, crm_pb2.GetMyItemRequest(id=item.id + 1000))
+        with grpc.insecure_channel(traced.crm_address) as channel:  # the wrong service's method, traced too
+            wrong_port = rpc_error(channel.unary_unary(f"/{ITEMS}/GetItem"), b"", timeout=5)
         crm_spans, inventory_spans = spans(traced.crm.stop()), spans(traced.inventory.stop())
+
+    assert wrong_port.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert f"{ITEMS} is not here" in wrong_port.details()
 
     crm_found, crm_missing = [span for span in crm_spans if span["name"] == f"/{CRM}/GetMyItem"]
     inventory_found, inventory_missing = [span for span in inventory_spans if span["name"] == f"/{ITEMS}/GetItem"]
