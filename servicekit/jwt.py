@@ -230,12 +230,13 @@ class TokenVerifier:
         self._lock = threading.Lock()
 
     def verify(self, token: str) -> Principal:
-        if self._remote_keys is not None:
-            self._remote_keys.refresh()
-        if self._remote_keys is not None and self._remote_keys.generation != self._verified_generation:
-            with self._lock:  # the keys changed: a token checked with a withdrawn key must not stay accepted
-                self._verified.clear()
-                self._verified_generation = self._remote_keys.generation
+        remote = self._remote_keys
+        if remote is not None:
+            remote.refresh()
+            if remote.generation != self._verified_generation:
+                with self._lock:  # the keys changed: a token checked with a withdrawn key must not stay accepted
+                    self._verified.clear()
+                    self._verified_generation = remote.generation
         remembered = self._verified.get(token)
         if remembered is not None and time.time() < remembered[1]:
             return remembered[0]

@@ -24,7 +24,7 @@ from sqlalchemy import Engine, create_engine, func, insert, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from inventory_svc.storage.tables import items, stock_movements
+from inventory_svc.storage.tables import ITEM_COLUMNS, items, stock_movements
 
 CUSTOMERS = 100
 SEED = 20261125
@@ -212,26 +212,8 @@ def generate_items(count: int) -> Iterator[dict[str, Any]]:
         }
 
 
-_COLUMNS = [
-    "sku",
-    "name",
-    "description",
-    "category",
-    "brand",
-    "currency_code",
-    "price_nanos",
-    "cost_nanos",
-    "quantity",
-    "low_stock_threshold",
-    "max_quantity",
-    "is_active",
-    "weight_kg",
-    "dimensions",
-    "customer_id",
-    "create_time",
-    "update_time",
-    "version",
-]
+# What COPY loads: every column an Item is read from but the id, which the table assigns.
+_COLUMNS = ITEM_COLUMNS[1:]
 _LEDGER_FROM_ITEMS = """
     INSERT INTO stock_movements (item_id, sku, delta, quantity_after, reason, low_stock_change,
                                  low_stock_threshold, customer_id, category, note, principal,

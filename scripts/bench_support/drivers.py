@@ -72,7 +72,7 @@ from inventory_svc.storage.queries import (
     page_statement,
 )
 from inventory_svc.storage.rows import item_from_row
-from inventory_svc.storage.tables import items
+from inventory_svc.storage.tables import items, stock_movements
 
 Answer = TypeVar("Answer")
 POOL = 8  # connections per option at most; also the executor's threads
@@ -86,21 +86,7 @@ SEARCH_PAGE = counted_first_page_statement(("text_pattern",))
 # walks the whole id index and filters (15 ms at 10,000 items instead of 0.5 ms with the
 # trigram indexes). This setting has every execution planned with its values (--custom-plans).
 CUSTOM_PLANS = {"plan_cache_mode": "force_custom_plan"}
-_MOVEMENT_COLUMNS = [
-    "item_id",
-    "sku",
-    "delta",
-    "quantity_after",
-    "reason",
-    "low_stock_change",
-    "low_stock_threshold",
-    "customer_id",
-    "category",
-    "note",
-    "principal",
-    "request_id",
-    "create_time",
-]
+_MOVEMENT_COLUMNS = [column.name for column in stock_movements.c if column.name != "id"]
 
 
 def _utcnow() -> datetime:
