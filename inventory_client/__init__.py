@@ -16,8 +16,17 @@ and servicekit only: the inventory server's code is not needed to call it.
 
 from inventory_client.aio import AsyncInventoryClient
 from inventory_client.client import InventoryClient
-from inventory_client.requests import ItemFilter, money
+from inventory_client.requests import ItemFilter, money, stock_change
 from inventory_client.roles import READ_ROLE, WRITE_ROLE
 from servicekit.client import Page
 
-__all__ = ["READ_ROLE", "WRITE_ROLE", "AsyncInventoryClient", "InventoryClient", "ItemFilter", "Page", "money"]
+__all__ = [
+    "READ_ROLE",
+    "WRITE_ROLE",
+    "AsyncInventoryClient",
+    "InventoryClient",
+    "ItemFilter",
+    "Page",
+    "money",
+    "stock_change",
+]

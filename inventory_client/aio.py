@@ -72,6 +72,12 @@ class AsyncInventoryClient(ItemServiceContract, AsyncServiceClient[ItemServiceAs
         request = requests.adjust_quantity(item_id, delta, set_to, reason, note, request_id)
         return (await self._call(self._stub.AdjustQuantity, request, retry_safe=bool(request_id))).item
 
+    async def batch_adjust_quantities(
+        self, changes: Sequence[pb.AdjustQuantityRequest], *, request_id: str = ""
+    ) -> Sequence[pb.Item]:
+        request = requests.batch_adjust_quantities(changes, request_id)
+        return (await self._call(self._stub.BatchAdjustQuantities, request, retry_safe=bool(request_id))).items
+
     async def list_low_stock_items(
         self,
         *,

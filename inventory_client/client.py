@@ -74,6 +74,14 @@ class InventoryClient(ItemServiceContract, ServiceClient[inventory_pb2_grpc.Item
         request = requests.adjust_quantity(item_id, delta, set_to, reason, note, request_id)
         return self._call(self._stub.AdjustQuantity, request, retry_safe=bool(request_id)).item
 
+    def batch_adjust_quantities(
+        self, changes: Sequence[pb.AdjustQuantityRequest], *, request_id: str = ""
+    ) -> Sequence[pb.Item]:
+        """Makes every change (built with inventory_client.stock_change) or none; the items
+        after, in the order of `changes`. With a request_id a retry is safe, as in adjust_quantity."""
+        request = requests.batch_adjust_quantities(changes, request_id)
+        return self._call(self._stub.BatchAdjustQuantities, request, retry_safe=bool(request_id)).items
+
     def list_low_stock_items(
         self,
         *,

@@ -95,6 +95,19 @@ def adjust_quantity(
     return request
 
 
+def stock_change(
+    item_id: int, *, delta: int | None = None, set_to: int | None = None, reason: int = 0, note: str = ""
+) -> pb.AdjustQuantityRequest:
+    """One change of a batch_adjust_quantities call (give delta or set_to)."""
+    return adjust_quantity(item_id, delta, set_to, reason, note, "")
+
+
+def batch_adjust_quantities(
+    changes: Sequence[pb.AdjustQuantityRequest], request_id: str
+) -> pb.BatchAdjustQuantitiesRequest:
+    return pb.BatchAdjustQuantitiesRequest(requests=changes, request_id=request_id)
+
+
 def list_low_stock_items(threshold: int | None, page_size: int, page_token: str) -> pb.ListLowStockItemsRequest:
     return pb.ListLowStockItemsRequest(threshold=threshold, page_size=page_size, page_token=page_token)
 

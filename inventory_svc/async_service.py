@@ -16,9 +16,11 @@ import functools
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
-from inventory_svc.domain import Item, ItemFields, ItemQuery, MovementReason, Page, StockMovement
+from inventory_svc.domain import Item, ItemFields, ItemQuery, Page, StockChange, StockMovement
+from inventory_svc.reservation_rules import Reservation, ReservationLine, ReservationQuery
 from inventory_svc.service import ItemService
 from inventory_svc.watches import WATCH_BATCH, LowStockWatch
 from servicekit.call_context import current_call
@@ -111,27 +113,45 @@ class AsyncItemService:
     async def delete_item(self, item_id: int, etag: str, *, principal: str) -> None:
         await self._run(self._items.delete_item, item_id, etag, principal=principal)
 
-    async def adjust_quantity(
+    async def adjust_quantity(self, change: StockChange, *, principal: str, request_id: str) -> Item:
+        return await self._run(self._items.change_stock, change, principal=principal, request_id=request_id)
+
+    async def batch_adjust_quantities(
+        self, changes: Sequence[StockChange], *, principal: str, request_id: str
+    ) -> list[Item]:
+        return await self._run(self._items.batch_adjust_quantities, changes, principal=principal, request_id=request_id)
+
+    async def reserve_stock(
         self,
-        item_id: int,
+        lines: Sequence[ReservationLine],
+        ttl: timedelta | None,
+        reference: str,
         *,
-        delta: int | None,
-        set_to: int | None,
-        reason: MovementReason | None,
-        note: str,
         principal: str,
         request_id: str,
-    ) -> Item:
+    ) -> Reservation:
         return await self._run(
-            self._items.adjust_quantity,
-            item_id,
-            delta=delta,
-            set_to=set_to,
-            reason=reason,
-            note=note,
-            principal=principal,
-            request_id=request_id,
+            self._items.reservations.reserve, lines, ttl, reference, principal=principal, request_id=request_id
         )
+
+    async def confirm_reservation(self, reservation_id: int, *, principal: str, request_id: str) -> Reservation:
+        return await self._run(
+            self._items.reservations.confirm, reservation_id, principal=principal, request_id=request_id
+        )
+
+    async def release_reservation(self, reservation_id: int, *, principal: str, request_id: str) -> Reservation:
+        return await self._run(
+            self._items.reservations.release, reservation_id, principal=principal, request_id=request_id
+        )
+
+    async def extend_reservation(self, reservation_id: int, ttl: timedelta | None) -> Reservation:
+        return await self._run(self._items.reservations.extend, reservation_id, ttl)
+
+    async def get_reservation(self, reservation_id: int) -> Reservation:
+        return await self._run(self._items.reservations.get, reservation_id)
+
+    async def list_reservations(self, query: ReservationQuery, page_size: int, page_token: str) -> Page[Reservation]:
+        return await self._run(self._items.reservations.list, query, page_size, page_token)
 
     async def _open_watch(
         self, customer_id: str, category: str, after_cursor: int | None, subject: str

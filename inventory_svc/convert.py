@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.protobuf import field_mask_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 from google.type import money_pb2
 
 from inventory.v1 import inventory_pb2 as pb
@@ -18,12 +18,14 @@ from inventory_svc.domain import (
     ItemQuery,
     Money,
     MovementReason,
+    StockChange,
     StockMovement,
 )
-from servicekit.errors import InvalidField
+from inventory_svc.reservation_rules import Reservation, ReservationLine, ReservationQuery, ReservationState
+from servicekit.errors import FieldChecks, InvalidField
 
 # Item fields a client can never write; UpdateItem rejects them in an update_mask.
-IMMUTABLE_FIELDS = frozenset({"id", "create_time", "update_time", "etag"})
+IMMUTABLE_FIELDS = frozenset({"id", "create_time", "update_time", "etag", "reserved_quantity", "available_quantity"})
 _MAX_NANOS = 999_999_999
 _MAX_AMOUNT_NANOS = 2**63 - 1  # what the database column holds
 
@@ -80,6 +82,8 @@ def _item_values(item: Item) -> dict[str, Any]:
         "create_time": timestamp_to_proto(item.create_time),
         "update_time": timestamp_to_proto(item.update_time),
         "etag": item.etag,
+        "reserved_quantity": item.reserved_quantity,
+        "available_quantity": item.available_quantity,
     }
 
 
@@ -157,7 +161,7 @@ def query_from_request(request: pb.ListItemsRequest) -> ItemQuery:
 _REASON_PREFIX = "STOCK_MOVEMENT_REASON_"
 
 
-def reason_from_proto(value: int) -> MovementReason | None:
+def reason_from_proto(value: int, field: str = "reason") -> MovementReason | None:
     """None for UNSPECIFIED (the service picks the default)."""
     if value == pb.STOCK_MOVEMENT_REASON_UNSPECIFIED:
         return None
@@ -165,7 +169,7 @@ def reason_from_proto(value: int) -> MovementReason | None:
         name = pb.StockMovementReason.Name(pb.StockMovementReason.ValueType(value))
         return MovementReason[name.removeprefix(_REASON_PREFIX)]
     except ValueError:
-        raise InvalidField("reason", f"{value} is not a StockMovementReason") from None
+        raise InvalidField(field, f"{value} is not a StockMovementReason") from None
 
 
 def reason_to_proto(reason: MovementReason) -> pb.StockMovementReason.ValueType:
@@ -183,6 +187,9 @@ def movement_to_proto(movement: StockMovement) -> pb.StockMovement:
         principal=movement.principal,
         request_id=movement.request_id,
         create_time=timestamp_to_proto(movement.create_time),
+        reserved_delta=movement.reserved_delta,
+        reserved_after=movement.reserved_after,
+        reservation_id=movement.reservation_id,
     )
 
 
@@ -198,4 +205,84 @@ def low_stock_event_to_proto(event: StockMovement) -> pb.WatchLowStockResponse:
         category=event.category,
         event_time=timestamp_to_proto(event.create_time),
         reason=reason_to_proto(event.reason),
+        available_quantity=event.available_after,
+        reservation_id=event.reservation_id,
+    )
+
+
+def stock_change_from_request(request: pb.AdjustQuantityRequest, prefix: str = "") -> StockChange:
+    change = request.WhichOneof("change")
+    return StockChange(
+        item_id=request.id,
+        delta=request.delta if change == "delta" else None,
+        set_to=request.set_quantity if change == "set_quantity" else None,
+        reason=reason_from_proto(request.reason, prefix + "reason"),
+        note=request.note,
+    )
+
+
+def stock_changes_from_batch(request: pb.BatchAdjustQuantitiesRequest) -> list[StockChange]:
+    """The batch's changes; errors name fields under `requests[i].`."""
+    checks = FieldChecks()
+    changes = []
+    for index, line in enumerate(request.requests):
+        prefix = f"requests[{index}]."
+        if line.request_id:
+            checks.fail(prefix + "request_id", "must be empty: the batch's request_id guards every change")
+        try:
+            changes.append(stock_change_from_request(line, prefix))
+        except InvalidField as error:
+            checks.violations.extend(error.field_violations)
+    checks.raise_if_any()
+    return changes
+
+
+_MAX_DURATION_S = 10 * 365 * 86400  # far past any bound a field of ours has
+
+
+def duration_from_proto(message: duration_pb2.Duration, field: str) -> timedelta:
+    seconds, nanos = message.seconds, message.nanos
+    if abs(nanos) > _MAX_NANOS or (seconds > 0 > nanos) or (seconds < 0 < nanos):
+        raise InvalidField(field, "nanos must be within ±999,999,999 and share the sign of seconds")
+    if abs(seconds) > _MAX_DURATION_S:
+        raise InvalidField(field, "is too long")
+    return timedelta(seconds=seconds, microseconds=nanos // 1000)
+
+
+def reservation_lines_from_proto(lines: Iterable[pb.ReservationLine]) -> list[ReservationLine]:
+    return [ReservationLine(line.item_id, line.quantity) for line in lines]
+
+
+_STATE_PREFIX = "RESERVATION_STATE_"
+
+
+def reservation_state_from_proto(value: int, field: str) -> ReservationState | None:
+    """None for UNSPECIFIED."""
+    if value == pb.RESERVATION_STATE_UNSPECIFIED:
+        return None
+    try:
+        name = pb.ReservationState.Name(pb.ReservationState.ValueType(value))
+    except ValueError:
+        raise InvalidField(field, f"{value} is not a ReservationState") from None
+    return ReservationState[name.removeprefix(_STATE_PREFIX)]
+
+
+def reservation_to_proto(reservation: Reservation) -> pb.Reservation:
+    return pb.Reservation(
+        id=reservation.id,
+        state=pb.ReservationState.Value(_STATE_PREFIX + reservation.state.name),
+        lines=[pb.ReservationLine(item_id=line.item_id, quantity=line.quantity) for line in reservation.lines],
+        reference=reservation.reference,
+        principal=reservation.principal,
+        create_time=timestamp_to_proto(reservation.create_time),
+        expire_time=timestamp_to_proto(reservation.expire_time),
+        update_time=timestamp_to_proto(reservation.update_time),
+    )
+
+
+def reservation_query_from_request(request: pb.ListReservationsRequest) -> ReservationQuery:
+    return ReservationQuery(
+        state=reservation_state_from_proto(request.state, "state"),
+        reference=request.reference,
+        item_id=request.item_id,
     )

@@ -70,10 +70,17 @@ class Item(ItemFields):
     create_time: datetime | None = None
     update_time: datetime | None = None
     version: int = 1
+    # Held by active reservations; never more than quantity.
+    reserved_quantity: int = 0
 
     @property
     def etag(self) -> str:
         return str(self.version)
+
+    @property
+    def available_quantity(self) -> int:
+        """What can still be reserved or sold."""
+        return self.quantity - self.reserved_quantity
 
     @property
     def writable_fields(self) -> ItemFields:
@@ -120,6 +127,34 @@ class StockWouldGoNegative(FailedPrecondition):
         )
         self.precondition_violations = (
             PreconditionViolation("STOCK", item_subject(item_id), "the change would take the quantity below zero"),
+        )
+
+
+class StockReserved(FailedPrecondition):
+    """The change would leave fewer units than active reservations hold."""
+
+    reason = "STOCK_RESERVED"
+
+    def __init__(self, item_id: int, reserved: int) -> None:
+        super().__init__(
+            f"item {item_id} has {reserved} units reserved: the change would leave fewer than that in stock; "
+            "nothing was changed",
+            metadata={"item_id": str(item_id), "reserved_quantity": str(reserved)},
+        )
+        self.precondition_violations = (
+            PreconditionViolation(
+                "STOCK", item_subject(item_id), f"the change would take the quantity below the {reserved} reserved"
+            ),
+        )
+
+
+class ItemHasReservations(FailedPrecondition):
+    reason = "ITEM_HAS_RESERVATIONS"
+
+    def __init__(self, item_id: int, reserved: int) -> None:
+        super().__init__(
+            f"item {item_id} has {reserved} units reserved: confirm or release its reservations before deleting it",
+            metadata={"item_id": str(item_id), "reserved_quantity": str(reserved)},
         )
 
 
@@ -286,6 +321,10 @@ class MovementReason(str, Enum):
     ITEM_CREATED = "item_created"
     ITEM_DELETED = "item_deleted"
     ITEM_UPDATED = "item_updated"
+    # Steps of a reservation (its confirmation is a SALE):
+    RESERVED = "reserved"
+    RESERVATION_RELEASED = "released"
+    RESERVATION_EXPIRED = "expired"
 
 
 CLIENT_REASONS = frozenset(
@@ -301,6 +340,54 @@ CLIENT_REASONS = frozenset(
 MAX_NOTE_LENGTH = 500
 
 
+@dataclass(frozen=True, slots=True)
+class StockChange:
+    """One change of AdjustQuantity or of a batch: a delta or a new quantity, and why."""
+
+    item_id: int
+    delta: int | None = None
+    set_to: int | None = None
+    reason: MovementReason | None = None
+    note: str = ""
+
+
+def checked_stock_change(change: StockChange, prefix: str = "") -> StockChange:
+    """The change with its default reason, or one InvalidField naming every broken field
+    (under `prefix`, such as "requests[2].")."""
+    checks = FieldChecks()
+    if change.item_id <= 0:
+        checks.fail(prefix + "id", "must be greater than zero")
+    if (change.delta is None) == (change.set_to is None):
+        checks.fail(prefix + "change", "set exactly one of delta or set_quantity")
+    if change.delta == 0:
+        checks.fail(prefix + "delta", "must not be zero")
+    if change.set_to is not None and change.set_to < 0:
+        checks.fail(prefix + "set_quantity", "must be zero or more")
+    reason = change.reason or (MovementReason.OTHER if change.set_to is None else MovementReason.CORRECTION)
+    if reason not in CLIENT_REASONS:
+        checks.fail(
+            prefix + "reason",
+            "is recorded by the server itself: use RESTOCK, SALE, RETURN, CORRECTION, DAMAGE or OTHER",
+        )
+    checks.run(check_text, prefix + "note", change.note, MAX_NOTE_LENGTH)
+    checks.raise_if_any()
+    return replace(change, reason=reason)
+
+
+def stock_refusal(item: Item | None, change: StockChange) -> DomainError:
+    """Why `change` could not be made to `item` as it is now (None: not there)."""
+    if item is None:
+        return ItemNotFound(change.item_id)
+    if change.set_to is not None:
+        return StockReserved(item.id, item.reserved_quantity)
+    delta = change.delta or 0
+    if item.quantity + delta < 0:
+        return StockWouldGoNegative(item.id)
+    if item.available_quantity + delta < 0:
+        return StockReserved(item.id, item.reserved_quantity)
+    return StockWouldOverflow(item.id)
+
+
 class LowStockChange(IntEnum):
     NONE = 0
     BECAME_LOW = 1
@@ -309,7 +396,8 @@ class LowStockChange(IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class StockMovement:
-    """One change of an item's stock in the ledger. The deltas of an item add up to its quantity."""
+    """One change of an item's stock in the ledger. The deltas of an item add up to its
+    quantity, its reserved_deltas to its reserved quantity."""
 
     item_id: int
     sku: str
@@ -325,10 +413,18 @@ class StockMovement:
     request_id: str = ""
     id: int = 0
     create_time: datetime | None = None
+    reserved_delta: int = 0
+    reserved_after: int = 0
+    reservation_id: int = 0
+
+    @property
+    def available_after(self) -> int:
+        return self.quantity_after - self.reserved_after
 
 
 def is_low_on_stock(item: Item | None) -> bool:
-    return item is not None and item.is_active and item.quantity <= item.low_stock_threshold
+    """Judged on what is available: units a reservation holds cannot be sold to anyone else."""
+    return item is not None and item.is_active and item.available_quantity <= item.low_stock_threshold
 
 
 def movement_between(
@@ -339,13 +435,16 @@ def movement_between(
     note: str = "",
     principal: str = "",
     request_id: str = "",
+    reservation_id: int = 0,
 ) -> StockMovement | None:
     """The ledger entry for a change from `before` to `after` (None: not there), or None
-    when neither the quantity nor the low-stock state changed."""
+    when neither the quantity, the reserved units nor the low-stock state changed."""
     quantity_before = before.quantity if before else 0
     quantity_after = after.quantity if after else 0
+    reserved_before = before.reserved_quantity if before else 0
+    reserved_after = after.reserved_quantity if after else 0
     was_low, is_low = is_low_on_stock(before), is_low_on_stock(after)
-    if quantity_before == quantity_after and was_low == is_low:
+    if quantity_before == quantity_after and reserved_before == reserved_after and was_low == is_low:
         return None
     change = LowStockChange.NONE
     if is_low and not was_low:
@@ -367,4 +466,7 @@ def movement_between(
         note=note,
         principal=principal,
         request_id=request_id,
+        reserved_delta=reserved_after - reserved_before,
+        reserved_after=reserved_after,
+        reservation_id=reservation_id,
     )

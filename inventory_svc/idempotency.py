@@ -4,8 +4,9 @@ replay of a request sent again under the same key."""
 from __future__ import annotations
 
 import uuid
+from typing import TypeVar
 
-from inventory_svc.domain import Item, RequestIdReused
+from inventory_svc.domain import RequestIdReused
 from inventory_svc.ports import UnitOfWork
 from servicekit.errors import InvalidField, RequestInProgress
 from servicekit.page_tokens import query_fingerprint
@@ -27,8 +28,13 @@ def canonical_request_id(request_id: str) -> str:
         raise InvalidField("request_id", "must be a UUID such as 3f2b6c1e-8d4a-4e0b-9c57-2a1d5e7f9b10") from None
 
 
-def replay(uow: UnitOfWork, ttl_s: float, request_id: str, method: str, *request: object) -> Item | None:
-    """Claims `request_id` for this request; returns the first result if it was used already."""
+Result = TypeVar("Result")
+
+
+def replay(
+    uow: UnitOfWork, ttl_s: float, request_id: str, kind: type[Result], method: str, *request: object
+) -> Result | None:
+    """Claims `request_id` for this request; returns the first result (a `kind`) if it was used already."""
     if not request_id:
         return None
     fingerprint = request_fingerprint(method, *request)
@@ -39,4 +45,6 @@ def replay(uow: UnitOfWork, ttl_s: float, request_id: str, method: str, *request
         raise RequestIdReused()
     if stored.result is None:
         raise RequestInProgress("a request with this request_id is still in progress: try again")
+    if not isinstance(stored.result, kind):  # the fingerprint names the method, so never seen
+        raise RequestIdReused()
     return stored.result

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 from inventory_svc.domain import Item, ItemFields, ItemQuery, MovementReason, StockMovement
+from inventory_svc.reservation_rules import Reservation, ReservationLine, ReservationQuery, ReservationState
+
+# What a request_id's record keeps as the first result of its request.
+StoredResult: TypeAlias = "Item | Reservation | tuple[Item, ...]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,7 +22,7 @@ class StoredRequest:
 
     method: str
     fingerprint: str
-    result: Item | None
+    result: StoredResult | None
 
 
 class ItemRepository(Protocol):
@@ -29,8 +34,24 @@ class ItemRepository(Protocol):
     def first_page(self, query: ItemQuery, limit: int) -> tuple[list[Item], int]: ...
     def replace_fields(self, item_id: int, expected_version: int, fields: ItemFields) -> Item | None: ...
     def delete(self, item_id: int, expected_version: int | None) -> Item | None: ...
-    def add_to_quantity(self, item_id: int, delta: int, ceiling: int) -> Item | None: ...
+    def add_to_quantity(self, item_id: int, delta: int, ceiling: int, reserved_delta: int = 0) -> Item | None: ...
     def set_quantity(self, item_id: int, quantity: int) -> Item | None: ...
+
+
+class ReservationRepository(Protocol):
+    def add(
+        self,
+        lines: Sequence[ReservationLine],
+        reference: str,
+        principal: str,
+        now: datetime,
+        expire_time: datetime,
+    ) -> Reservation: ...
+    def get(self, reservation_id: int, *, for_update: bool = False) -> Reservation | None: ...
+    def set_state(self, reservation_id: int, state: ReservationState, now: datetime) -> None: ...
+    def set_expire_time(self, reservation_id: int, expire_time: datetime, now: datetime) -> None: ...
+    def list_page(self, query: ReservationQuery, after_id: int, limit: int) -> list[Reservation]: ...
+    def take_due(self, now: datetime, limit: int) -> list[Reservation]: ...
 
 
 class StockMovementRepository(Protocol):
@@ -42,7 +63,7 @@ class StockMovementRepository(Protocol):
 
 class RequestIdRepository(Protocol):
     def claim(self, request_id: str, method: str, fingerprint: str, ttl_s: float) -> StoredRequest | None: ...
-    def complete(self, request_id: str, result: Item) -> None: ...
+    def complete(self, request_id: str, result: StoredResult) -> None: ...
     def purge_expired(self, ttl_s: float) -> int: ...
 
 
@@ -78,6 +99,8 @@ class UnitOfWork(Protocol):
     def movements(self) -> StockMovementRepository: ...
     @property
     def request_ids(self) -> RequestIdRepository: ...
+    @property
+    def reservations(self) -> ReservationRepository: ...
     @property
     def at_once(self) -> WritesAtOnce | None: ...
 

@@ -19,7 +19,7 @@ from inventory_svc import migrations
 from inventory_svc.async_service import AsyncItemService, DatabaseThreads
 from inventory_svc.item_cache import ItemCache
 from inventory_svc.service import ItemService
-from inventory_svc.servicer import ItemServicer
+from inventory_svc.servicer import ItemServicer, ReservationServicer
 from inventory_svc.settings import InventorySettings
 from inventory_svc.storage import (
     PostgresChangeListener,
@@ -41,6 +41,7 @@ from servicekit.tracing import Tracing, tracing_started
 log = logging.getLogger(__name__)
 
 ITEM_SERVICE_NAME = inventory_pb2.DESCRIPTOR.services_by_name["ItemService"].full_name
+RESERVATION_SERVICE_NAME = inventory_pb2.DESCRIPTOR.services_by_name["ReservationService"].full_name
 
 
 def build_item_service(
@@ -88,9 +89,12 @@ async def build_server(
     server = new_server(
         metrics or ServerMetrics(), authorizer, settings.server.limits, tracing, reuse_port=settings.server.reuse_port
     )
-    servicer = ItemServicer(AsyncItemService(items, threads, watch_poll_s=settings.watch_poll_s))
-    inventory_pb2_grpc.add_ItemServiceServicer_to_server(servicer, server)
-    running = await finish_server(server, settings.server.listen_address, [ITEM_SERVICE_NAME], tls=settings.server.tls)
+    use_cases = AsyncItemService(items, threads, watch_poll_s=settings.watch_poll_s)
+    inventory_pb2_grpc.add_ItemServiceServicer_to_server(ItemServicer(use_cases), server)
+    inventory_pb2_grpc.add_ReservationServiceServicer_to_server(ReservationServicer(use_cases), server)
+    running = await finish_server(
+        server, settings.server.listen_address, [ITEM_SERVICE_NAME, RESERVATION_SERVICE_NAME], tls=settings.server.tls
+    )
     running.on_shutdown.append(items.watches.stop)
     return running
 
@@ -116,7 +120,8 @@ async def serve(settings: InventorySettings) -> None:
         )
     items = build_item_service(engine, settings, cache)
     background: list[BackgroundThread] = [
-        Periodic("purge-request-ids", settings.request_id_purge_interval_s, items.purge_expired_request_ids)
+        Periodic("purge-request-ids", settings.request_id_purge_interval_s, items.purge_expired_request_ids),
+        Periodic("expire-reservations", settings.reservation_sweep_interval_s, items.reservations.expire_all_due),
     ]
     if cache is not None:
         # Low-stock events committed by any replica wake this replica's watchers; changed
@@ -172,7 +177,10 @@ def main() -> None:
         InventorySettings.from_env,
         serve,
         once_per_server=warn_unless_connections_fit,
-        summary=f"Serves {ITEM_SERVICE_NAME} (items, stock, low-stock watches) over gRPC, with health and reflection.",
+        summary=(
+            f"Serves {ITEM_SERVICE_NAME} (items, stock, low-stock watches) and {RESERVATION_SERVICE_NAME} over "
+            "gRPC, with health and reflection."
+        ),
     )
 
 

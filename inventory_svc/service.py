@@ -8,30 +8,32 @@ from dataclasses import replace
 from typing import Any
 
 from inventory_svc.domain import (
-    CLIENT_REASONS,
-    MAX_NOTE_LENGTH,
     MAX_QUANTITY_VALUE,
     EtagMismatch,
     Item,
     ItemFields,
+    ItemHasReservations,
     ItemKeptChanging,
     ItemNotFound,
     ItemQuery,
     MovementReason,
     Page,
+    StockChange,
     StockMovement,
-    StockWouldGoNegative,
-    StockWouldOverflow,
+    StockReserved,
     apply_changes,
     check_text,
+    checked_stock_change,
     movement_between,
+    stock_refusal,
     validate_item_fields,
 )
 from inventory_svc.idempotency import canonical_request_id, replay, request_fingerprint
 from inventory_svc.item_cache import ItemCache
 from inventory_svc.ports import UnitOfWork, UnitOfWorkFactory
+from inventory_svc.reservations import ReservationService
 from inventory_svc.watches import LowStockSignal, LowStockWatches
-from servicekit.errors import InvalidField
+from servicekit.errors import DomainError, FieldChecks, InvalidField
 from servicekit.page_tokens import PagePosition, decode_page_token, encode_page_token, query_fingerprint
 
 DEFAULT_PAGE_SIZE = 50
@@ -55,6 +57,12 @@ def _version_from_etag(etag: str, field: str) -> int:
     return int(etag)
 
 
+def _request_parts(change: StockChange) -> tuple[object, ...]:
+    """What a request_id of AdjustQuantity is stored with (kept as it was before StockChange,
+    so that keys stored by an earlier release still match their retries)."""
+    return (change.item_id, change.delta, change.set_to, change.reason, change.note)
+
+
 def _page_limit(page_size: int) -> int:
     if page_size < 0:
         raise InvalidField("page_size", "must be zero or more")
@@ -76,6 +84,7 @@ class ItemService:
         self._unit_of_work = unit_of_work
         self._cache = item_cache or ItemCache(capacity=0)
         self._request_id_ttl_s = request_id_ttl_s
+        self.reservations = ReservationService(unit_of_work, request_id_ttl_s=request_id_ttl_s, item_cache=self._cache)
         self.watches = LowStockWatches(
             unit_of_work,
             low_stock_signal or LowStockSignal(),
@@ -85,9 +94,16 @@ class ItemService:
 
     @staticmethod
     def _record(
-        uow: UnitOfWork, before: Item | None, after: Item | None, reason: MovementReason, **details: str
+        uow: UnitOfWork,
+        before: Item | None,
+        after: Item | None,
+        reason: MovementReason,
+        *,
+        note: str = "",
+        principal: str = "",
+        request_id: str = "",
     ) -> None:
-        movement = movement_between(before, after, reason, **details)
+        movement = movement_between(before, after, reason, note=note, principal=principal, request_id=request_id)
         if movement is not None:
             uow.movements.add(movement)
 
@@ -113,7 +129,7 @@ class ItemService:
             return self._create_item(uow, fields, principal, request_id)
 
     def _create_item(self, uow: UnitOfWork, fields: ItemFields, principal: str, request_id: str) -> Item:
-        replayed = replay(uow, self._request_id_ttl_s, request_id, "CreateItem", fields)
+        replayed = replay(uow, self._request_id_ttl_s, request_id, Item, "CreateItem", fields)
         if replayed is not None:
             return replayed
         item = uow.items.add(fields)
@@ -200,6 +216,8 @@ class ItemService:
                     raise EtagMismatch(item_id, etag)
                 fields = apply_changes(current, changes)
                 validate_item_fields(fields)
+                if fields.quantity < current.reserved_quantity:
+                    raise StockReserved(item_id, current.reserved_quantity)
                 updated = uow.items.replace_fields(item_id, current.version, fields)
                 if updated is not None:
                     self._record(uow, current, updated, MovementReason.ITEM_UPDATED, principal=principal)
@@ -216,9 +234,12 @@ class ItemService:
         with self._unit_of_work(for_write=True) as uow:
             deleted = uow.items.delete(item_id, expected_version)
             if deleted is None:
-                if expected_version is not None and uow.items.get(item_id) is not None:
+                current = uow.items.get(item_id)
+                if current is None:
+                    raise ItemNotFound(item_id)
+                if expected_version is not None and current.version != expected_version:
                     raise EtagMismatch(item_id, etag)
-                raise ItemNotFound(item_id)
+                raise ItemHasReservations(item_id, current.reserved_quantity)
             self._record(uow, deleted, None, MovementReason.ITEM_DELETED, principal=principal)
             uow.commit()
         self._cache.invalidate(item_id)
@@ -234,73 +255,108 @@ class ItemService:
         principal: str = "",
         request_id: str = "",
     ) -> Item:
-        _check_id(item_id, "id")
-        if (delta is None) == (set_to is None):
-            raise InvalidField("change", "set exactly one of delta or set_quantity")
-        if delta == 0:
-            raise InvalidField("delta", "must not be zero")
-        if set_to is not None and set_to < 0:
-            raise InvalidField("set_quantity", "must be zero or more")
-        reason = reason or (MovementReason.OTHER if delta is not None else MovementReason.CORRECTION)
-        if reason not in CLIENT_REASONS:
-            raise InvalidField(
-                "reason", "is recorded by the server itself: use RESTOCK, SALE, RETURN, CORRECTION, DAMAGE or OTHER"
-            )
-        check_text("note", note, MAX_NOTE_LENGTH)
+        change = StockChange(item_id, delta, set_to, reason, note)
+        return self.change_stock(change, principal=principal, request_id=request_id)
+
+    def change_stock(self, change: StockChange, *, principal: str = "", request_id: str = "") -> Item:
+        """AdjustQuantity: one change of one item's stock."""
+        change = checked_stock_change(change)
         request_id = canonical_request_id(request_id)
-        request = (item_id, delta, set_to, reason, note)
         after = None
-        with self._unit_of_work(for_write=True, at_once=delta is not None) as uow:
-            if uow.at_once is not None and delta is not None:
+        with self._unit_of_work(for_write=True, at_once=change.delta is not None) as uow:
+            if uow.at_once is not None and change.delta is not None:
                 after = uow.at_once.add_to_quantity(
-                    item_id,
-                    delta,
+                    change.item_id,
+                    change.delta,
                     MAX_QUANTITY_VALUE,
-                    reason,
-                    note=note,
+                    change.reason or MovementReason.OTHER,
+                    note=change.note,
                     principal=principal,
                     request_id=request_id,
                     method="AdjustQuantity",
-                    fingerprint=request_fingerprint("AdjustQuantity", *request),
+                    fingerprint=request_fingerprint("AdjustQuantity", *_request_parts(change)),
                 )
                 if after is not None:
                     uow.commit()
             else:
-                after = self._adjust_quantity(uow, request, principal, request_id)
+                after = self._adjust_quantity(uow, change, principal, request_id)
         if after is None:
             # Nothing was written (a missing item, a bound, a request_id used before): the
             # ordinary way tells which, and answers a replay with its first result.
             with self._unit_of_work(for_write=True) as uow:
-                after = self._adjust_quantity(uow, request, principal, request_id)
-        self._cache.invalidate(item_id)
+                after = self._adjust_quantity(uow, change, principal, request_id)
+        self._cache.invalidate(change.item_id)
         return after
 
-    def _adjust_quantity(
-        self,
-        uow: UnitOfWork,
-        request: tuple[int, int | None, int | None, MovementReason, str],
-        principal: str,
-        request_id: str,
-    ) -> Item:
-        item_id, delta, set_to, reason, note = request
-        replayed = replay(uow, self._request_id_ttl_s, request_id, "AdjustQuantity", *request)
+    def _adjust_quantity(self, uow: UnitOfWork, change: StockChange, principal: str, request_id: str) -> Item:
+        replayed = replay(uow, self._request_id_ttl_s, request_id, Item, "AdjustQuantity", *_request_parts(change))
         if replayed is not None:
             return replayed
-        if delta is not None:
-            after = uow.items.add_to_quantity(item_id, delta, MAX_QUANTITY_VALUE)
-            before = replace(after, quantity=after.quantity - delta) if after else None
-        else:
-            before = uow.items.get_for_update(item_id)
-            after = uow.items.set_quantity(item_id, set_to or 0) if before else None
-        if after is None:
-            if uow.items.get(item_id) is None:
-                raise ItemNotFound(item_id)
-            raise StockWouldGoNegative(item_id) if (delta or 0) < 0 else StockWouldOverflow(item_id)
-        self._record(uow, before, after, reason, note=note, principal=principal, request_id=request_id)
+        after = self._change_stock(uow, change, principal, request_id)
         if request_id:
             uow.request_ids.complete(request_id, after)
         uow.commit()
         return after
+
+    def _change_stock(self, uow: UnitOfWork, change: StockChange, principal: str, request_id: str) -> Item:
+        """Makes one checked change in `uow` with its ledger row, or raises why it cannot."""
+        if change.delta is not None:
+            after = uow.items.add_to_quantity(change.item_id, change.delta, MAX_QUANTITY_VALUE)
+            before = replace(after, quantity=after.quantity - change.delta) if after else None
+        else:
+            before = uow.items.get_for_update(change.item_id)
+            after = uow.items.set_quantity(change.item_id, change.set_to or 0) if before else None
+        if after is None:
+            raise stock_refusal(uow.items.get(change.item_id), change)
+        reason = change.reason or MovementReason.OTHER
+        self._record(uow, before, after, reason, note=change.note, principal=principal, request_id=request_id)
+        return after
+
+    def batch_adjust_quantities(
+        self, changes: Sequence[StockChange], *, principal: str = "", request_id: str = ""
+    ) -> list[Item]:
+        """Every change or none, in one transaction; items in the order of `changes`."""
+        if not 1 <= len(changes) <= MAX_BATCH_SIZE:
+            raise InvalidField("requests", f"must hold 1 to {MAX_BATCH_SIZE} changes, got {len(changes)}")
+        checks = FieldChecks()
+        checked: list[StockChange] = []
+        first_of: dict[int, int] = {}
+        for index, change in enumerate(changes):
+            try:
+                checked.append(checked_stock_change(change, f"requests[{index}]."))
+            except InvalidField as error:
+                checks.violations.extend(error.field_violations)
+            if change.item_id in first_of:
+                checks.fail(f"requests[{index}].id", f"names the item of requests[{first_of[change.item_id]}] again")
+            first_of.setdefault(change.item_id, index)
+        checks.raise_if_any()
+        request_id = canonical_request_id(request_id)
+        with self._unit_of_work(for_write=True) as uow:
+            replayed = replay(
+                uow,
+                self._request_id_ttl_s,
+                request_id,
+                tuple,
+                "BatchAdjustQuantities",
+                *(_request_parts(change) for change in checked),
+            )
+            if replayed is not None:
+                return list(replayed)
+            after: dict[int, Item] = {}
+            # In the order of item ids, as every writer of several items locks them: no deadlock.
+            for index, change in sorted(enumerate(checked), key=lambda indexed: indexed[1].item_id):
+                try:
+                    after[index] = self._change_stock(uow, change, principal, request_id)
+                except DomainError as error:
+                    error.metadata["request_index"] = str(index)
+                    raise
+            items = [after[index] for index in range(len(checked))]
+            if request_id:
+                uow.request_ids.complete(request_id, tuple(items))
+            uow.commit()
+        for item in items:
+            self._cache.invalidate(item.id)
+        return items
 
     def _page(self, kind: str, query: ItemQuery, page_size: int, page_token: str) -> Page[Item]:
         limit = _page_limit(page_size)

@@ -1,4 +1,4 @@
-"""inventory.v1.ItemService over gRPC: protobuf <-> domain, nothing else.
+"""inventory.v1.ItemService and ReservationService over gRPC: protobuf <-> domain, nothing else.
 
 Errors are raised, never caught here: servicekit.status maps them to statuses.
 """
@@ -17,12 +17,17 @@ from inventory_svc.async_service import AsyncItemService
 from inventory_svc.convert import (
     add_items,
     changes_from_update,
+    duration_from_proto,
     item_fields_from_proto,
     item_to_proto,
     low_stock_event_to_proto,
     movement_to_proto,
     query_from_request,
-    reason_from_proto,
+    reservation_lines_from_proto,
+    reservation_query_from_request,
+    reservation_to_proto,
+    stock_change_from_request,
+    stock_changes_from_batch,
 )
 from inventory_svc.domain import Item, Page
 from servicekit.auth import current_principal
@@ -81,17 +86,20 @@ class ItemServicer(inventory_pb2_grpc.ItemServiceServicer):
         return _page_reply(pb.ListCustomerItemsResponse(), page)
 
     async def AdjustQuantity(self, request: pb.AdjustQuantityRequest, context: Context) -> pb.AdjustQuantityResponse:
-        change = request.WhichOneof("change")
         item = await self._items.adjust_quantity(
-            request.id,
-            delta=request.delta if change == "delta" else None,
-            set_to=request.set_quantity if change == "set_quantity" else None,
-            reason=reason_from_proto(request.reason),
-            note=request.note,
-            principal=_principal(),
-            request_id=request.request_id,
+            stock_change_from_request(request), principal=_principal(), request_id=request.request_id
         )
         return pb.AdjustQuantityResponse(item=item_to_proto(item))
+
+    async def BatchAdjustQuantities(
+        self, request: pb.BatchAdjustQuantitiesRequest, context: Context
+    ) -> pb.BatchAdjustQuantitiesResponse:
+        items = await self._items.batch_adjust_quantities(
+            stock_changes_from_batch(request), principal=_principal(), request_id=request.request_id
+        )
+        reply = pb.BatchAdjustQuantitiesResponse()
+        add_items(reply.items, items)
+        return reply
 
     async def ListLowStockItems(
         self, request: pb.ListLowStockItemsRequest, context: Context
@@ -128,3 +136,58 @@ class ItemServicer(inventory_pb2_grpc.ItemServiceServicer):
         async with contextlib.aclosing(events):  # closed at once when the stream ends, not when collected
             async for event in events:
                 yield low_stock_event_to_proto(event)
+
+
+class ReservationServicer(inventory_pb2_grpc.ReservationServiceServicer):
+    def __init__(self, items: AsyncItemService) -> None:
+        self._items = items
+
+    async def ReserveStock(self, request: pb.ReserveStockRequest, context: Context) -> pb.ReserveStockResponse:
+        reservation = await self._items.reserve_stock(
+            reservation_lines_from_proto(request.lines),
+            duration_from_proto(request.ttl, "ttl") if request.HasField("ttl") else None,
+            request.reference,
+            principal=_principal(),
+            request_id=request.request_id,
+        )
+        return pb.ReserveStockResponse(reservation=reservation_to_proto(reservation))
+
+    async def ConfirmReservation(
+        self, request: pb.ConfirmReservationRequest, context: Context
+    ) -> pb.ConfirmReservationResponse:
+        reservation = await self._items.confirm_reservation(
+            request.id, principal=_principal(), request_id=request.request_id
+        )
+        return pb.ConfirmReservationResponse(reservation=reservation_to_proto(reservation))
+
+    async def ReleaseReservation(
+        self, request: pb.ReleaseReservationRequest, context: Context
+    ) -> pb.ReleaseReservationResponse:
+        reservation = await self._items.release_reservation(
+            request.id, principal=_principal(), request_id=request.request_id
+        )
+        return pb.ReleaseReservationResponse(reservation=reservation_to_proto(reservation))
+
+    async def ExtendReservation(
+        self, request: pb.ExtendReservationRequest, context: Context
+    ) -> pb.ExtendReservationResponse:
+        reservation = await self._items.extend_reservation(
+            request.id, duration_from_proto(request.ttl, "ttl") if request.HasField("ttl") else None
+        )
+        return pb.ExtendReservationResponse(reservation=reservation_to_proto(reservation))
+
+    async def GetReservation(self, request: pb.GetReservationRequest, context: Context) -> pb.GetReservationResponse:
+        return pb.GetReservationResponse(
+            reservation=reservation_to_proto(await self._items.get_reservation(request.id))
+        )
+
+    async def ListReservations(
+        self, request: pb.ListReservationsRequest, context: Context
+    ) -> pb.ListReservationsResponse:
+        page = await self._items.list_reservations(
+            reservation_query_from_request(request), request.page_size, request.page_token
+        )
+        return pb.ListReservationsResponse(
+            reservations=[reservation_to_proto(reservation) for reservation in page.items],
+            next_page_token=page.next_page_token,
+        )

@@ -39,6 +39,8 @@ class InventorySettings:
     item_cache_size: int = 10_000
     # ...and served at most this long after they were read, whatever else happens.
     item_cache_max_age_s: float = 5.0
+    # Every replica looks this often for reservations past their expire_time, and expires them.
+    reservation_sweep_interval_s: float = 1.0
     auth: AuthSettings = field(default_factory=AuthSettings)
 
     @classmethod
@@ -59,5 +61,6 @@ class InventorySettings:
             watch_poll_s=read.float("WATCH_POLL_S", cls.watch_poll_s),
             item_cache_size=read.int("ITEM_CACHE_SIZE", cls.item_cache_size),
             item_cache_max_age_s=read.float("ITEM_CACHE_MAX_AGE_S", cls.item_cache_max_age_s),
+            reservation_sweep_interval_s=read.float("RESERVATION_SWEEP_INTERVAL_S", cls.reservation_sweep_interval_s),
             auth=AuthSettings.from_env(env, "INVENTORY", check=serving),
         )

@@ -6,6 +6,8 @@ import logging
 import threading
 from collections.abc import Callable
 
+from servicekit.errors import Unavailable
+
 log = logging.getLogger(__name__)
 
 
@@ -33,7 +35,11 @@ class BackgroundThread:
 
 
 class Periodic(BackgroundThread):
-    """Runs `task` every `interval_s` seconds until stopped; a failure is logged, not fatal."""
+    """Runs `task` every `interval_s` seconds until stopped; a failure is logged, not fatal.
+
+    An Unavailable (a database away) is logged once, at INFO, until the task works again:
+    whoever lost the connection warns about the outage itself, and a task that runs every
+    second would otherwise log it every second."""
 
     def __init__(self, name: str, interval_s: float, task: Callable[[], object]) -> None:
         super().__init__(name)
@@ -41,8 +47,18 @@ class Periodic(BackgroundThread):
         self._task = task
 
     def run(self) -> None:
+        waiting = False
         while not self.stopping.wait(self._interval_s):
             try:
                 self._task()
+            except Unavailable as error:
+                if not waiting:
+                    log.info("periodic task %s waits: %s", self.name, error)
+                waiting = True
+                continue
             except Exception:
                 log.exception("periodic task %s failed; it runs again in %.0f s", self.name, self._interval_s)
+                continue
+            if waiting:
+                log.info("periodic task %s works again", self.name)
+            waiting = False

@@ -55,11 +55,11 @@ CONDITION_FOR_FILTER: dict[str, Callable[[Any], ColumnElement[bool]]] = {
     "max_price_currency": lambda c: c.currency_code == bindparam("max_price_currency"),
     "min_quantity": lambda c: c.quantity >= bindparam("min_quantity"),
     "max_quantity": lambda c: c.quantity <= bindparam("max_quantity"),
-    "in_stock_only": lambda c: c.quantity > 0,
+    "in_stock_only": lambda c: c.quantity - c.reserved_quantity > 0,
     # is_low_stock leaves inactive items out. The bare column renders as each database's index
     # predicate (tables.LOW_STOCK_PREDICATE_*), so that the planner uses the partial index.
     "low_stock_only": lambda c: c.is_low_stock,
-    "low_stock_at_most": lambda c: c.quantity <= bindparam("low_stock_at_most"),
+    "low_stock_at_most": lambda c: c.quantity - c.reserved_quantity <= bindparam("low_stock_at_most"),
 }
 _FLAG_FILTERS = frozenset({"in_stock_only", "low_stock_only"})  # conditions without a parameter
 # Substring filters: the page of such a query already scans every match (a bitmap of the
@@ -129,27 +129,37 @@ def count_statement(shape: tuple[str, ...]) -> Select[Any]:
 
 # The statements of the hottest calls, built once.
 GET_ITEM = select(*ITEM).where(items.c.id == bindparam("item_id"))
+# Moves an item's quantity and reserved units by their deltas, if the available units stay
+# zero or more, the reserved ones too, and the quantity within its ceiling.
 ADD_TO_QUANTITY_UNRETURNED = (
     update(items)
     .where(
         items.c.id == bindparam("item_id"),
-        items.c.quantity >= bindparam("at_least"),
+        items.c.quantity - items.c.reserved_quantity >= bindparam("available_at_least"),
         items.c.quantity <= bindparam("at_most"),
+        items.c.reserved_quantity >= bindparam("reserved_at_least"),
     )
-    .values(quantity=items.c.quantity + bindparam("delta"), update_time=bindparam("now"), version=items.c.version + 1)
+    .values(
+        quantity=items.c.quantity + bindparam("delta"),
+        reserved_quantity=items.c.reserved_quantity + bindparam("reserved_delta"),
+        update_time=bindparam("now"),
+        version=items.c.version + 1,
+    )
 )
 ADD_TO_QUANTITY = ADD_TO_QUANTITY_UNRETURNED.returning(*ITEM)
 ADD_MOVEMENT = insert(stock_movements)
 
 
-def quantity_change(item_id: int, delta: int, ceiling: int) -> dict[str, Any]:
+def quantity_change(item_id: int, delta: int, ceiling: int, reserved_delta: int = 0) -> dict[str, Any]:
     """The parameters of ADD_TO_QUANTITY: the bounds moved to the parameter side, so that no
     database adds in int32 and overflows, and kept within int32 themselves (min()), which
     drivers that bind int32 (asyncpg) need."""
     return {
         "item_id": item_id,
         "delta": delta,
-        "at_least": -delta,
+        "reserved_delta": reserved_delta,
+        "available_at_least": reserved_delta - delta,
+        "reserved_at_least": -reserved_delta,
         "at_most": min(ceiling, ceiling - delta),
         "now": utcnow(),
     }

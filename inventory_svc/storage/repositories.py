@@ -3,27 +3,39 @@ keys). Missing rows come back as None; the rules live in the service."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from datetime import timedelta
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from inventory_svc.domain import Item, ItemFields, ItemQuery, LowStockChange, SkuTaken, StockMovement
-from inventory_svc.ports import StoredRequest
+from inventory_svc.ports import StoredRequest, StoredResult
+from inventory_svc.reservation_rules import Reservation, ReservationLine, ReservationQuery, ReservationState
 from inventory_svc.storage import queries
 from inventory_svc.storage.errors import is_unique_violation
 from inventory_svc.storage.queries import utcnow
-from inventory_svc.storage.rows import item_from_json, item_from_row, item_to_json, movement_from_row, row_values
+from inventory_svc.storage.rows import (
+    item_from_row,
+    movement_from_row,
+    reservation_from_rows,
+    result_from_json,
+    result_to_json,
+    row_values,
+)
 from inventory_svc.storage.tables import (
     ITEM,
     ITEM_IDS_LOCK,
     LOW_STOCK_CHANNEL,
     LOW_STOCK_EVENT_IDS_LOCK,
+    RESERVATION_IDS_LOCK,
     items,
     lock_id_order,
     request_ids,
+    reservation_lines,
+    reservations,
     stock_movements,
 )
 
@@ -113,23 +125,27 @@ class SqlItemRepository:
         return item_from_row(row) if row else None
 
     def delete(self, item_id: int, expected_version: int | None) -> Item | None:
-        """Deletes the item (if still at `expected_version`, when given); returns what it was."""
-        statement = delete(items).where(items.c.id == item_id)
+        """Deletes the item (if still at `expected_version`, when given, and holding nothing
+        reserved); returns what it was."""
+        statement = delete(items).where(items.c.id == item_id, items.c.reserved_quantity == 0)
         if expected_version is not None:
             statement = statement.where(items.c.version == expected_version)
         row = self._connection.execute(statement.returning(*ITEM)).first()
         return item_from_row(row) if row else None
 
-    def add_to_quantity(self, item_id: int, delta: int, ceiling: int) -> Item | None:
-        """Adds `delta` in one statement; None if the item is missing or the result leaves [0, ceiling]."""
-        parameters = queries.quantity_change(item_id, delta, ceiling)
+    def add_to_quantity(self, item_id: int, delta: int, ceiling: int, reserved_delta: int = 0) -> Item | None:
+        """Adds `delta` to the quantity and `reserved_delta` to the reserved units in one
+        statement; None if the item is missing, or the available units would go below
+        zero, or the quantity past `ceiling`."""
+        parameters = queries.quantity_change(item_id, delta, ceiling, reserved_delta)
         row = self._connection.execute(queries.ADD_TO_QUANTITY, parameters).first()
         return item_from_row(row) if row else None
 
     def set_quantity(self, item_id: int, quantity: int) -> Item | None:
+        """None if the item is missing or holds more units reserved than `quantity`."""
         statement = (
             update(items)
-            .where(items.c.id == item_id)
+            .where(items.c.id == item_id, items.c.reserved_quantity <= quantity)
             .values(quantity=quantity, update_time=utcnow(), version=items.c.version + 1)
             .returning(*ITEM)
         )
@@ -164,6 +180,9 @@ class SqlStockMovementRepository:
                 "principal": movement.principal,
                 "request_id": movement.request_id,
                 "create_time": utcnow(),
+                "reserved_delta": movement.reserved_delta,
+                "reserved_after": movement.reserved_after,
+                "reservation_id": movement.reservation_id or None,
             },
         )
         if is_event and not self.low_stock_events_added:
@@ -230,13 +249,120 @@ class SqlRequestIdRepository:
             if not is_unique_violation(error):
                 raise
         row = self._connection.execute(select(request_ids).where(request_ids.c.request_id == request_id)).one()
-        return StoredRequest(row.method, row.fingerprint, item_from_json(row.response) if row.response else None)
+        return StoredRequest(row.method, row.fingerprint, result_from_json(row.response) if row.response else None)
 
-    def complete(self, request_id: str, result: Item) -> None:
+    def complete(self, request_id: str, result: StoredResult) -> None:
         self._connection.execute(
-            update(request_ids).where(request_ids.c.request_id == request_id).values(response=item_to_json(result))
+            update(request_ids).where(request_ids.c.request_id == request_id).values(response=result_to_json(result))
         )
 
     def purge_expired(self, ttl_s: float) -> int:
         cutoff = utcnow() - timedelta(seconds=ttl_s)
         return self._connection.execute(delete(request_ids).where(request_ids.c.create_time < cutoff)).rowcount
+
+
+class SqlReservationRepository:
+    """Reservations and their lines."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    def add(
+        self,
+        lines: Sequence[ReservationLine],
+        reference: str,
+        principal: str,
+        now: datetime,
+        expire_time: datetime,
+    ) -> Reservation:
+        lock_id_order(self._connection, RESERVATION_IDS_LOCK)  # ids in commit order, for paging
+        reservation_id = self._connection.execute(
+            insert(reservations)
+            .values(
+                state=ReservationState.ACTIVE.value,
+                reference=reference,
+                principal=principal,
+                create_time=now,
+                expire_time=expire_time,
+                update_time=now,
+            )
+            .returning(reservations.c.id)
+        ).scalar_one()
+        self._connection.execute(
+            insert(reservation_lines),
+            [
+                {
+                    "reservation_id": reservation_id,
+                    "item_id": line.item_id,
+                    "position": position,
+                    "quantity": line.quantity,
+                }
+                for position, line in enumerate(lines)
+            ],
+        )
+        return Reservation(
+            id=reservation_id,
+            state=ReservationState.ACTIVE,
+            lines=tuple(lines),
+            reference=reference,
+            principal=principal,
+            create_time=now,
+            expire_time=expire_time,
+            update_time=now,
+        )
+
+    def get(self, reservation_id: int, *, for_update: bool = False) -> Reservation | None:
+        """With `for_update`, the reservation is locked until the transaction ends."""
+        statement = select(reservations).where(reservations.c.id == reservation_id)
+        if for_update:
+            statement = statement.with_for_update()
+        row = self._connection.execute(statement).first()
+        return self._with_lines([row])[0] if row else None
+
+    def set_state(self, reservation_id: int, state: ReservationState, now: datetime) -> None:
+        self._connection.execute(
+            update(reservations).where(reservations.c.id == reservation_id).values(state=state.value, update_time=now)
+        )
+
+    def set_expire_time(self, reservation_id: int, expire_time: datetime, now: datetime) -> None:
+        self._connection.execute(
+            update(reservations)
+            .where(reservations.c.id == reservation_id)
+            .values(expire_time=expire_time, update_time=now)
+        )
+
+    def list_page(self, query: ReservationQuery, after_id: int, limit: int) -> list[Reservation]:
+        c = reservations.c
+        statement = select(reservations).where(c.id > after_id)
+        if query.state is not None:
+            statement = statement.where(c.state == query.state.value)
+        if query.reference:
+            statement = statement.where(c.reference == query.reference)
+        if query.item_id:
+            holding = select(reservation_lines.c.reservation_id).where(reservation_lines.c.item_id == query.item_id)
+            statement = statement.where(c.id.in_(holding))
+        rows = self._connection.execute(statement.order_by(c.id).limit(limit)).all()
+        return self._with_lines(rows)
+
+    def take_due(self, now: datetime, limit: int) -> list[Reservation]:
+        """Up to `limit` active reservations past their expire_time, locked; on PostgreSQL
+        those another transaction holds are skipped, so that replicas sweeping at once never
+        take the same one (SQLite's writers take turns)."""
+        c = reservations.c
+        statement = (
+            select(reservations)
+            .where(c.state == ReservationState.ACTIVE.value, c.expire_time <= now)
+            .order_by(c.expire_time)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return self._with_lines(self._connection.execute(statement).all())
+
+    def _with_lines(self, rows: Sequence[Any]) -> list[Reservation]:
+        if not rows:
+            return []
+        lines_of: defaultdict[int, list[Any]] = defaultdict(list)
+        statement = select(reservation_lines).where(reservation_lines.c.reservation_id.in_([row.id for row in rows]))
+        for line in self._connection.execute(statement):
+            lines_of[line.reservation_id].append(line)
+        return [reservation_from_rows(row, lines_of[row.id]) for row in rows]

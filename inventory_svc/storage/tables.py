@@ -14,6 +14,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Float,
+    ForeignKey,
     Index,
     Integer,
     SmallInteger,
@@ -48,6 +49,8 @@ class Base(DeclarativeBase):
 # The low-stock filter as each database renders it (see queries.CONDITION_FOR_FILTER), so that
 # the planner matches the partial index below to the query.
 LOW_STOCK_PREDICATE_POSTGRESQL = "is_low_stock"
+# Judged on the available units (domain.is_low_on_stock).
+LOW_STOCK_EXPRESSION = "is_active AND quantity - reserved_quantity <= low_stock_threshold"
 LOW_STOCK_PREDICATE_SQLITE = "is_low_stock = 1"
 
 
@@ -55,6 +58,11 @@ class ItemRow(Base):
     __tablename__ = "items"
     __table_args__ = (
         CheckConstraint("quantity >= 0", name="ck_items_quantity_not_negative"),
+        # The last guard against overselling: whatever the code above does, a write that
+        # would reserve more than is in stock fails.
+        CheckConstraint(
+            "reserved_quantity >= 0 AND reserved_quantity <= quantity", name="ck_items_reserved_within_quantity"
+        ),
         UniqueConstraint("sku", name="uq_items_sku"),
         Index("ix_items_customer_id_id", "customer_id", "id"),
         Index("ix_items_category_id", "category", "id"),
@@ -92,8 +100,9 @@ class ItemRow(Base):
     create_time: Mapped[datetime] = mapped_column(UtcDateTime)
     update_time: Mapped[datetime] = mapped_column(UtcDateTime)
     version: Mapped[int] = mapped_column(Integer)
+    reserved_quantity: Mapped[int] = mapped_column(Integer, server_default="0")
     # Changes only when an item crosses its threshold (or is (de)activated); never written.
-    is_low_stock: Mapped[bool] = mapped_column(Boolean, Computed("is_active AND quantity <= low_stock_threshold"))
+    is_low_stock: Mapped[bool] = mapped_column(Boolean, Computed(LOW_STOCK_EXPRESSION))
 
 
 class StockMovementRow(Base):
@@ -119,6 +128,42 @@ class StockMovementRow(Base):
     principal: Mapped[str] = mapped_column(String(255))
     request_id: Mapped[str] = mapped_column(String(36))
     create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    reserved_delta: Mapped[int] = mapped_column(Integer, server_default="0")
+    reserved_after: Mapped[int] = mapped_column(Integer, server_default="0")
+    reservation_id: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class ReservationRow(Base):
+    __tablename__ = "reservations"
+    __table_args__ = (
+        # The sweep's scan: active reservations by expire_time.
+        Index("ix_reservations_state_expire_time", "state", "expire_time"),
+        Index("ix_reservations_reference_id", "reference", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    state: Mapped[str] = mapped_column(String(10))
+    reference: Mapped[str] = mapped_column(String(100))
+    principal: Mapped[str] = mapped_column(String(255))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    expire_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    update_time: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class ReservationLineRow(Base):
+    __tablename__ = "reservation_lines"
+    __table_args__ = (Index("ix_reservation_lines_item_id_reservation_id", "item_id", "reservation_id"),)
+
+    reservation_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), ForeignKey("reservations.id"), primary_key=True
+    )
+    # No foreign key to items: an item with units reserved cannot be deleted (the service
+    # refuses), and a finished reservation keeps naming an item deleted since.
+    item_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    # The line's place in the request, so that a reservation reads back in the order reserved.
+    position: Mapped[int] = mapped_column(SmallInteger)
+    quantity: Mapped[int] = mapped_column(Integer)
 
 
 class RequestIdRow(Base):
@@ -138,6 +183,8 @@ class RequestIdRow(Base):
 items = Base.metadata.tables[ItemRow.__tablename__]
 stock_movements = Base.metadata.tables[StockMovementRow.__tablename__]
 request_ids = Base.metadata.tables[RequestIdRow.__tablename__]
+reservations = Base.metadata.tables[ReservationRow.__tablename__]
+reservation_lines = Base.metadata.tables[ReservationLineRow.__tablename__]
 
 # The columns an Item is read from, in the order rows.item_from_row unpacks them (is_low_stock
 # is derived, and an Item derives it itself).
@@ -161,6 +208,7 @@ ITEM_COLUMNS = (
     "create_time",
     "update_time",
     "version",
+    "reserved_quantity",
 )
 ITEM = tuple(items.c[name] for name in ITEM_COLUMNS)
 
@@ -177,6 +225,7 @@ PROBE_CHANNEL = "inventory_listener_probe"
 # of low-stock events, increase in commit order. SQLite serialises its writers anyway.
 ITEM_IDS_LOCK = 7_123_001
 LOW_STOCK_EVENT_IDS_LOCK = 7_123_002
+RESERVATION_IDS_LOCK = 7_123_003
 
 
 def lock_id_order(connection: Connection, lock: int) -> None:

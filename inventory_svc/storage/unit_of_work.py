@@ -16,7 +16,12 @@ from inventory_svc.domain import DatabaseUnavailable
 from inventory_svc.ports import UnitOfWorkFactory
 from inventory_svc.storage.engine import WRITE_TRANSACTION_OPTION
 from inventory_svc.storage.errors import lost_while_writing, unavailable_for
-from inventory_svc.storage.repositories import SqlItemRepository, SqlRequestIdRepository, SqlStockMovementRepository
+from inventory_svc.storage.repositories import (
+    SqlItemRepository,
+    SqlRequestIdRepository,
+    SqlReservationRepository,
+    SqlStockMovementRepository,
+)
 from inventory_svc.storage.writes_at_once import SqlWritesAtOnce
 
 
@@ -72,6 +77,7 @@ class SqlUnitOfWork:
         self.items = SqlItemRepository(self._connection)
         self.movements = SqlStockMovementRepository(self._connection)
         self.request_ids = SqlRequestIdRepository(self._connection)
+        self.reservations = SqlReservationRepository(self._connection)
         if self._at_once:
             self.at_once = SqlWritesAtOnce(self._connection)
         return self

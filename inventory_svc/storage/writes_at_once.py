@@ -44,7 +44,9 @@ from inventory_svc.storage.tables import (
 )
 
 
-def _ledger_insert(changed: CTE, delta: ColumnElement[Any], reason: ColumnElement[Any]) -> CTE:
+def _ledger_insert(
+    changed: CTE, delta: ColumnElement[Any], reason: ColumnElement[Any], reserved_delta: ColumnElement[Any]
+) -> CTE:
     """The ledger row of each row of `changed` (which has ITEM_COLUMNS and low_stock_change),
     as a CTE. A low-stock event first takes LOW_STOCK_EVENT_IDS_LOCK, so that event ids
     increase in commit order: the row's id (its sequence default) is computed only after
@@ -70,6 +72,8 @@ def _ledger_insert(changed: CTE, delta: ColumnElement[Any], reason: ColumnElemen
         "principal",
         "request_id",
         "create_time",
+        "reserved_delta",
+        "reserved_after",
     )
     rows = select(
         changed.c.id,
@@ -85,6 +89,8 @@ def _ledger_insert(changed: CTE, delta: ColumnElement[Any], reason: ColumnElemen
         bindparam("principal", type_=String()),
         bindparam("request_id", type_=String()),
         changed.c.update_time,
+        reserved_delta,
+        changed.c.reserved_quantity,
     ).where(or_(changed.c.low_stock_change == int(LowStockChange.NONE), exists(event_ids_locked.select())))
     return (
         insert(stock_movements).from_select(columns, rows).returning(stock_movements.c.low_stock_change).cte("recorded")
@@ -136,11 +142,14 @@ def _low_stock_change(is_low: ColumnElement[bool], was_low: ColumnElement[bool])
 @functools.lru_cache(maxsize=2)
 def _add_to_quantity_at_once(with_request_id: bool) -> Select[Any]:
     delta: ColumnElement[int] = bindparam("delta")
-    was_low = and_(items.c.is_active, items.c.quantity - delta <= items.c.low_stock_threshold)
+    reserved_delta: ColumnElement[int] = bindparam("reserved_delta")
+    # RETURNING sees the row after the change: the state before is the change undone.
+    available_before = (items.c.quantity - delta) - (items.c.reserved_quantity - reserved_delta)
+    was_low = and_(items.c.is_active, available_before <= items.c.low_stock_threshold)
     changed = queries.ADD_TO_QUANTITY_UNRETURNED.returning(
         *ITEM, _low_stock_change(items.c.is_low_stock, was_low).label("low_stock_change")
     ).cte("changed")
-    recorded = _ledger_insert(changed, delta, bindparam("reason", type_=String()))
+    recorded = _ledger_insert(changed, delta, bindparam("reason", type_=String()), reserved_delta)
     return _write_at_once(changed, recorded, with_request_id=with_request_id)
 
 
@@ -173,7 +182,7 @@ def _add_item_at_once(with_request_id: bool) -> Select[Any]:
         .where(or_(changed.c.quantity != 0, changed.c.low_stock_change != int(LowStockChange.NONE)))
         .cte("moved")
     )
-    recorded = _ledger_insert(moved, moved.c.quantity, literal(MovementReason.ITEM_CREATED.value, String()))
+    recorded = _ledger_insert(moved, moved.c.quantity, literal(MovementReason.ITEM_CREATED.value, String()), literal(0))
     return _write_at_once(changed, recorded, with_request_id=with_request_id)
 
 

@@ -209,6 +209,7 @@ def generate_items(count: int) -> Iterator[dict[str, Any]]:
             "create_time": now,
             "update_time": now,
             "version": 1,
+            "reserved_quantity": 0,
         }
 
 

@@ -70,6 +70,7 @@ from inventory_svc.storage.queries import (
     contains_pattern,
     counted_first_page_statement,
     page_statement,
+    quantity_change,
 )
 from inventory_svc.storage.rows import item_from_row
 from inventory_svc.storage.tables import items, stock_movements
@@ -110,20 +111,16 @@ def _movement(item: Item, delta: int) -> dict[str, Any]:
         "principal": "bench",
         "request_id": "",
         "create_time": _utcnow(),
+        "reserved_delta": 0,
+        "reserved_after": item.reserved_quantity,
+        "reservation_id": None,
     }
 
 
 def _adjustment(item_id: int, delta: int) -> dict[str, Any]:
-    # The repository binds at_most = ceiling - delta, which for delta < 0 is past int32: psycopg2
-    # sends it as a literal, but asyncpg and psycopg 3 bind it as the INTEGER it is cast to and
-    # fail ("integer out of range"). Capped here; a port needs the cap (or a BigInteger bind) there.
-    return {
-        "item_id": item_id,
-        "delta": delta,
-        "at_least": -delta,
-        "at_most": min(MAX_QUANTITY_VALUE - delta, MAX_QUANTITY_VALUE),
-        "now": _utcnow(),
-    }
+    # The repository's own parameters (queries.quantity_change), which cap at_most within int32:
+    # asyncpg and psycopg 3 bind it as the INTEGER it is compared with and fail past it.
+    return quantity_change(item_id, delta, MAX_QUANTITY_VALUE)
 
 
 class Option(Protocol):
@@ -267,8 +264,8 @@ class RawStatement:
 
 def _raw_item(row: Any) -> Item:
     # asyncpg reads the zone-less UTC columns as naive datetimes; tag them as UtcDateTime does.
-    *head, create_time, update_time, version = row
-    return item_from_row((*head, create_time.replace(tzinfo=UTC), update_time.replace(tzinfo=UTC), version))
+    *head, create_time, update_time, version, reserved = row
+    return item_from_row((*head, create_time.replace(tzinfo=UTC), update_time.replace(tzinfo=UTC), version, reserved))
 
 
 def _naive_utc(value: datetime) -> datetime:

@@ -158,17 +158,18 @@ def test_health_needs_no_token(inventory_address_any_db):
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_every_item_service_rpc_has_the_role_its_contract_says():
+def test_every_inventory_rpc_has_the_role_its_contract_says():
     """The .proto decides: a method marked NO_SIDE_EFFECTS needs inventory.read, every other
-    one (a new RPC too, until its contract marks it a read) inventory.write."""
-    service = pb.DESCRIPTOR.services_by_name["ItemService"]
+    one (a new RPC too, until its contract marks it a read) inventory.write, on both services."""
     no_side_effects = descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS
     expected = {
-        f"/inventory.v1.ItemService/{method.name}": (
+        f"/inventory.v1.{service.name}/{method.name}": (
             "inventory.read" if method.GetOptions().idempotency_level == no_side_effects else "inventory.write"
         )
+        for service in pb.DESCRIPTOR.services_by_name.values()
         for method in service.methods
     }
+    assert {"/inventory.v1.ReservationService/ReserveStock", "/inventory.v1.ItemService/GetItem"} <= set(expected)
 
     assert expected == ROLE_FOR_METHOD
 

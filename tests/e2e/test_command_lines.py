@@ -179,7 +179,8 @@ def test_crm_method_on_the_inventory_port_names_inventory(run_script):
 
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert raised.value.details() == (
-        "this server serves inventory.v1.ItemService (and health, reflection); crm.v1.CustomerItemsService is not here"
+        "this server serves inventory.v1.ItemService, inventory.v1.ReservationService (and health, reflection); "
+        "crm.v1.CustomerItemsService is not here"
     )
 
 

@@ -57,6 +57,7 @@ def test_grpcurl_lists_the_services_without_a_token(address):
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
         "inventory.v1.ItemService",
+        "inventory.v1.ReservationService",
     ]
 
 

@@ -18,6 +18,7 @@ from inventory_client.roles import READ_ROLE, ROLE_FOR_METHOD, WRITE_ROLE
 from servicekit.contract import is_reading, method_roles, reading_methods, retried_methods
 
 ITEM_SERVICE = inventory_pb2.DESCRIPTOR.services_by_name["ItemService"]
+RESERVATION_SERVICE = inventory_pb2.DESCRIPTOR.services_by_name["ReservationService"]
 CRM_SERVICE = crm_pb2.DESCRIPTOR.services_by_name["CustomerItemsService"]
 NO_SIDE_EFFECTS = descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS
 
@@ -46,9 +47,10 @@ def test_every_method_is_a_read_or_a_write_as_its_contract_says(service):
 
 
 def test_every_inventory_method_has_a_role_and_no_write_has_the_read_role():
-    assert set(ROLE_FOR_METHOD) == {f"/inventory.v1.ItemService/{method.name}" for method in ITEM_SERVICE.methods}
-    for method in ITEM_SERVICE.methods:
-        role = ROLE_FOR_METHOD[f"/inventory.v1.ItemService/{method.name}"]
+    methods = [method for service in (ITEM_SERVICE, RESERVATION_SERVICE) for method in service.methods]
+    assert set(ROLE_FOR_METHOD) == {f"/{method.containing_service.full_name}/{method.name}" for method in methods}
+    for method in methods:
+        role = ROLE_FOR_METHOD[f"/{method.containing_service.full_name}/{method.name}"]
         assert role == (READ_ROLE if declared_read(method) else WRITE_ROLE), method.name
 
 

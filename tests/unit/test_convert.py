@@ -102,6 +102,7 @@ def test_an_item_becomes_its_message_field_by_field():
         create_time=created,
         update_time=updated,
         version=3,
+        reserved_quantity=1,
     )
 
     assert item_to_proto(item) == pb.Item(
@@ -123,6 +124,8 @@ def test_an_item_becomes_its_message_field_by_field():
         create_time=timestamp_pb2.Timestamp(seconds=int(created.timestamp()), nanos=123456000),
         update_time=timestamp_pb2.Timestamp(seconds=int(updated.timestamp())),
         etag="3",
+        reserved_quantity=1,
+        available_quantity=3,
     )
 
 

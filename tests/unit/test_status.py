@@ -14,7 +14,9 @@ from grpc_status import rpc_status
 
 import crm_svc.service
 import inventory_svc.domain
+import inventory_svc.reservation_rules
 from inventory_svc.domain import EtagMismatch, ItemNotFound, StockWouldGoNegative
+from inventory_svc.reservation_rules import InsufficientStock, ReservationNotActive, ReservationState, ShortLine
 from servicekit import errors
 from servicekit.calls import error_from_rpc
 from servicekit.status import STATUS_FOR_ERROR, error_domain, status_code_for, to_rpc_status
@@ -26,7 +28,7 @@ DOMAINS_OF_PACKAGE = {
     "inventory_svc": frozenset({"inventory.v1"}),
     "crm_svc": frozenset({"crm.v1"}),
 }
-MODULES_WITH_ERRORS = (errors, inventory_svc.domain, crm_svc.service)
+MODULES_WITH_ERRORS = (errors, inventory_svc.domain, inventory_svc.reservation_rules, crm_svc.service)
 
 
 def error_classes() -> list[type[errors.DomainError]]:
@@ -82,7 +84,7 @@ def test_each_contract_lists_the_reasons_of_its_domain_under_their_status(proto,
     expected = {row for row in code_reasons() if row[2] == domain}
 
     assert expected <= listed
-    assert {reason for _, reason, _ in listed - expected} <= {"STOCK", "ETAG"}  # PreconditionFailure types
+    assert {reason for _, reason, _ in listed - expected} <= {"STOCK", "ETAG", "STATE"}  # PreconditionFailure types
 
 
 def test_each_error_class_has_a_reason_of_its_own_within_its_domain():
@@ -169,7 +171,16 @@ class AnsweredCall(grpc.RpcError):
         return self._status.trailing_metadata
 
 
+# Errors built from domain objects rather than ids and messages.
+SAMPLE_ARGUMENTS: dict[type[errors.DomainError], tuple[object, ...]] = {
+    InsufficientStock: ([ShortLine(3, 5, 2), ShortLine(4, 1, 0)],),
+    ReservationNotActive: (5, ReservationState.EXPIRED),
+}
+
+
 def instance_of(cls: type[errors.DomainError]) -> errors.DomainError:
+    if cls in SAMPLE_ARGUMENTS:
+        return cls(*SAMPLE_ARGUMENTS[cls])  # type: ignore[call-arg]
     if issubclass(cls, errors.InvalidField) and cls.__init__ is errors.InvalidField.__init__:
         return cls("item.sku", "is required")
     for arguments in ((), ("a message",), (5,), (5, "1")):

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.type import money_pb2 as google_dot_type_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10\x63rm/v1/crm.proto\x12\x06\x63rm.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/type/money.proto\"\x8b\x02\n\x0c\x43ustomerItem\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x05 \x01(\t\x12\r\n\x05\x62rand\x18\x06 \x01(\t\x12!\n\x05price\x18\x07 \x01(\x0b\x32\x12.google.type.Money\x12\x10\n\x08quantity\x18\x08 \x01(\x05\x12\x16\n\tweight_kg\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x12\n\ndimensions\x18\n \x01(\t\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x0c\n\n_weight_kg\";\n\x12ListMyItemsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x13ListMyItemsResponse\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.crm.v1.CustomerItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"\x1e\n\x10GetMyItemRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"7\n\x11GetMyItemResponse\x12\"\n\x04item\x18\x01 \x01(\x0b\x32\x14.crm.v1.CustomerItem\"m\n\x14SearchMyItemsRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\r\n\x05\x62rand\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"i\n\x15SearchMyItemsResponse\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.crm.v1.CustomerItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\x32\xfd\x01\n\x14\x43ustomerItemsService\x12K\n\x0bListMyItems\x12\x1a.crm.v1.ListMyItemsRequest\x1a\x1b.crm.v1.ListMyItemsResponse\"\x03\x90\x02\x01\x12\x45\n\tGetMyItem\x12\x18.crm.v1.GetMyItemRequest\x1a\x19.crm.v1.GetMyItemResponse\"\x03\x90\x02\x01\x12Q\n\rSearchMyItems\x12\x1c.crm.v1.SearchMyItemsRequest\x1a\x1d.crm.v1.SearchMyItemsResponse\"\x03\x90\x02\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10\x63rm/v1/crm.proto\x12\x06\x63rm.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/type/money.proto\"\xa7\x02\n\x0c\x43ustomerItem\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x05 \x01(\t\x12\r\n\x05\x62rand\x18\x06 \x01(\t\x12!\n\x05price\x18\x07 \x01(\x0b\x32\x12.google.type.Money\x12\x10\n\x08quantity\x18\x08 \x01(\x05\x12\x16\n\tweight_kg\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x12\n\ndimensions\x18\n \x01(\t\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12\x61vailable_quantity\x18\x0c \x01(\x05\x42\x0c\n\n_weight_kg\";\n\x12ListMyItemsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x13ListMyItemsResponse\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.crm.v1.CustomerItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"\x1e\n\x10GetMyItemRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"7\n\x11GetMyItemResponse\x12\"\n\x04item\x18\x01 \x01(\x0b\x32\x14.crm.v1.CustomerItem\"m\n\x14SearchMyItemsRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\r\n\x05\x62rand\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"i\n\x15SearchMyItemsResponse\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.crm.v1.CustomerItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\x32\xfd\x01\n\x14\x43ustomerItemsService\x12K\n\x0bListMyItems\x12\x1a.crm.v1.ListMyItemsRequest\x1a\x1b.crm.v1.ListMyItemsResponse\"\x03\x90\x02\x01\x12\x45\n\tGetMyItem\x12\x18.crm.v1.GetMyItemRequest\x1a\x19.crm.v1.GetMyItemResponse\"\x03\x90\x02\x01\x12Q\n\rSearchMyItems\x12\x1c.crm.v1.SearchMyItemsRequest\x1a\x1d.crm.v1.SearchMyItemsResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,19 +40,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CUSTOMERITEMSSERVICE'].methods_by_name['SearchMyItems']._loaded_options = None
   _globals['_CUSTOMERITEMSSERVICE'].methods_by_name['SearchMyItems']._serialized_options = b'\220\002\001'
   _globals['_CUSTOMERITEM']._serialized_start=87
-  _globals['_CUSTOMERITEM']._serialized_end=354
-  _globals['_LISTMYITEMSREQUEST']._serialized_start=356
-  _globals['_LISTMYITEMSREQUEST']._serialized_end=415
-  _globals['_LISTMYITEMSRESPONSE']._serialized_start=417
-  _globals['_LISTMYITEMSRESPONSE']._serialized_end=520
-  _globals['_GETMYITEMREQUEST']._serialized_start=522
-  _globals['_GETMYITEMREQUEST']._serialized_end=552
-  _globals['_GETMYITEMRESPONSE']._serialized_start=554
-  _globals['_GETMYITEMRESPONSE']._serialized_end=609
-  _globals['_SEARCHMYITEMSREQUEST']._serialized_start=611
-  _globals['_SEARCHMYITEMSREQUEST']._serialized_end=720
-  _globals['_SEARCHMYITEMSRESPONSE']._serialized_start=722
-  _globals['_SEARCHMYITEMSRESPONSE']._serialized_end=827
-  _globals['_CUSTOMERITEMSSERVICE']._serialized_start=830
-  _globals['_CUSTOMERITEMSSERVICE']._serialized_end=1083
+  _globals['_CUSTOMERITEM']._serialized_end=382
+  _globals['_LISTMYITEMSREQUEST']._serialized_start=384
+  _globals['_LISTMYITEMSREQUEST']._serialized_end=443
+  _globals['_LISTMYITEMSRESPONSE']._serialized_start=445
+  _globals['_LISTMYITEMSRESPONSE']._serialized_end=548
+  _globals['_GETMYITEMREQUEST']._serialized_start=550
+  _globals['_GETMYITEMREQUEST']._serialized_end=580
+  _globals['_GETMYITEMRESPONSE']._serialized_start=582
+  _globals['_GETMYITEMRESPONSE']._serialized_end=637
+  _globals['_SEARCHMYITEMSREQUEST']._serialized_start=639
+  _globals['_SEARCHMYITEMSREQUEST']._serialized_end=748
+  _globals['_SEARCHMYITEMSRESPONSE']._serialized_start=750
+  _globals['_SEARCHMYITEMSRESPONSE']._serialized_end=855
+  _globals['_CUSTOMERITEMSSERVICE']._serialized_start=858
+  _globals['_CUSTOMERITEMSSERVICE']._serialized_end=1111
 # @@protoc_insertion_point(module_scope)

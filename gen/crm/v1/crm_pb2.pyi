@@ -39,6 +39,7 @@ class CustomerItem(_message.Message):
     WEIGHT_KG_FIELD_NUMBER: _builtins.int
     DIMENSIONS_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    AVAILABLE_QUANTITY_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """The item's id."""
     sku: _builtins.str
@@ -52,11 +53,13 @@ class CustomerItem(_message.Message):
     brand: _builtins.str
     """Brand; empty when none."""
     quantity: _builtins.int
-    """Units in stock."""
+    """Units in stock, those held for other orders included."""
     weight_kg: _builtins.float
     """Weight of one unit in kilograms; unset when unknown."""
     dimensions: _builtins.str
     """Free-text dimensions."""
+    available_quantity: _builtins.int
+    """Units that can still be ordered: quantity less what reservations hold."""
     @_builtins.property
     def price(self) -> _money_pb2.Money:
         """Selling price per unit, exact."""
@@ -79,10 +82,11 @@ class CustomerItem(_message.Message):
         weight_kg: _builtins.float | None = ...,
         dimensions: _builtins.str = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        available_quantity: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_weight_kg", b"_weight_kg", "price", b"price", "update_time", b"update_time", "weight_kg", b"weight_kg"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_weight_kg", b"_weight_kg", "brand", b"brand", "category", b"category", "description", b"description", "dimensions", b"dimensions", "id", b"id", "name", b"name", "price", b"price", "quantity", b"quantity", "sku", b"sku", "update_time", b"update_time", "weight_kg", b"weight_kg"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_weight_kg", b"_weight_kg", "available_quantity", b"available_quantity", "brand", b"brand", "category", b"category", "description", b"description", "dimensions", b"dimensions", "id", b"id", "name", b"name", "price", b"price", "quantity", b"quantity", "sku", b"sku", "update_time", b"update_time", "weight_kg", b"weight_kg"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__weight_kg: _TypeAlias = _typing.Literal["weight_kg"]  # noqa: Y015
     _WhichOneofArgType__weight_kg: _TypeAlias = _typing.Literal["_weight_kg", b"_weight_kg"]  # noqa: Y015

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -48,6 +49,12 @@ class _StockMovementReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_S
     """Recorded by the server: the item was deleted, taking its stock with it."""
     STOCK_MOVEMENT_REASON_ITEM_UPDATED: _StockMovementReason.ValueType  # 9
     """Recorded by the server: UpdateItem changed the quantity or the low-stock state."""
+    STOCK_MOVEMENT_REASON_RESERVED: _StockMovementReason.ValueType  # 10
+    """Recorded by the server: ReserveStock held units (reserved_delta > 0, delta 0)."""
+    STOCK_MOVEMENT_REASON_RESERVATION_RELEASED: _StockMovementReason.ValueType  # 11
+    """Recorded by the server: ReleaseReservation made held units available again."""
+    STOCK_MOVEMENT_REASON_RESERVATION_EXPIRED: _StockMovementReason.ValueType  # 12
+    """Recorded by the server: a reservation ran out of time and its units became available."""
 
 class StockMovementReason(_StockMovementReason, metaclass=_StockMovementReasonEnumTypeWrapper):
     """Why a stock movement happened."""
@@ -72,6 +79,12 @@ STOCK_MOVEMENT_REASON_ITEM_DELETED: StockMovementReason.ValueType  # 8
 """Recorded by the server: the item was deleted, taking its stock with it."""
 STOCK_MOVEMENT_REASON_ITEM_UPDATED: StockMovementReason.ValueType  # 9
 """Recorded by the server: UpdateItem changed the quantity or the low-stock state."""
+STOCK_MOVEMENT_REASON_RESERVED: StockMovementReason.ValueType  # 10
+"""Recorded by the server: ReserveStock held units (reserved_delta > 0, delta 0)."""
+STOCK_MOVEMENT_REASON_RESERVATION_RELEASED: StockMovementReason.ValueType  # 11
+"""Recorded by the server: ReleaseReservation made held units available again."""
+STOCK_MOVEMENT_REASON_RESERVATION_EXPIRED: StockMovementReason.ValueType  # 12
+"""Recorded by the server: a reservation ran out of time and its units became available."""
 Global___StockMovementReason: _TypeAlias = StockMovementReason  # noqa: Y015
 
 class _LowStockEventKind:
@@ -83,9 +96,9 @@ class _LowStockEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Low
     LOW_STOCK_EVENT_KIND_UNSPECIFIED: _LowStockEventKind.ValueType  # 0
     """Never sent."""
     LOW_STOCK_EVENT_KIND_BECAME_LOW: _LowStockEventKind.ValueType  # 1
-    """The quantity fell to or below the item's low_stock_threshold."""
+    """The available quantity fell to or below the item's low_stock_threshold."""
     LOW_STOCK_EVENT_KIND_RECOVERED: _LowStockEventKind.ValueType  # 2
-    """The quantity rose above the threshold again, or the item stopped counting as low:
+    """The available quantity rose above the threshold again, or the item stopped counting as low:
     deactivated, its threshold lowered, or deleted (reason says which).
     """
 
@@ -95,12 +108,44 @@ class LowStockEventKind(_LowStockEventKind, metaclass=_LowStockEventKindEnumType
 LOW_STOCK_EVENT_KIND_UNSPECIFIED: LowStockEventKind.ValueType  # 0
 """Never sent."""
 LOW_STOCK_EVENT_KIND_BECAME_LOW: LowStockEventKind.ValueType  # 1
-"""The quantity fell to or below the item's low_stock_threshold."""
+"""The available quantity fell to or below the item's low_stock_threshold."""
 LOW_STOCK_EVENT_KIND_RECOVERED: LowStockEventKind.ValueType  # 2
-"""The quantity rose above the threshold again, or the item stopped counting as low:
+"""The available quantity rose above the threshold again, or the item stopped counting as low:
 deactivated, its threshold lowered, or deleted (reason says which).
 """
 Global___LowStockEventKind: _TypeAlias = LowStockEventKind  # noqa: Y015
+
+class _ReservationState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReservationStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReservationState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RESERVATION_STATE_UNSPECIFIED: _ReservationState.ValueType  # 0
+    """Never sent; as a filter, matches every state."""
+    RESERVATION_STATE_ACTIVE: _ReservationState.ValueType  # 1
+    """Holding its units until confirmed, released or expired."""
+    RESERVATION_STATE_CONFIRMED: _ReservationState.ValueType  # 2
+    """Its units were sold."""
+    RESERVATION_STATE_RELEASED: _ReservationState.ValueType  # 3
+    """Its units were given back by ReleaseReservation."""
+    RESERVATION_STATE_EXPIRED: _ReservationState.ValueType  # 4
+    """Its expire_time passed while ACTIVE: the server gave its units back."""
+
+class ReservationState(_ReservationState, metaclass=_ReservationStateEnumTypeWrapper):
+    """Where a reservation stands."""
+
+RESERVATION_STATE_UNSPECIFIED: ReservationState.ValueType  # 0
+"""Never sent; as a filter, matches every state."""
+RESERVATION_STATE_ACTIVE: ReservationState.ValueType  # 1
+"""Holding its units until confirmed, released or expired."""
+RESERVATION_STATE_CONFIRMED: ReservationState.ValueType  # 2
+"""Its units were sold."""
+RESERVATION_STATE_RELEASED: ReservationState.ValueType  # 3
+"""Its units were given back by ReleaseReservation."""
+RESERVATION_STATE_EXPIRED: ReservationState.ValueType  # 4
+"""Its expire_time passed while ACTIVE: the server gave its units back."""
+Global___ReservationState: _TypeAlias = ReservationState  # noqa: Y015
 
 @_typing.final
 class Item(_message.Message):
@@ -126,6 +171,8 @@ class Item(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    RESERVED_QUANTITY_FIELD_NUMBER: _builtins.int
+    AVAILABLE_QUANTITY_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Server-assigned identifier. Output only; names the item in UpdateItem."""
     sku: _builtins.str
@@ -139,9 +186,11 @@ class Item(_message.Message):
     brand: _builtins.str
     """Brand: at most 100 characters; empty when none."""
     quantity: _builtins.int
-    """Units in stock: zero or more. Change it with AdjustQuantity to stay atomic."""
+    """Units in stock, reserved ones included: zero or more. Change it with AdjustQuantity
+    to stay atomic; it never goes below reserved_quantity.
+    """
     low_stock_threshold: _builtins.int
-    """The item counts as low on stock when quantity <= this value: zero or more."""
+    """The item counts as low on stock when available_quantity <= this value: zero or more."""
     max_quantity: _builtins.int
     """Optional reorder ceiling: greater than low_stock_threshold. Advisory: not enforced on quantity."""
     is_active: _builtins.bool
@@ -157,6 +206,12 @@ class Item(_message.Message):
     etag: _builtins.str
     """Opaque version tag. Output only; send it back in UpdateItem or DeleteItem to
     fail with ABORTED when somebody else changed the item in between.
+    """
+    reserved_quantity: _builtins.int
+    """Units held by active reservations. Output only."""
+    available_quantity: _builtins.int
+    """Units that can still be reserved or sold: quantity - reserved_quantity, never
+    negative. Output only.
     """
     @_builtins.property
     def price(self) -> _money_pb2.Money:
@@ -195,10 +250,12 @@ class Item(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        reserved_quantity: _builtins.int = ...,
+        available_quantity: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_is_active", b"_is_active", "_max_quantity", b"_max_quantity", "_weight_kg", b"_weight_kg", "cost", b"cost", "create_time", b"create_time", "is_active", b"is_active", "max_quantity", b"max_quantity", "price", b"price", "update_time", b"update_time", "weight_kg", b"weight_kg"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_is_active", b"_is_active", "_max_quantity", b"_max_quantity", "_weight_kg", b"_weight_kg", "brand", b"brand", "category", b"category", "cost", b"cost", "create_time", b"create_time", "customer_id", b"customer_id", "description", b"description", "dimensions", b"dimensions", "etag", b"etag", "id", b"id", "is_active", b"is_active", "low_stock_threshold", b"low_stock_threshold", "max_quantity", b"max_quantity", "name", b"name", "price", b"price", "quantity", b"quantity", "sku", b"sku", "update_time", b"update_time", "weight_kg", b"weight_kg"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_is_active", b"_is_active", "_max_quantity", b"_max_quantity", "_weight_kg", b"_weight_kg", "available_quantity", b"available_quantity", "brand", b"brand", "category", b"category", "cost", b"cost", "create_time", b"create_time", "customer_id", b"customer_id", "description", b"description", "dimensions", b"dimensions", "etag", b"etag", "id", b"id", "is_active", b"is_active", "low_stock_threshold", b"low_stock_threshold", "max_quantity", b"max_quantity", "name", b"name", "price", b"price", "quantity", b"quantity", "reserved_quantity", b"reserved_quantity", "sku", b"sku", "update_time", b"update_time", "weight_kg", b"weight_kg"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__is_active: _TypeAlias = _typing.Literal["is_active"]  # noqa: Y015
     _WhichOneofArgType__is_active: _TypeAlias = _typing.Literal["_is_active", b"_is_active"]  # noqa: Y015
@@ -359,9 +416,9 @@ class ListItemsRequest(_message.Message):
     max_quantity: _builtins.int
     """Only items with quantity <= this value."""
     in_stock_only: _builtins.bool
-    """Only items with quantity > 0."""
+    """Only items with available_quantity > 0."""
     low_stock_only: _builtins.bool
-    """Only items with quantity <= their own low_stock_threshold."""
+    """Only active items with available_quantity <= their own low_stock_threshold."""
     @_builtins.property
     def min_price(self) -> _money_pb2.Money:
         """Only items priced at or above this amount; a non-empty currency_code also keeps only that currency."""
@@ -459,7 +516,8 @@ class UpdateItemRequest(_message.Message):
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """The fields of item to change, e.g. "name,price". Empty: every field set to a
         non-default value in item. "*": every mutable field. id, create_time,
-        update_time and etag are immutable: naming them is INVALID_ARGUMENT.
+        update_time, etag, reserved_quantity and available_quantity are output only: naming
+        them is INVALID_ARGUMENT. A quantity below reserved_quantity is FAILED_PRECONDITION.
         """
 
     def __init__(
@@ -502,7 +560,9 @@ Global___UpdateItemResponse: _TypeAlias = UpdateItemResponse  # noqa: Y015
 
 @_typing.final
 class DeleteItemRequest(_message.Message):
-    """Request of DeleteItem."""
+    """Request of DeleteItem. An item with units reserved answers FAILED_PRECONDITION
+    (ITEM_HAS_RESERVATIONS): confirm or release its reservations first.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -685,6 +745,60 @@ class AdjustQuantityResponse(_message.Message):
 Global___AdjustQuantityResponse: _TypeAlias = AdjustQuantityResponse  # noqa: Y015
 
 @_typing.final
+class BatchAdjustQuantitiesRequest(_message.Message):
+    """Request of BatchAdjustQuantities."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Optional idempotency key, as in AdjustQuantity: a retry returns the first result and
+    changes stock once.
+    """
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___AdjustQuantityRequest]:
+        """1 to 100 changes, each naming another item; their own request_id must be empty."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        requests: _abc.Iterable[Global___AdjustQuantityRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchAdjustQuantitiesRequest: _TypeAlias = BatchAdjustQuantitiesRequest  # noqa: Y015
+
+@_typing.final
+class BatchAdjustQuantitiesResponse(_message.Message):
+    """Response of BatchAdjustQuantities."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___Item]:
+        """The items after the changes, in the order of the requests."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___Item] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchAdjustQuantitiesResponse: _TypeAlias = BatchAdjustQuantitiesResponse  # noqa: Y015
+
+@_typing.final
 class ListLowStockItemsRequest(_message.Message):
     """Request of ListLowStockItems."""
 
@@ -698,8 +812,8 @@ class ListLowStockItemsRequest(_message.Message):
     page_token: _builtins.str
     """next_page_token of the previous page, with every other field unchanged."""
     threshold: _builtins.int
-    """When set (zero or more), lists items with quantity <= this value instead of
-    each item's own low_stock_threshold.
+    """When set (zero or more), lists items with available_quantity <= this value instead
+    of each item's own low_stock_threshold.
     """
     def __init__(
         self,
@@ -815,12 +929,17 @@ class StockMovement(_message.Message):
     PRINCIPAL_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    RESERVED_DELTA_FIELD_NUMBER: _builtins.int
+    RESERVED_AFTER_FIELD_NUMBER: _builtins.int
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Identifier, increasing with time."""
     item_id: _builtins.int
     """The item whose stock changed."""
     delta: _builtins.int
-    """Units added (positive) or removed (negative); 0 when only the low-stock state changed."""
+    """Units added (positive) or removed (negative); 0 when only the low-stock state or the
+    reserved units changed. An item's deltas add up to its quantity.
+    """
     quantity_after: _builtins.int
     """The item's quantity right after the change."""
     reason: Global___StockMovementReason.ValueType
@@ -831,6 +950,14 @@ class StockMovement(_message.Message):
     """The token subject that made the change."""
     request_id: _builtins.str
     """The request_id of the change, when it had one."""
+    reserved_delta: _builtins.int
+    """Units reserved (positive) or no longer reserved (negative) by this change. An item's
+    reserved_deltas add up to its reserved_quantity.
+    """
+    reserved_after: _builtins.int
+    """The item's reserved_quantity right after the change."""
+    reservation_id: _builtins.int
+    """The reservation this change was a step of; 0 when none."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the change was made."""
@@ -847,10 +974,13 @@ class StockMovement(_message.Message):
         principal: _builtins.str = ...,
         request_id: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        reserved_delta: _builtins.int = ...,
+        reserved_after: _builtins.int = ...,
+        reservation_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delta", b"delta", "id", b"id", "item_id", b"item_id", "note", b"note", "principal", b"principal", "quantity_after", b"quantity_after", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delta", b"delta", "id", b"id", "item_id", b"item_id", "note", b"note", "principal", b"principal", "quantity_after", b"quantity_after", "reason", b"reason", "request_id", b"request_id", "reservation_id", b"reservation_id", "reserved_after", b"reserved_after", "reserved_delta", b"reserved_delta"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -964,6 +1094,8 @@ class WatchLowStockResponse(_message.Message):
     CATEGORY_FIELD_NUMBER: _builtins.int
     EVENT_TIME_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    AVAILABLE_QUANTITY_FIELD_NUMBER: _builtins.int
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
     cursor: _builtins.int
     """Pass as after_cursor when reconnecting."""
     kind: Global___LowStockEventKind.ValueType
@@ -981,7 +1113,13 @@ class WatchLowStockResponse(_message.Message):
     category: _builtins.str
     """Its category when the event happened."""
     reason: Global___StockMovementReason.ValueType
-    """What made the change: a sale, a restock, ITEM_UPDATED, ITEM_DELETED (quantity is then 0), ..."""
+    """What made the change: a sale, a restock, RESERVED, RESERVATION_EXPIRED, ITEM_UPDATED,
+    ITEM_DELETED (quantity is then 0), ...
+    """
+    available_quantity: _builtins.int
+    """Its available quantity right after the change: what the event judged."""
+    reservation_id: _builtins.int
+    """The reservation whose step made the change; 0 when none."""
     @_builtins.property
     def event_time(self) -> _timestamp_pb2.Timestamp:
         """When it happened."""
@@ -999,11 +1137,425 @@ class WatchLowStockResponse(_message.Message):
         category: _builtins.str = ...,
         event_time: _timestamp_pb2.Timestamp | None = ...,
         reason: Global___StockMovementReason.ValueType = ...,
+        available_quantity: _builtins.int = ...,
+        reservation_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "cursor", b"cursor", "customer_id", b"customer_id", "event_time", b"event_time", "item_id", b"item_id", "kind", b"kind", "low_stock_threshold", b"low_stock_threshold", "quantity", b"quantity", "reason", b"reason", "sku", b"sku"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_quantity", b"available_quantity", "category", b"category", "cursor", b"cursor", "customer_id", b"customer_id", "event_time", b"event_time", "item_id", b"item_id", "kind", b"kind", "low_stock_threshold", b"low_stock_threshold", "quantity", b"quantity", "reason", b"reason", "reservation_id", b"reservation_id", "sku", b"sku"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchLowStockResponse: _TypeAlias = WatchLowStockResponse  # noqa: Y015
+
+@_typing.final
+class ReservationLine(_message.Message):
+    """Units of one item held by a reservation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_ID_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    item_id: _builtins.int
+    """The item: greater than zero; each item at most once per reservation."""
+    quantity: _builtins.int
+    """Units to hold: 1 or more."""
+    def __init__(
+        self,
+        *,
+        item_id: _builtins.int = ...,
+        quantity: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_id", b"item_id", "quantity", b"quantity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReservationLine: _TypeAlias = ReservationLine  # noqa: Y015
+
+@_typing.final
+class Reservation(_message.Message):
+    """Units of several items held for one checkout."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Server-assigned identifier. Output only."""
+    state: Global___ReservationState.ValueType
+    """Where it stands. Output only."""
+    reference: _builtins.str
+    """The caller's order or cart id, as given: at most 100 characters."""
+    principal: _builtins.str
+    """The token subject that reserved."""
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReservationLine]:
+        """What it holds, in the order reserved."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was made."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When it expires if still ACTIVE."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When its state or expire_time last changed."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        state: Global___ReservationState.ValueType = ...,
+        lines: _abc.Iterable[Global___ReservationLine] | None = ...,
+        reference: _builtins.str = ...,
+        principal: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "id", b"id", "lines", b"lines", "principal", b"principal", "reference", b"reference", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reservation: _TypeAlias = Reservation  # noqa: Y015
+
+@_typing.final
+class ReserveStockRequest(_message.Message):
+    """Request of ReserveStock."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Optional idempotency key, a UUID: a retry with the same request_id returns the first
+    result and reserves once. Reusing it for a different request is INVALID_ARGUMENT.
+    """
+    reference: _builtins.str
+    """The caller's order or cart id, to find the reservation by: at most 100 characters."""
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReservationLine]:
+        """1 to 100 lines, each naming another item."""
+
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """How long to hold: unset means 15 minutes; at least 1 second, at most 24 hours."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        lines: _abc.Iterable[Global___ReservationLine] | None = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+        reference: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lines", b"lines", "reference", b"reference", "request_id", b"request_id", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReserveStockRequest: _TypeAlias = ReserveStockRequest  # noqa: Y015
+
+@_typing.final
+class ReserveStockResponse(_message.Message):
+    """Response of ReserveStock."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reservation(self) -> Global___Reservation:
+        """The new ACTIVE reservation."""
+
+    def __init__(
+        self,
+        *,
+        reservation: Global___Reservation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReserveStockResponse: _TypeAlias = ReserveStockResponse  # noqa: Y015
+
+@_typing.final
+class ConfirmReservationRequest(_message.Message):
+    """Request of ConfirmReservation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The reservation's id: greater than zero."""
+    request_id: _builtins.str
+    """Optional idempotency key: a retry returns the first result."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmReservationRequest: _TypeAlias = ConfirmReservationRequest  # noqa: Y015
+
+@_typing.final
+class ConfirmReservationResponse(_message.Message):
+    """Response of ConfirmReservation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reservation(self) -> Global___Reservation:
+        """The reservation, now CONFIRMED."""
+
+    def __init__(
+        self,
+        *,
+        reservation: Global___Reservation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmReservationResponse: _TypeAlias = ConfirmReservationResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseReservationRequest(_message.Message):
+    """Request of ReleaseReservation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The reservation's id: greater than zero."""
+    request_id: _builtins.str
+    """Optional idempotency key: a retry returns the first result."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseReservationRequest: _TypeAlias = ReleaseReservationRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseReservationResponse(_message.Message):
+    """Response of ReleaseReservation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reservation(self) -> Global___Reservation:
+        """The reservation, now RELEASED."""
+
+    def __init__(
+        self,
+        *,
+        reservation: Global___Reservation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseReservationResponse: _TypeAlias = ReleaseReservationResponse  # noqa: Y015
+
+@_typing.final
+class ExtendReservationRequest(_message.Message):
+    """Request of ExtendReservation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The reservation's id: greater than zero."""
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """The new expire_time is this long from now: at least 1 second, at most 24 hours."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExtendReservationRequest: _TypeAlias = ExtendReservationRequest  # noqa: Y015
+
+@_typing.final
+class ExtendReservationResponse(_message.Message):
+    """Response of ExtendReservation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reservation(self) -> Global___Reservation:
+        """The reservation with its new expire_time."""
+
+    def __init__(
+        self,
+        *,
+        reservation: Global___Reservation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExtendReservationResponse: _TypeAlias = ExtendReservationResponse  # noqa: Y015
+
+@_typing.final
+class GetReservationRequest(_message.Message):
+    """Request of GetReservation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The reservation's id: greater than zero."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReservationRequest: _TypeAlias = GetReservationRequest  # noqa: Y015
+
+@_typing.final
+class GetReservationResponse(_message.Message):
+    """Response of GetReservation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reservation(self) -> Global___Reservation:
+        """The reservation."""
+
+    def __init__(
+        self,
+        *,
+        reservation: Global___Reservation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReservationResponse: _TypeAlias = GetReservationResponse  # noqa: Y015
+
+@_typing.final
+class ListReservationsRequest(_message.Message):
+    """Request of ListReservations. Every filter set narrows the result."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    ITEM_ID_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Reservations per page: 0 means 50; at most 500 (larger values are clamped); negative is invalid."""
+    page_token: _builtins.str
+    """next_page_token of the previous page, with every other field unchanged."""
+    state: Global___ReservationState.ValueType
+    """Only reservations in this state; UNSPECIFIED: all."""
+    reference: _builtins.str
+    """Only reservations with this reference (exact match)."""
+    item_id: _builtins.int
+    """Only reservations holding this item."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        state: Global___ReservationState.ValueType = ...,
+        reference: _builtins.str = ...,
+        item_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_id", b"item_id", "page_size", b"page_size", "page_token", b"page_token", "reference", b"reference", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReservationsRequest: _TypeAlias = ListReservationsRequest  # noqa: Y015
+
+@_typing.final
+class ListReservationsResponse(_message.Message):
+    """Response of ListReservations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token to get the next page; empty on the last page."""
+    @_builtins.property
+    def reservations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reservation]:
+        """One page of reservations, ordered by id."""
+
+    def __init__(
+        self,
+        *,
+        reservations: _abc.Iterable[Global___Reservation] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "reservations", b"reservations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReservationsResponse: _TypeAlias = ListReservationsResponse  # noqa: Y015

@@ -34,11 +34,14 @@ class ItemServiceStub:
     Every error carries a google.rpc.ErrorInfo with domain "inventory.v1" and one of these
     reasons (docs/api.md has the full table, with metadata and details):
     INVALID_ARGUMENT     INVALID_FIELDS, MALFORMED_REQUEST, REQUEST_ID_REUSED
-    NOT_FOUND            ITEM_NOT_FOUND (metadata item_id or item_ids), NOT_FOUND
+    NOT_FOUND            ITEM_NOT_FOUND (metadata item_id or item_ids), RESERVATION_NOT_FOUND,
+    NOT_FOUND
     ALREADY_EXISTS       SKU_TAKEN (metadata sku), ALREADY_EXISTS
-    FAILED_PRECONDITION  STOCK_WOULD_GO_NEGATIVE, STOCK_WOULD_OVERFLOW (with a
-    google.rpc.PreconditionFailure, type STOCK, subject items/{id}),
-    FAILED_PRECONDITION
+    FAILED_PRECONDITION  STOCK_WOULD_GO_NEGATIVE, STOCK_WOULD_OVERFLOW, STOCK_RESERVED,
+    INSUFFICIENT_STOCK (each with a google.rpc.PreconditionFailure,
+    type STOCK, subject items/{id}), ITEM_HAS_RESERVATIONS,
+    RESERVATION_NOT_ACTIVE (type STATE, subject reservations/{id},
+    metadata state), FAILED_PRECONDITION
     ABORTED              ETAG_MISMATCH (PreconditionFailure, type ETAG), ITEM_KEPT_CHANGING,
     REQUEST_IN_PROGRESS, ABORTED
     UNAUTHENTICATED      TOKEN_MISSING, TOKEN_EXPIRED, UNAUTHENTICATED
@@ -92,6 +95,11 @@ class ItemServiceStub:
                 request_serializer=inventory_dot_v1_dot_inventory__pb2.AdjustQuantityRequest.SerializeToString,
                 response_deserializer=inventory_dot_v1_dot_inventory__pb2.AdjustQuantityResponse.FromString,
                 _registered_method=True)
+        self.BatchAdjustQuantities = channel.unary_unary(
+                '/inventory.v1.ItemService/BatchAdjustQuantities',
+                request_serializer=inventory_dot_v1_dot_inventory__pb2.BatchAdjustQuantitiesRequest.SerializeToString,
+                response_deserializer=inventory_dot_v1_dot_inventory__pb2.BatchAdjustQuantitiesResponse.FromString,
+                _registered_method=True)
         self.ListLowStockItems = channel.unary_unary(
                 '/inventory.v1.ItemService/ListLowStockItems',
                 request_serializer=inventory_dot_v1_dot_inventory__pb2.ListLowStockItemsRequest.SerializeToString,
@@ -123,11 +131,14 @@ class ItemServiceServicer:
     Every error carries a google.rpc.ErrorInfo with domain "inventory.v1" and one of these
     reasons (docs/api.md has the full table, with metadata and details):
     INVALID_ARGUMENT     INVALID_FIELDS, MALFORMED_REQUEST, REQUEST_ID_REUSED
-    NOT_FOUND            ITEM_NOT_FOUND (metadata item_id or item_ids), NOT_FOUND
+    NOT_FOUND            ITEM_NOT_FOUND (metadata item_id or item_ids), RESERVATION_NOT_FOUND,
+    NOT_FOUND
     ALREADY_EXISTS       SKU_TAKEN (metadata sku), ALREADY_EXISTS
-    FAILED_PRECONDITION  STOCK_WOULD_GO_NEGATIVE, STOCK_WOULD_OVERFLOW (with a
-    google.rpc.PreconditionFailure, type STOCK, subject items/{id}),
-    FAILED_PRECONDITION
+    FAILED_PRECONDITION  STOCK_WOULD_GO_NEGATIVE, STOCK_WOULD_OVERFLOW, STOCK_RESERVED,
+    INSUFFICIENT_STOCK (each with a google.rpc.PreconditionFailure,
+    type STOCK, subject items/{id}), ITEM_HAS_RESERVATIONS,
+    RESERVATION_NOT_ACTIVE (type STATE, subject reservations/{id},
+    metadata state), FAILED_PRECONDITION
     ABORTED              ETAG_MISMATCH (PreconditionFailure, type ETAG), ITEM_KEPT_CHANGING,
     REQUEST_IN_PROGRESS, ABORTED
     UNAUTHENTICATED      TOKEN_MISSING, TOKEN_EXPIRED, UNAUTHENTICATED
@@ -184,14 +195,23 @@ class ItemServiceServicer:
 
     def AdjustQuantity(self, request, context):
         """Adds a signed delta to an item's quantity, or sets it, atomically. A change that
-        would make the quantity negative answers FAILED_PRECONDITION and changes nothing.
+        would make the quantity negative, or leave fewer units than are reserved, answers
+        FAILED_PRECONDITION and changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchAdjustQuantities(self, request, context):
+        """Applies 1 to 100 stock changes, each to another item, all or none: if any change
+        fails, none is made and the error names the failing change (metadata request_index).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListLowStockItems(self, request, context):
-        """Lists active items whose quantity is at or below a threshold, ordered by id.
+        """Lists active items whose available quantity is at or below a threshold, ordered by id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -212,8 +232,8 @@ class ItemServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchLowStock(self, request, context):
-        """Streams an event each time an active item's quantity falls to or below its
-        low_stock_threshold, and each time it recovers above it. Every event carries a
+        """Streams an event each time an active item's available quantity falls to or below its
+        low_stock_threshold, and each time it recovers above it (reservations count). Every event carries a
         cursor: reconnect with the last one seen to miss nothing. The stream ends with OK
         when the server shuts down; reconnect (to another replica) with the cursor.
         """
@@ -259,6 +279,11 @@ def add_ItemServiceServicer_to_server(servicer, server):
                     request_deserializer=inventory_dot_v1_dot_inventory__pb2.AdjustQuantityRequest.FromString,
                     response_serializer=inventory_dot_v1_dot_inventory__pb2.AdjustQuantityResponse.SerializeToString,
             ),
+            'BatchAdjustQuantities': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchAdjustQuantities,
+                    request_deserializer=inventory_dot_v1_dot_inventory__pb2.BatchAdjustQuantitiesRequest.FromString,
+                    response_serializer=inventory_dot_v1_dot_inventory__pb2.BatchAdjustQuantitiesResponse.SerializeToString,
+            ),
             'ListLowStockItems': grpc.unary_unary_rpc_method_handler(
                     servicer.ListLowStockItems,
                     request_deserializer=inventory_dot_v1_dot_inventory__pb2.ListLowStockItemsRequest.FromString,
@@ -296,11 +321,14 @@ class ItemService:
     Every error carries a google.rpc.ErrorInfo with domain "inventory.v1" and one of these
     reasons (docs/api.md has the full table, with metadata and details):
     INVALID_ARGUMENT     INVALID_FIELDS, MALFORMED_REQUEST, REQUEST_ID_REUSED
-    NOT_FOUND            ITEM_NOT_FOUND (metadata item_id or item_ids), NOT_FOUND
+    NOT_FOUND            ITEM_NOT_FOUND (metadata item_id or item_ids), RESERVATION_NOT_FOUND,
+    NOT_FOUND
     ALREADY_EXISTS       SKU_TAKEN (metadata sku), ALREADY_EXISTS
-    FAILED_PRECONDITION  STOCK_WOULD_GO_NEGATIVE, STOCK_WOULD_OVERFLOW (with a
-    google.rpc.PreconditionFailure, type STOCK, subject items/{id}),
-    FAILED_PRECONDITION
+    FAILED_PRECONDITION  STOCK_WOULD_GO_NEGATIVE, STOCK_WOULD_OVERFLOW, STOCK_RESERVED,
+    INSUFFICIENT_STOCK (each with a google.rpc.PreconditionFailure,
+    type STOCK, subject items/{id}), ITEM_HAS_RESERVATIONS,
+    RESERVATION_NOT_ACTIVE (type STATE, subject reservations/{id},
+    metadata state), FAILED_PRECONDITION
     ABORTED              ETAG_MISMATCH (PreconditionFailure, type ETAG), ITEM_KEPT_CHANGING,
     REQUEST_IN_PROGRESS, ABORTED
     UNAUTHENTICATED      TOKEN_MISSING, TOKEN_EXPIRED, UNAUTHENTICATED
@@ -503,6 +531,33 @@ class ItemService:
             _registered_method=True)
 
     @staticmethod
+    def BatchAdjustQuantities(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inventory.v1.ItemService/BatchAdjustQuantities',
+            inventory_dot_v1_dot_inventory__pb2.BatchAdjustQuantitiesRequest.SerializeToString,
+            inventory_dot_v1_dot_inventory__pb2.BatchAdjustQuantitiesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListLowStockItems(request,
             target,
             options=(),
@@ -600,6 +655,318 @@ class ItemService:
             '/inventory.v1.ItemService/WatchLowStock',
             inventory_dot_v1_dot_inventory__pb2.WatchLowStockRequest.SerializeToString,
             inventory_dot_v1_dot_inventory__pb2.WatchLowStockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ReservationServiceStub:
+    """ReservationService holds stock for a checkout: ReserveStock holds units of up to 100
+    items, all or none, for a while; ConfirmReservation sells them, ReleaseReservation gives
+    them back, and a reservation left alone expires on its own. Every step is in the stock
+    ledger. Same auth as ItemService: reads need inventory.read, the rest inventory.write.
+    Errors carry the reasons listed on ItemService.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ReserveStock = channel.unary_unary(
+                '/inventory.v1.ReservationService/ReserveStock',
+                request_serializer=inventory_dot_v1_dot_inventory__pb2.ReserveStockRequest.SerializeToString,
+                response_deserializer=inventory_dot_v1_dot_inventory__pb2.ReserveStockResponse.FromString,
+                _registered_method=True)
+        self.ConfirmReservation = channel.unary_unary(
+                '/inventory.v1.ReservationService/ConfirmReservation',
+                request_serializer=inventory_dot_v1_dot_inventory__pb2.ConfirmReservationRequest.SerializeToString,
+                response_deserializer=inventory_dot_v1_dot_inventory__pb2.ConfirmReservationResponse.FromString,
+                _registered_method=True)
+        self.ReleaseReservation = channel.unary_unary(
+                '/inventory.v1.ReservationService/ReleaseReservation',
+                request_serializer=inventory_dot_v1_dot_inventory__pb2.ReleaseReservationRequest.SerializeToString,
+                response_deserializer=inventory_dot_v1_dot_inventory__pb2.ReleaseReservationResponse.FromString,
+                _registered_method=True)
+        self.ExtendReservation = channel.unary_unary(
+                '/inventory.v1.ReservationService/ExtendReservation',
+                request_serializer=inventory_dot_v1_dot_inventory__pb2.ExtendReservationRequest.SerializeToString,
+                response_deserializer=inventory_dot_v1_dot_inventory__pb2.ExtendReservationResponse.FromString,
+                _registered_method=True)
+        self.GetReservation = channel.unary_unary(
+                '/inventory.v1.ReservationService/GetReservation',
+                request_serializer=inventory_dot_v1_dot_inventory__pb2.GetReservationRequest.SerializeToString,
+                response_deserializer=inventory_dot_v1_dot_inventory__pb2.GetReservationResponse.FromString,
+                _registered_method=True)
+        self.ListReservations = channel.unary_unary(
+                '/inventory.v1.ReservationService/ListReservations',
+                request_serializer=inventory_dot_v1_dot_inventory__pb2.ListReservationsRequest.SerializeToString,
+                response_deserializer=inventory_dot_v1_dot_inventory__pb2.ListReservationsResponse.FromString,
+                _registered_method=True)
+
+
+class ReservationServiceServicer:
+    """ReservationService holds stock for a checkout: ReserveStock holds units of up to 100
+    items, all or none, for a while; ConfirmReservation sells them, ReleaseReservation gives
+    them back, and a reservation left alone expires on its own. Every step is in the stock
+    ledger. Same auth as ItemService: reads need inventory.read, the rest inventory.write.
+    Errors carry the reasons listed on ItemService.
+    """
+
+    def ReserveStock(self, request, context):
+        """Reserves every line or none. A short line answers FAILED_PRECONDITION
+        (INSUFFICIENT_STOCK) naming each short item and what it has available, and holds
+        nothing. An unknown item answers NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfirmReservation(self, request, context):
+        """Sells the reserved units: they leave stock, for all lines in one transaction. A
+        reservation that is not ACTIVE answers FAILED_PRECONDITION (RESERVATION_NOT_ACTIVE)
+        saying its state; one past its expire_time is EXPIRED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseReservation(self, request, context):
+        """Makes the reserved units available again. Not ACTIVE: FAILED_PRECONDITION, as above.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExtendReservation(self, request, context):
+        """Moves an ACTIVE reservation's expire_time to ttl from now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReservation(self, request, context):
+        """Returns one reservation. An unknown id answers NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListReservations(self, request, context):
+        """Lists reservations matching every filter given, ordered by id, one page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ReservationServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ReserveStock': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReserveStock,
+                    request_deserializer=inventory_dot_v1_dot_inventory__pb2.ReserveStockRequest.FromString,
+                    response_serializer=inventory_dot_v1_dot_inventory__pb2.ReserveStockResponse.SerializeToString,
+            ),
+            'ConfirmReservation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmReservation,
+                    request_deserializer=inventory_dot_v1_dot_inventory__pb2.ConfirmReservationRequest.FromString,
+                    response_serializer=inventory_dot_v1_dot_inventory__pb2.ConfirmReservationResponse.SerializeToString,
+            ),
+            'ReleaseReservation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseReservation,
+                    request_deserializer=inventory_dot_v1_dot_inventory__pb2.ReleaseReservationRequest.FromString,
+                    response_serializer=inventory_dot_v1_dot_inventory__pb2.ReleaseReservationResponse.SerializeToString,
+            ),
+            'ExtendReservation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExtendReservation,
+                    request_deserializer=inventory_dot_v1_dot_inventory__pb2.ExtendReservationRequest.FromString,
+                    response_serializer=inventory_dot_v1_dot_inventory__pb2.ExtendReservationResponse.SerializeToString,
+            ),
+            'GetReservation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReservation,
+                    request_deserializer=inventory_dot_v1_dot_inventory__pb2.GetReservationRequest.FromString,
+                    response_serializer=inventory_dot_v1_dot_inventory__pb2.GetReservationResponse.SerializeToString,
+            ),
+            'ListReservations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReservations,
+                    request_deserializer=inventory_dot_v1_dot_inventory__pb2.ListReservationsRequest.FromString,
+                    response_serializer=inventory_dot_v1_dot_inventory__pb2.ListReservationsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'inventory.v1.ReservationService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('inventory.v1.ReservationService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ReservationService:
+    """ReservationService holds stock for a checkout: ReserveStock holds units of up to 100
+    items, all or none, for a while; ConfirmReservation sells them, ReleaseReservation gives
+    them back, and a reservation left alone expires on its own. Every step is in the stock
+    ledger. Same auth as ItemService: reads need inventory.read, the rest inventory.write.
+    Errors carry the reasons listed on ItemService.
+    """
+
+    @staticmethod
+    def ReserveStock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inventory.v1.ReservationService/ReserveStock',
+            inventory_dot_v1_dot_inventory__pb2.ReserveStockRequest.SerializeToString,
+            inventory_dot_v1_dot_inventory__pb2.ReserveStockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmReservation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inventory.v1.ReservationService/ConfirmReservation',
+            inventory_dot_v1_dot_inventory__pb2.ConfirmReservationRequest.SerializeToString,
+            inventory_dot_v1_dot_inventory__pb2.ConfirmReservationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseReservation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inventory.v1.ReservationService/ReleaseReservation',
+            inventory_dot_v1_dot_inventory__pb2.ReleaseReservationRequest.SerializeToString,
+            inventory_dot_v1_dot_inventory__pb2.ReleaseReservationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExtendReservation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inventory.v1.ReservationService/ExtendReservation',
+            inventory_dot_v1_dot_inventory__pb2.ExtendReservationRequest.SerializeToString,
+            inventory_dot_v1_dot_inventory__pb2.ExtendReservationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReservation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inventory.v1.ReservationService/GetReservation',
+            inventory_dot_v1_dot_inventory__pb2.GetReservationRequest.SerializeToString,
+            inventory_dot_v1_dot_inventory__pb2.GetReservationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReservations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inventory.v1.ReservationService/ListReservations',
+            inventory_dot_v1_dot_inventory__pb2.ListReservationsRequest.SerializeToString,
+            inventory_dot_v1_dot_inventory__pb2.ListReservationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

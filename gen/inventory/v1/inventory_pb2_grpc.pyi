@@ -35,11 +35,14 @@ class ItemServiceStub:
     Every error carries a google.rpc.ErrorInfo with domain "inventory.v1" and one of these
     reasons (docs/api.md has the full table, with metadata and details):
       INVALID_ARGUMENT     INVALID_FIELDS, MALFORMED_REQUEST, REQUEST_ID_REUSED
-      NOT_FOUND            ITEM_NOT_FOUND (metadata item_id or item_ids), NOT_FOUND
+      NOT_FOUND            ITEM_NOT_FOUND (metadata item_id or item_ids), RESERVATION_NOT_FOUND,
+                           NOT_FOUND
       ALREADY_EXISTS       SKU_TAKEN (metadata sku), ALREADY_EXISTS
-      FAILED_PRECONDITION  STOCK_WOULD_GO_NEGATIVE, STOCK_WOULD_OVERFLOW (with a
-                           google.rpc.PreconditionFailure, type STOCK, subject items/{id}),
-                           FAILED_PRECONDITION
+      FAILED_PRECONDITION  STOCK_WOULD_GO_NEGATIVE, STOCK_WOULD_OVERFLOW, STOCK_RESERVED,
+                           INSUFFICIENT_STOCK (each with a google.rpc.PreconditionFailure,
+                           type STOCK, subject items/{id}), ITEM_HAS_RESERVATIONS,
+                           RESERVATION_NOT_ACTIVE (type STATE, subject reservations/{id},
+                           metadata state), FAILED_PRECONDITION
       ABORTED              ETAG_MISMATCH (PreconditionFailure, type ETAG), ITEM_KEPT_CHANGING,
                            REQUEST_IN_PROGRESS, ABORTED
       UNAUTHENTICATED      TOKEN_MISSING, TOKEN_EXPIRED, UNAUTHENTICATED
@@ -70,17 +73,22 @@ class ItemServiceStub:
     """Lists the items of one customer, ordered by id, one page at a time."""
     AdjustQuantity: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.AdjustQuantityRequest, _inventory_pb2.AdjustQuantityResponse]
     """Adds a signed delta to an item's quantity, or sets it, atomically. A change that
-    would make the quantity negative answers FAILED_PRECONDITION and changes nothing.
+    would make the quantity negative, or leave fewer units than are reserved, answers
+    FAILED_PRECONDITION and changes nothing.
+    """
+    BatchAdjustQuantities: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.BatchAdjustQuantitiesRequest, _inventory_pb2.BatchAdjustQuantitiesResponse]
+    """Applies 1 to 100 stock changes, each to another item, all or none: if any change
+    fails, none is made and the error names the failing change (metadata request_index).
     """
     ListLowStockItems: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.ListLowStockItemsRequest, _inventory_pb2.ListLowStockItemsResponse]
-    """Lists active items whose quantity is at or below a threshold, ordered by id."""
+    """Lists active items whose available quantity is at or below a threshold, ordered by id."""
     BatchGetItems: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.BatchGetItemsRequest, _inventory_pb2.BatchGetItemsResponse]
     """Returns up to 100 items in the order asked. Any unknown id answers NOT_FOUND naming it."""
     ListStockMovements: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.ListStockMovementsRequest, _inventory_pb2.ListStockMovementsResponse]
     """Lists the stock movements of one item, newest first, one page at a time."""
     WatchLowStock: _grpc.UnaryStreamMultiCallable[_inventory_pb2.WatchLowStockRequest, _inventory_pb2.WatchLowStockResponse]
-    """Streams an event each time an active item's quantity falls to or below its
-    low_stock_threshold, and each time it recovers above it. Every event carries a
+    """Streams an event each time an active item's available quantity falls to or below its
+    low_stock_threshold, and each time it recovers above it (reservations count). Every event carries a
     cursor: reconnect with the last one seen to miss nothing. The stream ends with OK
     when the server shuts down; reconnect (to another replica) with the cursor.
     """
@@ -95,11 +103,14 @@ class ItemServiceAsyncStub(ItemServiceStub):
     Every error carries a google.rpc.ErrorInfo with domain "inventory.v1" and one of these
     reasons (docs/api.md has the full table, with metadata and details):
       INVALID_ARGUMENT     INVALID_FIELDS, MALFORMED_REQUEST, REQUEST_ID_REUSED
-      NOT_FOUND            ITEM_NOT_FOUND (metadata item_id or item_ids), NOT_FOUND
+      NOT_FOUND            ITEM_NOT_FOUND (metadata item_id or item_ids), RESERVATION_NOT_FOUND,
+                           NOT_FOUND
       ALREADY_EXISTS       SKU_TAKEN (metadata sku), ALREADY_EXISTS
-      FAILED_PRECONDITION  STOCK_WOULD_GO_NEGATIVE, STOCK_WOULD_OVERFLOW (with a
-                           google.rpc.PreconditionFailure, type STOCK, subject items/{id}),
-                           FAILED_PRECONDITION
+      FAILED_PRECONDITION  STOCK_WOULD_GO_NEGATIVE, STOCK_WOULD_OVERFLOW, STOCK_RESERVED,
+                           INSUFFICIENT_STOCK (each with a google.rpc.PreconditionFailure,
+                           type STOCK, subject items/{id}), ITEM_HAS_RESERVATIONS,
+                           RESERVATION_NOT_ACTIVE (type STATE, subject reservations/{id},
+                           metadata state), FAILED_PRECONDITION
       ABORTED              ETAG_MISMATCH (PreconditionFailure, type ETAG), ITEM_KEPT_CHANGING,
                            REQUEST_IN_PROGRESS, ABORTED
       UNAUTHENTICATED      TOKEN_MISSING, TOKEN_EXPIRED, UNAUTHENTICATED
@@ -127,17 +138,22 @@ class ItemServiceAsyncStub(ItemServiceStub):
     """Lists the items of one customer, ordered by id, one page at a time."""
     AdjustQuantity: _aio.UnaryUnaryMultiCallable[_inventory_pb2.AdjustQuantityRequest, _inventory_pb2.AdjustQuantityResponse]  # type: ignore[assignment]
     """Adds a signed delta to an item's quantity, or sets it, atomically. A change that
-    would make the quantity negative answers FAILED_PRECONDITION and changes nothing.
+    would make the quantity negative, or leave fewer units than are reserved, answers
+    FAILED_PRECONDITION and changes nothing.
+    """
+    BatchAdjustQuantities: _aio.UnaryUnaryMultiCallable[_inventory_pb2.BatchAdjustQuantitiesRequest, _inventory_pb2.BatchAdjustQuantitiesResponse]  # type: ignore[assignment]
+    """Applies 1 to 100 stock changes, each to another item, all or none: if any change
+    fails, none is made and the error names the failing change (metadata request_index).
     """
     ListLowStockItems: _aio.UnaryUnaryMultiCallable[_inventory_pb2.ListLowStockItemsRequest, _inventory_pb2.ListLowStockItemsResponse]  # type: ignore[assignment]
-    """Lists active items whose quantity is at or below a threshold, ordered by id."""
+    """Lists active items whose available quantity is at or below a threshold, ordered by id."""
     BatchGetItems: _aio.UnaryUnaryMultiCallable[_inventory_pb2.BatchGetItemsRequest, _inventory_pb2.BatchGetItemsResponse]  # type: ignore[assignment]
     """Returns up to 100 items in the order asked. Any unknown id answers NOT_FOUND naming it."""
     ListStockMovements: _aio.UnaryUnaryMultiCallable[_inventory_pb2.ListStockMovementsRequest, _inventory_pb2.ListStockMovementsResponse]  # type: ignore[assignment]
     """Lists the stock movements of one item, newest first, one page at a time."""
     WatchLowStock: _aio.UnaryStreamMultiCallable[_inventory_pb2.WatchLowStockRequest, _inventory_pb2.WatchLowStockResponse]  # type: ignore[assignment]
-    """Streams an event each time an active item's quantity falls to or below its
-    low_stock_threshold, and each time it recovers above it. Every event carries a
+    """Streams an event each time an active item's available quantity falls to or below its
+    low_stock_threshold, and each time it recovers above it (reservations count). Every event carries a
     cursor: reconnect with the last one seen to miss nothing. The stream ends with OK
     when the server shuts down; reconnect (to another replica) with the cursor.
     """
@@ -151,11 +167,14 @@ class ItemServiceServicer(metaclass=_abc_1.ABCMeta):
     Every error carries a google.rpc.ErrorInfo with domain "inventory.v1" and one of these
     reasons (docs/api.md has the full table, with metadata and details):
       INVALID_ARGUMENT     INVALID_FIELDS, MALFORMED_REQUEST, REQUEST_ID_REUSED
-      NOT_FOUND            ITEM_NOT_FOUND (metadata item_id or item_ids), NOT_FOUND
+      NOT_FOUND            ITEM_NOT_FOUND (metadata item_id or item_ids), RESERVATION_NOT_FOUND,
+                           NOT_FOUND
       ALREADY_EXISTS       SKU_TAKEN (metadata sku), ALREADY_EXISTS
-      FAILED_PRECONDITION  STOCK_WOULD_GO_NEGATIVE, STOCK_WOULD_OVERFLOW (with a
-                           google.rpc.PreconditionFailure, type STOCK, subject items/{id}),
-                           FAILED_PRECONDITION
+      FAILED_PRECONDITION  STOCK_WOULD_GO_NEGATIVE, STOCK_WOULD_OVERFLOW, STOCK_RESERVED,
+                           INSUFFICIENT_STOCK (each with a google.rpc.PreconditionFailure,
+                           type STOCK, subject items/{id}), ITEM_HAS_RESERVATIONS,
+                           RESERVATION_NOT_ACTIVE (type STATE, subject reservations/{id},
+                           metadata state), FAILED_PRECONDITION
       ABORTED              ETAG_MISMATCH (PreconditionFailure, type ETAG), ITEM_KEPT_CHANGING,
                            REQUEST_IN_PROGRESS, ABORTED
       UNAUTHENTICATED      TOKEN_MISSING, TOKEN_EXPIRED, UNAUTHENTICATED
@@ -223,7 +242,18 @@ class ItemServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inventory_pb2.AdjustQuantityResponse, _abc.Awaitable[_inventory_pb2.AdjustQuantityResponse]]:
         """Adds a signed delta to an item's quantity, or sets it, atomically. A change that
-        would make the quantity negative answers FAILED_PRECONDITION and changes nothing.
+        would make the quantity negative, or leave fewer units than are reserved, answers
+        FAILED_PRECONDITION and changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchAdjustQuantities(
+        self,
+        request: _inventory_pb2.BatchAdjustQuantitiesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inventory_pb2.BatchAdjustQuantitiesResponse, _abc.Awaitable[_inventory_pb2.BatchAdjustQuantitiesResponse]]:
+        """Applies 1 to 100 stock changes, each to another item, all or none: if any change
+        fails, none is made and the error names the failing change (metadata request_index).
         """
 
     @_abc_1.abstractmethod
@@ -232,7 +262,7 @@ class ItemServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _inventory_pb2.ListLowStockItemsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_inventory_pb2.ListLowStockItemsResponse, _abc.Awaitable[_inventory_pb2.ListLowStockItemsResponse]]:
-        """Lists active items whose quantity is at or below a threshold, ordered by id."""
+        """Lists active items whose available quantity is at or below a threshold, ordered by id."""
 
     @_abc_1.abstractmethod
     def BatchGetItems(
@@ -256,10 +286,134 @@ class ItemServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _inventory_pb2.WatchLowStockRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_inventory_pb2.WatchLowStockResponse], _abc.AsyncIterator[_inventory_pb2.WatchLowStockResponse]]:
-        """Streams an event each time an active item's quantity falls to or below its
-        low_stock_threshold, and each time it recovers above it. Every event carries a
+        """Streams an event each time an active item's available quantity falls to or below its
+        low_stock_threshold, and each time it recovers above it (reservations count). Every event carries a
         cursor: reconnect with the last one seen to miss nothing. The stream ends with OK
         when the server shuts down; reconnect (to another replica) with the cursor.
         """
 
 def add_ItemServiceServicer_to_server(servicer: ItemServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class ReservationServiceStub:
+    """ReservationService holds stock for a checkout: ReserveStock holds units of up to 100
+    items, all or none, for a while; ConfirmReservation sells them, ReleaseReservation gives
+    them back, and a reservation left alone expires on its own. Every step is in the stock
+    ledger. Same auth as ItemService: reads need inventory.read, the rest inventory.write.
+    Errors carry the reasons listed on ItemService.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ReservationServiceAsyncStub: ...
+    ReserveStock: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.ReserveStockRequest, _inventory_pb2.ReserveStockResponse]
+    """Reserves every line or none. A short line answers FAILED_PRECONDITION
+    (INSUFFICIENT_STOCK) naming each short item and what it has available, and holds
+    nothing. An unknown item answers NOT_FOUND.
+    """
+    ConfirmReservation: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.ConfirmReservationRequest, _inventory_pb2.ConfirmReservationResponse]
+    """Sells the reserved units: they leave stock, for all lines in one transaction. A
+    reservation that is not ACTIVE answers FAILED_PRECONDITION (RESERVATION_NOT_ACTIVE)
+    saying its state; one past its expire_time is EXPIRED.
+    """
+    ReleaseReservation: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.ReleaseReservationRequest, _inventory_pb2.ReleaseReservationResponse]
+    """Makes the reserved units available again. Not ACTIVE: FAILED_PRECONDITION, as above."""
+    ExtendReservation: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.ExtendReservationRequest, _inventory_pb2.ExtendReservationResponse]
+    """Moves an ACTIVE reservation's expire_time to ttl from now."""
+    GetReservation: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.GetReservationRequest, _inventory_pb2.GetReservationResponse]
+    """Returns one reservation. An unknown id answers NOT_FOUND."""
+    ListReservations: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.ListReservationsRequest, _inventory_pb2.ListReservationsResponse]
+    """Lists reservations matching every filter given, ordered by id, one page at a time."""
+
+@_typing.type_check_only
+class ReservationServiceAsyncStub(ReservationServiceStub):
+    """ReservationService holds stock for a checkout: ReserveStock holds units of up to 100
+    items, all or none, for a while; ConfirmReservation sells them, ReleaseReservation gives
+    them back, and a reservation left alone expires on its own. Every step is in the stock
+    ledger. Same auth as ItemService: reads need inventory.read, the rest inventory.write.
+    Errors carry the reasons listed on ItemService.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ReserveStock: _aio.UnaryUnaryMultiCallable[_inventory_pb2.ReserveStockRequest, _inventory_pb2.ReserveStockResponse]  # type: ignore[assignment]
+    """Reserves every line or none. A short line answers FAILED_PRECONDITION
+    (INSUFFICIENT_STOCK) naming each short item and what it has available, and holds
+    nothing. An unknown item answers NOT_FOUND.
+    """
+    ConfirmReservation: _aio.UnaryUnaryMultiCallable[_inventory_pb2.ConfirmReservationRequest, _inventory_pb2.ConfirmReservationResponse]  # type: ignore[assignment]
+    """Sells the reserved units: they leave stock, for all lines in one transaction. A
+    reservation that is not ACTIVE answers FAILED_PRECONDITION (RESERVATION_NOT_ACTIVE)
+    saying its state; one past its expire_time is EXPIRED.
+    """
+    ReleaseReservation: _aio.UnaryUnaryMultiCallable[_inventory_pb2.ReleaseReservationRequest, _inventory_pb2.ReleaseReservationResponse]  # type: ignore[assignment]
+    """Makes the reserved units available again. Not ACTIVE: FAILED_PRECONDITION, as above."""
+    ExtendReservation: _aio.UnaryUnaryMultiCallable[_inventory_pb2.ExtendReservationRequest, _inventory_pb2.ExtendReservationResponse]  # type: ignore[assignment]
+    """Moves an ACTIVE reservation's expire_time to ttl from now."""
+    GetReservation: _aio.UnaryUnaryMultiCallable[_inventory_pb2.GetReservationRequest, _inventory_pb2.GetReservationResponse]  # type: ignore[assignment]
+    """Returns one reservation. An unknown id answers NOT_FOUND."""
+    ListReservations: _aio.UnaryUnaryMultiCallable[_inventory_pb2.ListReservationsRequest, _inventory_pb2.ListReservationsResponse]  # type: ignore[assignment]
+    """Lists reservations matching every filter given, ordered by id, one page at a time."""
+
+class ReservationServiceServicer(metaclass=_abc_1.ABCMeta):
+    """ReservationService holds stock for a checkout: ReserveStock holds units of up to 100
+    items, all or none, for a while; ConfirmReservation sells them, ReleaseReservation gives
+    them back, and a reservation left alone expires on its own. Every step is in the stock
+    ledger. Same auth as ItemService: reads need inventory.read, the rest inventory.write.
+    Errors carry the reasons listed on ItemService.
+    """
+
+    @_abc_1.abstractmethod
+    def ReserveStock(
+        self,
+        request: _inventory_pb2.ReserveStockRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inventory_pb2.ReserveStockResponse, _abc.Awaitable[_inventory_pb2.ReserveStockResponse]]:
+        """Reserves every line or none. A short line answers FAILED_PRECONDITION
+        (INSUFFICIENT_STOCK) naming each short item and what it has available, and holds
+        nothing. An unknown item answers NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def ConfirmReservation(
+        self,
+        request: _inventory_pb2.ConfirmReservationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inventory_pb2.ConfirmReservationResponse, _abc.Awaitable[_inventory_pb2.ConfirmReservationResponse]]:
+        """Sells the reserved units: they leave stock, for all lines in one transaction. A
+        reservation that is not ACTIVE answers FAILED_PRECONDITION (RESERVATION_NOT_ACTIVE)
+        saying its state; one past its expire_time is EXPIRED.
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseReservation(
+        self,
+        request: _inventory_pb2.ReleaseReservationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inventory_pb2.ReleaseReservationResponse, _abc.Awaitable[_inventory_pb2.ReleaseReservationResponse]]:
+        """Makes the reserved units available again. Not ACTIVE: FAILED_PRECONDITION, as above."""
+
+    @_abc_1.abstractmethod
+    def ExtendReservation(
+        self,
+        request: _inventory_pb2.ExtendReservationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inventory_pb2.ExtendReservationResponse, _abc.Awaitable[_inventory_pb2.ExtendReservationResponse]]:
+        """Moves an ACTIVE reservation's expire_time to ttl from now."""
+
+    @_abc_1.abstractmethod
+    def GetReservation(
+        self,
+        request: _inventory_pb2.GetReservationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inventory_pb2.GetReservationResponse, _abc.Awaitable[_inventory_pb2.GetReservationResponse]]:
+        """Returns one reservation. An unknown id answers NOT_FOUND."""
+
+    @_abc_1.abstractmethod
+    def ListReservations(
+        self,
+        request: _inventory_pb2.ListReservationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inventory_pb2.ListReservationsResponse, _abc.Awaitable[_inventory_pb2.ListReservationsResponse]]:
+        """Lists reservations matching every filter given, ordered by id, one page at a time."""
+
+def add_ReservationServiceServicer_to_server(servicer: ReservationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
