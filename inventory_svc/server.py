@@ -61,6 +61,14 @@ def build_item_service(
     )
 
 
+def periodic_tasks(items: ItemService, settings: InventorySettings) -> list[BackgroundThread]:
+    """What every replica does on its own, unstarted: purge old request_ids, expire reservations."""
+    return [
+        Periodic("purge-request-ids", settings.request_id_purge_interval_s, items.purge_expired_request_ids),
+        Periodic("expire-reservations", settings.reservation_sweep_interval_s, items.reservations.expire_all_due),
+    ]
+
+
 # Watchers' reads are a few rows each: two threads serve every watcher of a process.
 WATCH_THREADS = 2
 
@@ -119,10 +127,7 @@ async def serve(settings: InventorySettings) -> None:
             on_miss=lookups.labels("miss").inc,
         )
     items = build_item_service(engine, settings, cache)
-    background: list[BackgroundThread] = [
-        Periodic("purge-request-ids", settings.request_id_purge_interval_s, items.purge_expired_request_ids),
-        Periodic("expire-reservations", settings.reservation_sweep_interval_s, items.reservations.expire_all_due),
-    ]
+    background = periodic_tasks(items, settings)
     if cache is not None:
         # Low-stock events committed by any replica wake this replica's watchers; changed
         # items leave its cache, which is on only while the listener listens.

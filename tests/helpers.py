@@ -33,7 +33,7 @@ from crm_svc.settings import CrmSettings
 from inventory.v1 import inventory_pb2 as pb
 from inventory_client import AsyncInventoryClient
 from inventory_svc import migrations
-from inventory_svc.server import build_engine, build_item_service, build_server, database_threads
+from inventory_svc.server import build_engine, build_item_service, build_server, database_threads, periodic_tasks
 from inventory_svc.settings import InventorySettings
 from inventory_svc.storage.tables import request_ids
 from servicekit.credentials import BearerTokenInterceptor
@@ -212,12 +212,21 @@ def age_request_ids(engine: Engine, seconds: float) -> None:
 
 @contextmanager
 def serving(settings: InventorySettings, engine: Engine) -> Iterator[ServerThread]:
-    """A real inventory server, wired as inventory_svc.server wires it, on a loop of its own."""
-    with (
-        database_threads(settings) as threads,
-        ServerThread(lambda: build_server(settings, build_item_service(engine, settings), threads)) as served,
-    ):
-        yield served
+    """A real inventory server, wired as inventory_svc.server wires it, on a loop of its own,
+    with its periodic tasks (the reservation sweep among them)."""
+    items = build_item_service(engine, settings)
+    tasks = periodic_tasks(items, settings)
+    for task in tasks:
+        task.start()
+    try:
+        with (
+            database_threads(settings) as threads,
+            ServerThread(lambda: build_server(settings, items, threads)) as served,
+        ):
+            yield served
+    finally:
+        for task in tasks:
+            task.stop()
 
 
 @contextmanager
