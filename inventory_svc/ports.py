@@ -87,6 +87,29 @@ class WritesAtOnce(Protocol):
     def add_item(
         self, fields: ItemFields, *, principal: str, request_id: str, method: str, fingerprint: str
     ) -> Item | None: ...
+    def reserve(
+        self,
+        lines: Sequence[ReservationLine],
+        reference: str,
+        principal: str,
+        now: datetime,
+        expire_time: datetime,
+        *,
+        request_id: str,
+        method: str,
+        fingerprint: str,
+    ) -> Reservation | None: ...
+    def end_reservation(
+        self,
+        reservation_id: int,
+        state: ReservationState,
+        now: datetime,
+        *,
+        principal: str,
+        request_id: str,
+        method: str,
+        fingerprint: str,
+    ) -> Reservation | None: ...
 
 
 class UnitOfWork(Protocol):

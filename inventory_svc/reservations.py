@@ -12,7 +12,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from inventory_svc.domain import MAX_QUANTITY_VALUE, Item, ItemNotFound, MovementReason, Page, movement_between
-from inventory_svc.idempotency import canonical_request_id, replay
+from inventory_svc.idempotency import canonical_request_id, replay, request_fingerprint
 from inventory_svc.item_cache import ItemCache
 from inventory_svc.ports import UnitOfWork, UnitOfWorkFactory
 from inventory_svc.reservation_rules import (
@@ -83,31 +83,62 @@ class ReservationService:
             raise InvalidField("reference", f"must be at most {MAX_REFERENCE_LENGTH} characters, without NUL")
         request_id = canonical_request_id(request_id)
         lines = tuple(lines)
-        with self._unit_of_work(for_write=True) as uow:
-            replayed = replay(
-                uow, self._request_id_ttl_s, request_id, Reservation, "ReserveStock", lines, ttl, reference
-            )
-            if replayed is not None:
-                return replayed
-            held: list[tuple[ReservationLine, Item]] = []
-            short: list[ReservationLine] = []
-            for line in sorted(lines, key=lambda line: line.item_id):
-                after = uow.items.add_to_quantity(line.item_id, 0, MAX_QUANTITY_VALUE, reserved_delta=line.quantity)
-                if after is None:
-                    short.append(line)
-                else:
-                    held.append((line, after))
-            if short:
-                raise self._why_short(uow, short)  # leaving the unit of work undoes what was held
-            now = self._clock()
-            reservation = uow.reservations.add(lines, reference, principal, now, now + ttl)
-            for line, after in held:
-                before = replace(after, reserved_quantity=after.reserved_quantity - line.quantity)
-                self._record(uow, before, after, MovementReason.RESERVED, reservation.id, principal, request_id)
-            if request_id:
-                uow.request_ids.complete(request_id, reservation)
-            uow.commit()
+        request = (lines, ttl, reference)
+        reservation: Reservation | None
+        with self._unit_of_work(for_write=True, at_once=True) as uow:
+            if uow.at_once is None:
+                reservation = self._reserve(uow, request, principal, request_id)
+            else:
+                now = self._clock()
+                reservation = uow.at_once.reserve(
+                    lines,
+                    reference,
+                    principal,
+                    now,
+                    now + ttl,
+                    request_id=request_id,
+                    method="ReserveStock",
+                    fingerprint=request_fingerprint("ReserveStock", *request),
+                )
+                if reservation is not None:
+                    uow.commit()
+        if reservation is None:
+            # Nothing was held (a short line, a missing item, a request_id used before): the
+            # ordinary way tells which, and answers a replay with its first result.
+            with self._unit_of_work(for_write=True) as uow:
+                reservation = self._reserve(uow, request, principal, request_id)
         self._forget(lines)
+        return reservation
+
+    def _reserve(
+        self,
+        uow: UnitOfWork,
+        request: tuple[tuple[ReservationLine, ...], timedelta, str],
+        principal: str,
+        request_id: str,
+    ) -> Reservation:
+        lines, ttl, reference = request
+        replayed = replay(uow, self._request_id_ttl_s, request_id, Reservation, "ReserveStock", *request)
+        if replayed is not None:
+            return replayed
+        held: list[tuple[ReservationLine, Item]] = []
+        short: list[ReservationLine] = []
+        for line in sorted(lines, key=lambda line: line.item_id):
+            after = uow.items.add_to_quantity(line.item_id, 0, MAX_QUANTITY_VALUE, reserved_delta=line.quantity)
+            if after is None:
+                short.append(line)
+            else:
+                held.append((line, after))
+        if short:
+            raise self._why_short(uow, short)  # leaving the unit of work undoes what was held
+        now = self._clock()
+        reservation = uow.reservations.add(lines, reference, principal, now, now + ttl)
+        for line, after in held:
+            before = replace(after, reserved_quantity=after.reserved_quantity - line.quantity)
+            self._record(uow, before, after, MovementReason.RESERVED, reservation.id, principal, request_id)
+        if request_id:
+            uow.request_ids.complete(request_id, reservation)
+        uow.commit()
         return reservation
 
     @staticmethod
@@ -133,15 +164,46 @@ class ReservationService:
     ) -> Reservation:
         _check_id(reservation_id)
         request_id = canonical_request_id(request_id)
-        with self._unit_of_work(for_write=True) as uow:
-            reservation = self._active(uow, reservation_id, request_id=request_id, method=method)
-            if reservation.state is not ReservationState.ACTIVE:
-                return reservation  # the first result of this request_id
-            ended = self._end_all(uow, [reservation], state, principal, request_id)[0]
-            if request_id:
-                uow.request_ids.complete(request_id, ended)
-            uow.commit()
+        ended = None
+        with self._unit_of_work(for_write=True, at_once=True) as uow:
+            if uow.at_once is None:
+                ended = self._end_one(uow, reservation_id, state, method, principal, request_id)
+            else:
+                ended = uow.at_once.end_reservation(
+                    reservation_id,
+                    state,
+                    self._clock(),
+                    principal=principal,
+                    request_id=request_id,
+                    method=method,
+                    fingerprint=request_fingerprint(method, reservation_id),
+                )
+                if ended is not None:
+                    uow.commit()
+        if ended is None:
+            # Not ended (missing, no longer active, past its time, a request_id used before):
+            # the ordinary way tells which, and answers a replay with its first result.
+            with self._unit_of_work(for_write=True) as uow:
+                ended = self._end_one(uow, reservation_id, state, method, principal, request_id)
         self._forget(ended.lines)
+        return ended
+
+    def _end_one(
+        self,
+        uow: UnitOfWork,
+        reservation_id: int,
+        state: ReservationState,
+        method: str,
+        principal: str,
+        request_id: str,
+    ) -> Reservation:
+        reservation = self._active(uow, reservation_id, request_id=request_id, method=method)
+        if reservation.state is not ReservationState.ACTIVE:
+            return reservation  # the first result of this request_id
+        ended = self._end_all(uow, [reservation], state, principal, request_id)[0]
+        if request_id:
+            uow.request_ids.complete(request_id, ended)
+        uow.commit()
         return ended
 
     def extend(self, reservation_id: int, ttl: timedelta | None) -> Reservation:

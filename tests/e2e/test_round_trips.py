@@ -1,6 +1,7 @@
 """Writes in as few database round trips as their guarantees need: on PostgreSQL a stock
-change or a new item (with its ledger row and request_id record) is one statement in
-autocommit, so one round trip; each guarantee still holds on that path."""
+change, a new item, a reservation and its confirmation or release (with their ledger rows
+and request_id record) are each one statement in autocommit, so one round trip; each
+guarantee still holds on that path."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 
 from inventory_svc.domain import ItemFields, LowStockChange, Money
+from inventory_svc.reservation_rules import InsufficientStock, ReservationLine, ReservationState
 from inventory_svc.server import build_item_service
 from inventory_svc.service import ItemService
 from inventory_svc.settings import InventorySettings
@@ -192,3 +194,58 @@ def test_only_a_change_that_crosses_the_threshold_queues_for_the_event_ids_lock(
     crossing.join(10)
     assert crossed.is_set()
     assert service.get_item(item.id).quantity == 2
+
+
+# --- reservations -------------------------------------------------------------------------
+
+
+def test_a_reservation_of_ten_lines_is_one_statement_in_autocommit(service, pg_engine):
+    items = [service.create_item(fields("RT", quantity=5)) for _ in range(10)]
+    lines = [ReservationLine(item.id, 2) for item in reversed(items)]
+
+    with statements_sent(pg_engine) as sent:
+        reservation = service.reservations.reserve(lines, None, "cart", principal="p", request_id=str(uuid.uuid4()))
+
+    assert sent == [("WITH", True)]
+    assert reservation.lines == tuple(lines)
+    assert service.reservations.get(reservation.id) == reservation
+    assert [service.get_item(item.id).reserved_quantity for item in items] == [2] * 10
+
+
+@pytest.mark.parametrize(
+    ("end", "state", "quantity_after"),
+    [("confirm", ReservationState.CONFIRMED, 3), ("release", ReservationState.RELEASED, 5)],
+)
+def test_confirming_or_releasing_is_one_statement_in_autocommit(service, pg_engine, end, state, quantity_after):
+    item = service.create_item(fields("RT", quantity=5, low_stock_threshold=3))
+    reservation = service.reservations.reserve([ReservationLine(item.id, 2)], None, "cart", principal="p")
+    request_id = str(uuid.uuid4())
+
+    with statements_sent(pg_engine) as sent:
+        ended = getattr(service.reservations, end)(reservation.id, principal="q", request_id=request_id)
+
+    assert sent == [("WITH", True)]
+    assert ended == service.reservations.get(reservation.id)
+    assert ended.state is state
+    assert getattr(service.reservations, end)(reservation.id, request_id=request_id) == ended  # the first result
+    after = service.get_item(item.id)
+    assert (after.quantity, after.reserved_quantity) == (quantity_after, 0)
+    ledger = service.list_stock_movements(item.id, 10, "").items
+    # Reserving 2 of 5 took it to 3 available (low); the end made it recover, or sold it.
+    assert [(m.delta, m.reserved_delta, m.reservation_id, m.principal) for m in ledger[:2]] == [
+        (quantity_after - 5, -2, reservation.id, "q"),
+        (0, 2, reservation.id, "p"),
+    ]
+    assert ledger[1].low_stock_change is LowStockChange.BECAME_LOW
+    expected_change = LowStockChange.NONE if state is ReservationState.CONFIRMED else LowStockChange.RECOVERED
+    assert ledger[0].low_stock_change is expected_change
+
+
+def test_a_short_line_in_one_statement_holds_nothing(service, pg_engine):
+    plenty, scarce = service.create_item(fields("RT", quantity=5)), service.create_item(fields("RT", quantity=1))
+
+    with pytest.raises(InsufficientStock):
+        service.reservations.reserve([ReservationLine(plenty.id, 1), ReservationLine(scarce.id, 2)], None, "")
+
+    assert [service.get_item(item.id).reserved_quantity for item in (plenty, scarce)] == [0, 0]
+    assert len(service.list_stock_movements(plenty.id, 10, "").items) == 1
