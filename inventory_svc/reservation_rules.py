@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 
-from inventory_svc.domain import MAX_QUANTITY_VALUE, check_text, item_subject
+from inventory_svc.domain import MAX_QUANTITY_VALUE, MovementReason, check_text, item_subject
 from servicekit.errors import FailedPrecondition, FieldChecks, InvalidField, NotFound, PreconditionViolation
 
 MAX_RESERVATION_LINES = 100
@@ -25,6 +25,22 @@ class ReservationState(str, Enum):
     CONFIRMED = "confirmed"
     RELEASED = "released"
     EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How a way of ending moves each unit a reservation holds, and what the ledger calls it."""
+
+    quantity_per_unit: int
+    reserved_per_unit: int
+    reason: MovementReason
+
+
+ENDINGS = {
+    ReservationState.CONFIRMED: Ending(-1, -1, MovementReason.SALE),  # the units leave stock
+    ReservationState.RELEASED: Ending(0, -1, MovementReason.RESERVATION_RELEASED),
+    ReservationState.EXPIRED: Ending(0, -1, MovementReason.RESERVATION_EXPIRED),
+}
 
 
 @dataclass(frozen=True, slots=True)

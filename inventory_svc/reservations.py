@@ -16,6 +16,7 @@ from inventory_svc.idempotency import canonical_request_id, replay, request_fing
 from inventory_svc.item_cache import ItemCache
 from inventory_svc.ports import UnitOfWork, UnitOfWorkFactory
 from inventory_svc.reservation_rules import (
+    ENDINGS,
     MAX_REFERENCE_LENGTH,
     InsufficientStock,
     Reservation,
@@ -35,14 +36,6 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 # Reservations one sweep expires in one transaction.
 SWEEP_BATCH = 100
-
-# How each way a reservation ends moves its units: (quantity delta, reserved delta) per
-# unit reserved, and the ledger's reason.
-_ENDINGS = {
-    ReservationState.CONFIRMED: (-1, -1, MovementReason.SALE),
-    ReservationState.RELEASED: (0, -1, MovementReason.RESERVATION_RELEASED),
-    ReservationState.EXPIRED: (0, -1, MovementReason.RESERVATION_EXPIRED),
-}
 
 
 def _utcnow() -> datetime:
@@ -271,13 +264,13 @@ class ReservationService:
     ) -> list[Reservation]:
         """Ends each reservation as `state`: its units move, each line in the ledger. The
         items are locked in the order of their ids across all the reservations."""
-        quantity_per_unit, reserved_per_unit, reason = _ENDINGS[state]
+        ending = ENDINGS[state]
         steps = sorted(
             ((line, reservation) for reservation in reservations for line in reservation.lines),
             key=lambda step: (step[0].item_id, step[1].id),
         )
         for line, reservation in steps:
-            delta, reserved_delta = quantity_per_unit * line.quantity, reserved_per_unit * line.quantity
+            delta, reserved_delta = ending.quantity_per_unit * line.quantity, ending.reserved_per_unit * line.quantity
             after = uow.items.add_to_quantity(line.item_id, delta, MAX_QUANTITY_VALUE, reserved_delta=reserved_delta)
             if after is None:
                 # Only an item removed behind the service's back holds no such units: there
@@ -289,7 +282,7 @@ class ReservationService:
                 after, quantity=after.quantity - delta, reserved_quantity=after.reserved_quantity - reserved_delta
             )
             who = reservation.principal if principal is None else principal
-            self._record(uow, before, after, reason, reservation.id, who, request_id)
+            self._record(uow, before, after, ending.reason, reservation.id, who, request_id)
         now = self._clock()
         for reservation in reservations:
             uow.reservations.set_state(reservation.id, state, now)

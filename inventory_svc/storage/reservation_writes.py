@@ -134,7 +134,8 @@ _END_LEDGER = _LEDGER_AND_REQUEST_ID.format(
 )
 
 # Ends an active reservation that is not past its time: confirmed (its units leave stock, as a
-# sale), or released. `per_unit_delta` is -1 for a sale, 0 for a release.
+# sale), or released: `per_unit_delta` is the ending's quantity_per_unit (each unit reserved
+# leaves the reserved ones: reservation_rules.ENDINGS).
 END_RESERVATION = (
     text(
         f"""
@@ -185,9 +186,3 @@ FROM ended
         low_stock_events=Integer(),
     )
 )
-
-# How each ending moves the units (per unit reserved) and what the ledger calls it.
-ENDINGS: dict[ReservationState, tuple[int, MovementReason]] = {
-    ReservationState.CONFIRMED: (-1, MovementReason.SALE),
-    ReservationState.RELEASED: (0, MovementReason.RESERVATION_RELEASED),
-}

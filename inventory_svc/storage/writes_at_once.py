@@ -34,7 +34,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.sql.base import Executable
 
 from inventory_svc.domain import Item, ItemFields, LowStockChange, Money, MovementReason
-from inventory_svc.reservation_rules import Reservation, ReservationLine, ReservationState
+from inventory_svc.reservation_rules import ENDINGS, Reservation, ReservationLine, ReservationState
 from inventory_svc.storage import queries, reservation_writes
 from inventory_svc.storage.errors import is_unique_violation, lost_while_writing
 from inventory_svc.storage.queries import utcnow
@@ -332,14 +332,14 @@ class SqlWritesAtOnce:
         fingerprint: str,
     ) -> Reservation | None:
         """Confirms or releases an active reservation not yet past its time, in one statement."""
-        per_unit_delta, reason = reservation_writes.ENDINGS[state]
+        ending = ENDINGS[state]
         row = self._run_row(
             reservation_writes.END_RESERVATION,
             {
                 "reservation_id": reservation_id,
                 "state": state.value,
-                "per_unit_delta": per_unit_delta,
-                "reason": reason.value,
+                "per_unit_delta": ending.quantity_per_unit,
+                "reason": ending.reason.value,
                 "now": now,
                 "principal": principal,
                 "request_id": request_id,

@@ -593,3 +593,25 @@ def test_a_bad_batch_is_invalid_naming_each_field(items_stub, requests, fields):
 
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert sorted(bad_request_fields(error)) == sorted(fields)
+
+
+def test_concurrent_replays_of_a_batch_change_stock_once(items_stub):
+    first, second = create(items_stub, quantity=10), create(items_stub, quantity=10)
+    request = pb.BatchAdjustQuantitiesRequest(
+        requests=[change(first.id, delta=-1), change(second.id, delta=3)], request_id=str(uuid.uuid4())
+    )
+
+    def send(_: int):
+        try:
+            return items_stub.BatchAdjustQuantities(request)
+        except grpc.RpcError as error:
+            return error
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(send, range(16)))
+
+    replies = [answer for answer in answers if isinstance(answer, pb.BatchAdjustQuantitiesResponse)]
+    refused = [answer for answer in answers if not isinstance(answer, pb.BatchAdjustQuantitiesResponse)]
+    assert replies and all(reply == replies[0] for reply in replies)
+    assert all(error_reason(error)[0] == "REQUEST_IN_PROGRESS" for error in refused)
+    assert (get(items_stub, first.id).quantity, get(items_stub, second.id).quantity) == (9, 13)
