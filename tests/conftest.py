@@ -23,7 +23,7 @@ from inventory.v1 import inventory_pb2_grpc
 from inventory_svc.server import build_item_service
 from inventory_svc.service import ItemService
 from inventory_svc.settings import InventorySettings
-from inventory_svc.storage.tables import items, request_ids, stock_movements
+from inventory_svc.storage.tables import items, request_ids, reservation_lines, reservations, stock_movements
 from servicekit.server import ServerThread
 from servicekit.server_settings import ServerSettings
 from tests import test_static_checks
@@ -86,7 +86,7 @@ def engine(inventory_settings: InventorySettings) -> Iterator[Engine]:
 def empty_database(engine: Engine) -> Engine:
     """The session's database with no items: each test starts from nothing."""
     with engine.begin() as connection:
-        for table in (items, stock_movements, request_ids):
+        for table in (reservation_lines, reservations, items, stock_movements, request_ids):
             connection.execute(delete(table))
     return engine
 
