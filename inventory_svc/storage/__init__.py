@@ -5,8 +5,9 @@ exports; the service sees it only through the Protocols of inventory_svc.ports.
 tables          declarative rows, UtcDateTime, NOTIFY channels, advisory lock ids
 rows            domain objects to and from rows (and an Item as a request_id's JSON)
 queries         filter and page statements, the hottest calls' statements
-repositories    items, the stock ledger, request_ids
-writes_at_once  PostgreSQL's one-statement writes (data-modifying CTEs)
+repositories    items, the stock ledger, request_ids, reservations
+writes_at_once  PostgreSQL's one-statement writes (data-modifying CTEs); reservation_writes
+                holds the statements of reservation steps
 unit_of_work    SqlUnitOfWork; errors: what a database error means to a client
 listener        PostgresChangeListener (LISTEN/NOTIFY)
 engine          build_engine, SQLite's per-connection hooks
