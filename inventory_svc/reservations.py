@@ -91,7 +91,7 @@ class ReservationService:
                     now + ttl,
                     request_id=request_id,
                     method="ReserveStock",
-                    fingerprint=request_fingerprint("ReserveStock", *request),
+                    fingerprint=request_fingerprint("ReserveStock", *request) if request_id else "",
                 )
                 if reservation is not None:
                     uow.commit()
@@ -169,7 +169,7 @@ class ReservationService:
                     principal=principal,
                     request_id=request_id,
                     method=method,
-                    fingerprint=request_fingerprint(method, reservation_id),
+                    fingerprint=request_fingerprint(method, reservation_id) if request_id else "",
                 )
                 if ended is not None:
                     uow.commit()

@@ -30,7 +30,6 @@ from inventory_svc.storage.tables import (
     ITEM_IDS_LOCK,
     LOW_STOCK_CHANNEL,
     LOW_STOCK_EVENT_IDS_LOCK,
-    RESERVATION_IDS_LOCK,
     items,
     lock_id_order,
     request_ids,
@@ -275,7 +274,6 @@ class SqlReservationRepository:
         now: datetime,
         expire_time: datetime,
     ) -> Reservation:
-        lock_id_order(self._connection, RESERVATION_IDS_LOCK)  # ids in commit order, for paging
         reservation_id = self._connection.execute(
             insert(reservations)
             .values(

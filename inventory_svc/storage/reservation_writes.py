@@ -20,7 +20,6 @@ from inventory_svc.reservation_rules import ReservationState
 from inventory_svc.storage.tables import (
     LOW_STOCK_CHANNEL,
     LOW_STOCK_EVENT_IDS_LOCK,
-    RESERVATION_IDS_LOCK,
     UtcDateTime,
 )
 
@@ -82,12 +81,10 @@ WITH wanted AS (
     SELECT count(*) = :line_count AS ok
     FROM locked JOIN wanted ON locked.id = wanted.item_id
     WHERE locked.available >= wanted.quantity
-), reservation_ids_locked AS MATERIALIZED (
-    SELECT pg_advisory_xact_lock({RESERVATION_IDS_LOCK}) FROM enough WHERE ok
 ), reservation AS (
     INSERT INTO reservations (state, reference, principal, create_time, expire_time, update_time)
     SELECT '{ReservationState.ACTIVE.value}', :reference, :principal, :now, :expire_time, :now
-    FROM reservation_ids_locked
+    FROM enough WHERE ok
     RETURNING id
 ), held AS (
     INSERT INTO reservation_lines (reservation_id, item_id, position, quantity)

@@ -225,7 +225,8 @@ PROBE_CHANNEL = "inventory_listener_probe"
 # of low-stock events, increase in commit order. SQLite serialises its writers anyway.
 ITEM_IDS_LOCK = 7_123_001
 LOW_STOCK_EVENT_IDS_LOCK = 7_123_002
-RESERVATION_IDS_LOCK = 7_123_003
+# Reservation ids take no such lock: it would make every reservation of every replica wait
+# for the one before to commit. A listing may therefore miss a reservation made while it pages.
 
 
 def lock_id_order(connection: Connection, lock: int) -> None:

@@ -315,7 +315,7 @@ class SqlWritesAtOnce:
                 "method": method,
                 "fingerprint": fingerprint,
                 # The request_id's first result; the statement puts in the reservation's id.
-                "response": json.dumps(reservation_to_values(reservation)),
+                "response": json.dumps(reservation_to_values(reservation)) if request_id else "null",
             },
         )
         return replace(reservation, id=row.id) if row is not None else None
