@@ -39,6 +39,7 @@ def _customer_item_values(item: inventory_pb2.Item) -> dict[str, Any]:
         "brand": item.brand,
         "price": item.price,
         "quantity": item.quantity,
+        "available_quantity": item.available_quantity,
         "dimensions": item.dimensions,
         "weight_kg": item.weight_kg if item.HasField("weight_kg") else None,
         "update_time": item.update_time if item.HasField("update_time") else None,

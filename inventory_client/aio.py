@@ -1,4 +1,5 @@
-"""AsyncInventoryClient: inventory.v1.ItemService over a grpc.aio channel."""
+"""AsyncInventoryClient and AsyncReservationClient: inventory.v1.ItemService and
+ReservationService over a grpc.aio channel."""
 
 from __future__ import annotations
 
@@ -7,15 +8,22 @@ from typing import TYPE_CHECKING, Any
 
 from inventory.v1 import inventory_pb2 as pb
 from inventory_client import requests
-from inventory_client.client import InventoryClient
-from inventory_client.requests import ItemFilter, ItemServiceContract
+from inventory_client.client import InventoryClient, ReservationClient
+from inventory_client.requests import (
+    ItemFilter,
+    ItemServiceContract,
+    ReservationLines,
+    ReservationServiceContract,
+    Ttl,
+)
 from servicekit.client import AsyncServiceClient, Page
 
 if TYPE_CHECKING:
-    from inventory.v1.inventory_pb2_grpc import ItemServiceAsyncStub
+    from inventory.v1.inventory_pb2_grpc import ItemServiceAsyncStub, ReservationServiceAsyncStub
 else:
-    # The .pyi alone knows the asyncio stub: at run time one class serves both kinds of channel.
+    # The .pyi alone knows the asyncio stubs: at run time one class serves both kinds of channel.
     from inventory.v1.inventory_pb2_grpc import ItemServiceStub as ItemServiceAsyncStub
+    from inventory.v1.inventory_pb2_grpc import ReservationServiceStub as ReservationServiceAsyncStub
 
 
 class AsyncInventoryClient(ItemServiceContract, AsyncServiceClient[ItemServiceAsyncStub]):
@@ -113,7 +121,51 @@ class AsyncInventoryClient(ItemServiceContract, AsyncServiceClient[ItemServiceAs
         return self._stream(self._stub.WatchLowStock, request, timeout_s)
 
 
+class AsyncReservationClient(ReservationServiceContract, AsyncServiceClient[ReservationServiceAsyncStub]):
+    """ReservationClient for asyncio: the same methods and parameters, as coroutines, over a
+    grpc.aio channel.
+
+        async with AsyncReservationClient.connect(target, token) as reservations:
+            held = await reservations.reserve_stock({42: 2}, reference="cart-7")
+    """
+
+    async def reserve_stock(
+        self, lines: ReservationLines, *, ttl: Ttl | None = None, reference: str = "", request_id: str = ""
+    ) -> pb.Reservation:
+        request = requests.reserve_stock(lines, ttl, reference, request_id)
+        return (await self._call(self._stub.ReserveStock, request, retry_safe=bool(request_id))).reservation
+
+    async def confirm_reservation(self, reservation_id: int, *, request_id: str = "") -> pb.Reservation:
+        request = pb.ConfirmReservationRequest(id=reservation_id, request_id=request_id)
+        return (await self._call(self._stub.ConfirmReservation, request, retry_safe=bool(request_id))).reservation
+
+    async def release_reservation(self, reservation_id: int, *, request_id: str = "") -> pb.Reservation:
+        request = pb.ReleaseReservationRequest(id=reservation_id, request_id=request_id)
+        return (await self._call(self._stub.ReleaseReservation, request, retry_safe=bool(request_id))).reservation
+
+    async def extend_reservation(self, reservation_id: int, ttl: Ttl) -> pb.Reservation:
+        request = requests.extend_reservation(reservation_id, ttl)
+        return (await self._call(self._stub.ExtendReservation, request)).reservation
+
+    async def get_reservation(self, reservation_id: int) -> pb.Reservation:
+        request = pb.GetReservationRequest(id=reservation_id)
+        return (await self._call(self._stub.GetReservation, request)).reservation
+
+    async def list_reservations(
+        self,
+        *,
+        state: int = 0,
+        reference: str = "",
+        item_id: int = 0,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> Page[pb.Reservation]:
+        request = requests.list_reservations(state, reference, item_id, page_size, page_token)
+        return requests.reservations_page(await self._call(self._stub.ListReservations, request))
+
+
 # The same documentation as the synchronous methods, written once.
-for _name, _method in vars(AsyncInventoryClient).items():
-    if callable(_method) and not _name.startswith("_") and _method.__doc__ is None:
-        _method.__doc__ = getattr(InventoryClient, _name).__doc__
+for _async_class, _sync_class in ((AsyncInventoryClient, InventoryClient), (AsyncReservationClient, ReservationClient)):
+    for _name, _method in vars(_async_class).items():
+        if callable(_method) and not _name.startswith("_") and _method.__doc__ is None:
+            _method.__doc__ = getattr(_sync_class, _name).__doc__

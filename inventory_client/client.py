@@ -1,4 +1,5 @@
-"""InventoryClient: inventory.v1.ItemService over a synchronous grpc.Channel."""
+"""InventoryClient and ReservationClient: inventory.v1.ItemService and ReservationService
+over a synchronous grpc.Channel."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ from typing import Any
 from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
 from inventory_client import requests
-from inventory_client.requests import ItemFilter, ItemServiceContract
+from inventory_client.requests import (
+    ItemFilter,
+    ItemServiceContract,
+    ReservationLines,
+    ReservationServiceContract,
+    Ttl,
+)
 from servicekit.client import Page, ServiceClient
 
 
@@ -121,3 +128,65 @@ class InventoryClient(ItemServiceContract, ServiceClient[inventory_pb2_grpc.Item
         when None; closing the iterator ends the stream."""
         request = requests.watch_low_stock(customer_id, category, after_cursor)
         return self._stream(self._stub.WatchLowStock, request, timeout_s)
+
+
+class ReservationClient(ReservationServiceContract, ServiceClient[inventory_pb2_grpc.ReservationServiceStub]):
+    """One method per RPC of inventory.v1.ReservationService, returning its inventory.v1.Reservation.
+
+        with ReservationClient.connect("127.0.0.1:50051", token=lambda: my_token) as reservations:
+            held = reservations.reserve_stock({42: 2, 43: 1}, ttl=timedelta(minutes=5), reference="cart-7")
+            reservations.confirm_reservation(held.id)
+
+    Connect, deadlines, retries and errors as InventoryClient: GetReservation and
+    ListReservations are retried by the channel, the other writes only when they carry a
+    request_id. A short line raises FailedPrecondition (reason INSUFFICIENT_STOCK, one
+    precondition violation per short item); a reservation no longer ACTIVE,
+    FailedPrecondition (RESERVATION_NOT_ACTIVE, metadata state)."""
+
+    def reserve_stock(
+        self, lines: ReservationLines, *, ttl: Ttl | None = None, reference: str = "", request_id: str = ""
+    ) -> pb.Reservation:
+        """Holds every line or none: `lines` is {item_id: quantity} (or ReservationLine
+        messages), 1 to 100 items. `ttl` (a timedelta, or seconds; 15 minutes when None, 1 s
+        to 24 h) is how long the units stay held unless confirmed or released; `reference` is
+        your order or cart id. Pass a request_id (a UUID) to make a retry safe, as in
+        InventoryClient.adjust_quantity."""
+        request = requests.reserve_stock(lines, ttl, reference, request_id)
+        return self._call(self._stub.ReserveStock, request, retry_safe=bool(request_id)).reservation
+
+    def confirm_reservation(self, reservation_id: int, *, request_id: str = "") -> pb.Reservation:
+        """Sells the held units (they leave stock) and returns the reservation, CONFIRMED. With
+        a request_id a retry is safe and answers the first result."""
+        request = pb.ConfirmReservationRequest(id=reservation_id, request_id=request_id)
+        return self._call(self._stub.ConfirmReservation, request, retry_safe=bool(request_id)).reservation
+
+    def release_reservation(self, reservation_id: int, *, request_id: str = "") -> pb.Reservation:
+        """Makes the held units available again and returns the reservation, RELEASED. With a
+        request_id a retry is safe and answers the first result."""
+        request = pb.ReleaseReservationRequest(id=reservation_id, request_id=request_id)
+        return self._call(self._stub.ReleaseReservation, request, retry_safe=bool(request_id)).reservation
+
+    def extend_reservation(self, reservation_id: int, ttl: Ttl) -> pb.Reservation:
+        """Moves an ACTIVE reservation's expire_time to `ttl` from now (1 s to 24 h). It takes
+        no request_id, so it is never sent twice."""
+        request = requests.extend_reservation(reservation_id, ttl)
+        return self._call(self._stub.ExtendReservation, request).reservation
+
+    def get_reservation(self, reservation_id: int) -> pb.Reservation:
+        """The reservation; NotFound (RESERVATION_NOT_FOUND) when there is none with this id."""
+        return self._call(self._stub.GetReservation, pb.GetReservationRequest(id=reservation_id)).reservation
+
+    def list_reservations(
+        self,
+        *,
+        state: int = 0,
+        reference: str = "",
+        item_id: int = 0,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> Page[pb.Reservation]:
+        """A page of the reservations matching every filter given, by id (no total_size):
+        `state` an inventory_pb2.ReservationState (0: any), `reference` exactly, `item_id` an
+        item they hold (0: any)."""
+        request = requests.list_reservations(state, reference, item_id, page_size, page_token)
+        return requests.reservations_page(self._call(self._stub.ListReservations, request))

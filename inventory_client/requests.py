@@ -1,14 +1,16 @@
-"""The requests of inventory.v1.ItemService, built from plain Python parameters: what the
-synchronous and the asyncio client share, so that both send exactly the same thing."""
+"""The requests of inventory.v1.ItemService and ReservationService, built from plain Python
+parameters: what the synchronous and the asyncio clients share, so that both send exactly the
+same thing."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from google.protobuf import field_mask_pb2
+from google.protobuf import duration_pb2, field_mask_pb2
 from google.type import money_pb2
 
 from inventory.v1 import inventory_pb2 as pb
@@ -134,3 +136,51 @@ class ItemServiceContract:
 
     stub_class = inventory_pb2_grpc.ItemServiceStub  # a grpc.aio channel takes the same stub
     service = pb.DESCRIPTOR.services_by_name["ItemService"]
+
+
+# Lines of a reservation: {item_id: quantity}, or ReservationLine messages (a reservation's own).
+ReservationLines = Mapping[int, int] | Iterable[pb.ReservationLine]
+# A reservation's time to live: a timedelta, or seconds.
+Ttl = timedelta | float
+
+
+def duration(ttl: Ttl) -> duration_pb2.Duration:
+    message = duration_pb2.Duration()
+    message.FromTimedelta(ttl if isinstance(ttl, timedelta) else timedelta(seconds=ttl))
+    return message
+
+
+def reserve_stock(lines: ReservationLines, ttl: Ttl | None, reference: str, request_id: str) -> pb.ReserveStockRequest:
+    if isinstance(lines, Mapping):
+        lines = [pb.ReservationLine(item_id=item_id, quantity=quantity) for item_id, quantity in lines.items()]
+    return pb.ReserveStockRequest(
+        lines=lines, ttl=None if ttl is None else duration(ttl), reference=reference, request_id=request_id
+    )
+
+
+def extend_reservation(reservation_id: int, ttl: Ttl) -> pb.ExtendReservationRequest:
+    return pb.ExtendReservationRequest(id=reservation_id, ttl=duration(ttl))
+
+
+def list_reservations(
+    state: int, reference: str, item_id: int, page_size: int, page_token: str
+) -> pb.ListReservationsRequest:
+    return pb.ListReservationsRequest(
+        state=pb.ReservationState.ValueType(state),
+        reference=reference,
+        item_id=item_id,
+        page_size=page_size,
+        page_token=page_token,
+    )
+
+
+def reservations_page(reply: pb.ListReservationsResponse) -> Page[pb.Reservation]:
+    return Page(reply.reservations, reply.next_page_token)
+
+
+class ReservationServiceContract:
+    """What both reservation clients say of inventory.v1.ReservationService: its stub and
+    its descriptor, whose reads (GetReservation, ListReservations) the channel retries."""
+
+    stub_class = inventory_pb2_grpc.ReservationServiceStub
+    service = pb.DESCRIPTOR.services_by_name["ReservationService"]

@@ -118,7 +118,7 @@ def documented_examples() -> list[str]:
 def test_the_documented_examples_run_as_printed_from_the_installed_clients(
     installed, inventory_address, crm_address, tmp_path
 ):
-    sync_example, asyncio_example = documented_examples()
+    sync_example, asyncio_example, reservation_example = documented_examples()
     env = dict(
         INVENTORY_TARGET=inventory_address,
         INVENTORY_TOKEN=mint(subject="ops"),
@@ -128,9 +128,15 @@ def test_the_documented_examples_run_as_printed_from_the_installed_clients(
 
     synchronous = run_outside(installed, sync_example, tmp_path, **env).stdout.splitlines()
     asynchronous = run_outside(installed, asyncio_example, tmp_path, **env).stdout.splitlines()
+    reserving = run_outside(installed, reservation_example, tmp_path, **env).stdout.splitlines()
 
     tools, not_found, crm_items = synchronous
     assert tools == "tools: [('DOC-HAMMER', 7)]"
     assert not_found.startswith("not found: ") and "999999" in not_found  # the wording is the server's
     assert crm_items == "alice's items: ['Claw hammer']"
     assert asynchronous == ["saws: ['DOC-SAW-30', 'DOC-SAW-45', 'DOC-SAW-60'] low on stock: 3"]
+    assert reserving == [
+        "available while held: 1",
+        "refused: INSUFFICIENT_STOCK ['2 asked, 1 available']",
+        "in stock after the sale: 1",
+    ]

@@ -1,6 +1,7 @@
 """The typed Python clients against a real server: every RPC of inventory.v1.ItemService
-through both InventoryClient and AsyncInventoryClient (each test runs with each), errors as
-servicekit exceptions, and the CRM's client."""
+through both InventoryClient and AsyncInventoryClient, and of ReservationService through both
+ReservationClient and AsyncReservationClient (each test runs with each), errors as servicekit
+exceptions, and the CRM's client."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import inspect
 import itertools
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent import futures
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -20,7 +23,14 @@ from crm.v1 import crm_pb2
 from crm_client import CrmClient
 from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
-from inventory_client import AsyncInventoryClient, InventoryClient, ItemFilter, money
+from inventory_client import (
+    AsyncInventoryClient,
+    AsyncReservationClient,
+    InventoryClient,
+    ItemFilter,
+    ReservationClient,
+    money,
+)
 from servicekit.call_context import CallContext, current_call
 from servicekit.errors import (
     AlreadyExists,
@@ -37,6 +47,12 @@ from servicekit.errors import (
 from tests.helpers import mint
 
 ITEM_SERVICE = pb.DESCRIPTOR.services_by_name["ItemService"]
+RESERVATION_SERVICE = pb.DESCRIPTOR.services_by_name["ReservationService"]
+# Each synchronous client, its asyncio twin, and the service both call.
+CLIENT_PAIRS = [
+    (InventoryClient, AsyncInventoryClient, ITEM_SERVICE),
+    (ReservationClient, AsyncReservationClient, RESERVATION_SERVICE),
+]
 
 
 def snake_case(name: str) -> str:
@@ -48,6 +64,8 @@ def snake_case(name: str) -> str:
     [
         (InventoryClient, ITEM_SERVICE),
         (AsyncInventoryClient, ITEM_SERVICE),
+        (ReservationClient, RESERVATION_SERVICE),
+        (AsyncReservationClient, RESERVATION_SERVICE),
         (CrmClient, crm_pb2.DESCRIPTOR.services_by_name["CustomerItemsService"]),
     ],
 )
@@ -63,31 +81,33 @@ def parameters(client_class: type, name: str) -> list[inspect.Parameter]:
     return list(inspect.signature(getattr(client_class, name)).parameters.values())
 
 
-def test_the_asyncio_client_has_the_same_parameters_as_the_synchronous_one():
-    names = [snake_case(method.name) for method in ITEM_SERVICE.methods]
-    differing = [name for name in names if parameters(InventoryClient, name) != parameters(AsyncInventoryClient, name)]
+@pytest.mark.parametrize(("sync_class", "async_class", "service"), CLIENT_PAIRS)
+def test_the_asyncio_client_has_the_same_parameters_as_the_synchronous_one(sync_class, async_class, service):
+    names = [snake_case(method.name) for method in service.methods]
+    differing = [name for name in names if parameters(sync_class, name) != parameters(async_class, name)]
 
     assert differing == []
 
 
-def test_the_asyncio_clients_unary_methods_are_coroutines():
-    unary = [snake_case(method.name) for method in ITEM_SERVICE.methods if not method.server_streaming]
+@pytest.mark.parametrize(("sync_class", "async_class", "service"), CLIENT_PAIRS)
+def test_the_asyncio_clients_unary_methods_are_coroutines(sync_class, async_class, service):
+    unary = [snake_case(method.name) for method in service.methods if not method.server_streaming]
 
-    assert [name for name in unary if not inspect.iscoroutinefunction(getattr(AsyncInventoryClient, name))] == []
+    assert [name for name in unary if not inspect.iscoroutinefunction(getattr(async_class, name))] == []
 
 
 class Blocking:
-    """Drives an AsyncInventoryClient from a synchronous test, on one event loop kept for the
+    """Drives an asyncio client from a synchronous test, on one event loop kept for the
     client's life (a grpc.aio channel belongs to the loop it was made on): the same test code
     then runs against both clients."""
 
-    def __init__(self, address: str, token: Any) -> None:
+    def __init__(self, client_class: Any, address: str, token: Any) -> None:
         self._loop = asyncio.new_event_loop()
-        self._client = self._run(self._connect(address, token))
+        self._client = self._run(self._connect(client_class, address, token))
 
     @staticmethod
-    async def _connect(address: str, token: Any) -> AsyncInventoryClient:
-        return AsyncInventoryClient.connect(address, token)
+    async def _connect(client_class: Any, address: str, token: Any) -> Any:
+        return client_class.connect(address, token)
 
     def _run(self, awaitable: Any) -> Any:
         return self._loop.run_until_complete(awaitable)
@@ -114,7 +134,13 @@ class Blocking:
 
 
 def connected(kind: str, address: str, token: Any) -> Any:
-    return InventoryClient.connect(address, token) if kind == "sync" else Blocking(address, token)
+    return InventoryClient.connect(address, token) if kind == "sync" else Blocking(AsyncInventoryClient, address, token)
+
+
+def connected_reservations(kind: str, address: str, token: Any) -> Any:
+    if kind == "sync":
+        return ReservationClient.connect(address, token)
+    return Blocking(AsyncReservationClient, address, token)
 
 
 @pytest.fixture(params=["sync", "asyncio"])
@@ -125,6 +151,13 @@ def client_kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def inventory(client_kind, inventory_address):
     client = connected(client_kind, inventory_address, mint)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def reservations(client_kind, inventory_address):
+    client = connected_reservations(client_kind, inventory_address, mint)
     yield client
     client.close()
 
@@ -253,6 +286,106 @@ def test_watch_low_stock_streams_events_from_the_cursor(inventory):
 def test_watch_low_stock_ends_with_deadline_exceeded_at_its_timeout(inventory):
     with pytest.raises(DeadlineExceeded):
         list(inventory.watch_low_stock(after_cursor=0, timeout_s=0.3))
+
+
+def test_reserve_stock_holds_units_until_confirm_reservation_sells_them(inventory, reservations):
+    keyboard = inventory.create_item(widget(sku="KB", quantity=5))
+    mouse = inventory.create_item(widget(sku="MS", quantity=4))
+
+    held = reservations.reserve_stock(
+        {keyboard.id: 2, mouse.id: 1}, ttl=timedelta(minutes=5), reference="cart-7", request_id=str(uuid.uuid4())
+    )
+    during = inventory.batch_get_items([keyboard.id, mouse.id])
+    confirmed = reservations.confirm_reservation(held.id)
+    after = inventory.batch_get_items([keyboard.id, mouse.id])
+
+    assert (held.state, held.reference) == (pb.RESERVATION_STATE_ACTIVE, "cart-7")
+    assert [(line.item_id, line.quantity) for line in held.lines] == [(keyboard.id, 2), (mouse.id, 1)]
+    assert held.expire_time.ToDatetime() - held.create_time.ToDatetime() == timedelta(minutes=5)
+    assert [(item.quantity, item.reserved_quantity, item.available_quantity) for item in during] == [
+        (5, 2, 3),
+        (4, 1, 3),
+    ]
+    assert (confirmed.id, confirmed.state) == (held.id, pb.RESERVATION_STATE_CONFIRMED)
+    assert [(item.quantity, item.reserved_quantity, item.available_quantity) for item in after] == [
+        (3, 0, 3),
+        (3, 0, 3),
+    ]
+    sale = inventory.list_stock_movements(keyboard.id).items[0]
+    assert (sale.reason, sale.delta, sale.reserved_delta, sale.reservation_id) == (
+        pb.STOCK_MOVEMENT_REASON_SALE,
+        -2,
+        -2,
+        held.id,
+    )
+
+
+def test_a_short_line_is_insufficient_stock_naming_the_item_and_reserves_nothing(inventory, reservations):
+    plenty = inventory.create_item(widget(sku="PL", quantity=9))
+    scarce = inventory.create_item(widget(sku="SC", quantity=1))
+
+    with pytest.raises(FailedPrecondition) as short:
+        reservations.reserve_stock({plenty.id: 2, scarce.id: 3})
+
+    assert (short.value.reason, short.value.domain, short.value.metadata) == (
+        "INSUFFICIENT_STOCK",
+        "inventory.v1",
+        {"item_ids": str(scarce.id)},
+    )
+    assert [(v.type, v.subject, v.description) for v in short.value.precondition_violations] == [
+        ("STOCK", f"items/{scarce.id}", "3 asked, 1 available")
+    ]
+    assert [item.reserved_quantity for item in inventory.batch_get_items([plenty.id, scarce.id])] == [0, 0]
+
+
+def test_release_extend_get_and_list_reservations(inventory, reservations):
+    item = inventory.create_item(widget(quantity=5))
+    reference = f"cart-{uuid.uuid4()}"  # reservations outlive the items of earlier tests
+    first = reservations.reserve_stock({item.id: 1}, ttl=60, reference=reference)
+    second = reservations.reserve_stock({item.id: 2}, reference=reference)
+
+    extended = reservations.extend_reservation(first.id, timedelta(hours=2))
+    released = reservations.release_reservation(second.id, request_id=str(uuid.uuid4()))
+
+    assert extended.expire_time.ToDatetime() - first.expire_time.ToDatetime() > timedelta(hours=1)
+    assert reservations.get_reservation(first.id) == extended
+    assert released.state == pb.RESERVATION_STATE_RELEASED
+    assert inventory.get_item(item.id).reserved_quantity == 1
+    assert [r.id for r in reservations.list_reservations(reference=reference).items] == [first.id, second.id]
+    active = reservations.list_reservations(state=pb.RESERVATION_STATE_ACTIVE, reference=reference)
+    assert [r.id for r in active.items] == [first.id]
+    first_page = reservations.list_reservations(reference=reference, page_size=1)
+    second_page = reservations.list_reservations(
+        reference=reference, page_size=1, page_token=first_page.next_page_token
+    )
+    assert [r.id for r in [*first_page.items, *second_page.items]] == [first.id, second.id]
+    assert second_page.next_page_token == ""
+
+
+def test_a_reservation_no_longer_active_is_reservation_not_active_saying_its_state(inventory, reservations):
+    item = inventory.create_item(widget(quantity=5))
+    held = reservations.reserve_stock({item.id: 1})
+    reservations.release_reservation(held.id)
+
+    with pytest.raises(FailedPrecondition) as ended:
+        reservations.confirm_reservation(held.id)
+    with pytest.raises(NotFound) as missing:
+        reservations.get_reservation(held.id + 1000)
+
+    assert (ended.value.reason, ended.value.metadata) == (
+        "RESERVATION_NOT_ACTIVE",
+        {"reservation_id": str(held.id), "state": "RELEASED"},
+    )
+    assert [(v.type, v.subject) for v in ended.value.precondition_violations] == [("STATE", f"reservations/{held.id}")]
+    assert missing.value.reason == "RESERVATION_NOT_FOUND"
+    assert inventory.get_item(item.id).quantity == 5
+
+
+def test_a_ttl_out_of_range_is_an_invalid_field(reservations):
+    with pytest.raises(InvalidField) as invalid:
+        reservations.reserve_stock({1: 1}, ttl=timedelta(hours=25))
+
+    assert (invalid.value.reason, invalid.value.field) == ("INVALID_FIELDS", "ttl")
 
 
 def test_a_second_item_with_the_same_sku_is_already_exists(inventory):
@@ -474,6 +607,101 @@ def test_a_write_without_a_request_id_is_not_tried_again(client_kind, recording_
         client.close()
 
     assert servicer.adjust_attempts == 1
+
+
+class FirstCallCancelled(inventory_pb2_grpc.ReservationServiceServicer):
+    """Answers each method's first call as a stopping replica does (grpc/grpc#41785), which a
+    real server does only in the instant it stops, and the calls after it with a reservation."""
+
+    def __init__(self) -> None:
+        self.attempts: dict[str, int] = {}
+
+    def _answer(self, method: str, context: grpc.ServicerContext) -> pb.Reservation:
+        self.attempts[method] = self.attempts.get(method, 0) + 1
+        if self.attempts[method] == 1:
+            context.abort(grpc.StatusCode.CANCELLED, "the server is stopping")
+        return pb.Reservation(id=7)
+
+    def ReserveStock(self, request, context):
+        return pb.ReserveStockResponse(reservation=self._answer("ReserveStock", context))
+
+    def ConfirmReservation(self, request, context):
+        return pb.ConfirmReservationResponse(reservation=self._answer("ConfirmReservation", context))
+
+    def ReleaseReservation(self, request, context):
+        return pb.ReleaseReservationResponse(reservation=self._answer("ReleaseReservation", context))
+
+    def ExtendReservation(self, request, context):
+        return pb.ExtendReservationResponse(reservation=self._answer("ExtendReservation", context))
+
+    def GetReservation(self, request, context):
+        return pb.GetReservationResponse(reservation=self._answer("GetReservation", context))
+
+
+@pytest.fixture
+def first_call_cancelled():
+    servicer = FirstCallCancelled()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    inventory_pb2_grpc.add_ReservationServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}", servicer
+    server.stop(grace=None)
+
+
+REQUEST_ID = "0f6a3c52-8d1e-4b7a-9c2f-5e4d3b2a1c07"
+
+
+@pytest.mark.parametrize(
+    ("method", "call"),
+    [
+        pytest.param(
+            "ReserveStock", lambda client: client.reserve_stock({1: 1}, request_id=REQUEST_ID), id="ReserveStock"
+        ),
+        pytest.param(
+            "ConfirmReservation",
+            lambda client: client.confirm_reservation(7, request_id=REQUEST_ID),
+            id="ConfirmReservation",
+        ),
+        pytest.param(
+            "ReleaseReservation",
+            lambda client: client.release_reservation(7, request_id=REQUEST_ID),
+            id="ReleaseReservation",
+        ),
+        pytest.param("GetReservation", lambda client: client.get_reservation(7), id="GetReservation"),
+    ],
+)
+def test_a_reservation_read_or_a_write_with_a_request_id_is_tried_again_when_a_stopping_server_cancels_it(
+    client_kind, first_call_cancelled, method, call
+):
+    address, servicer = first_call_cancelled
+    client = connected_reservations(client_kind, address, lambda: "the-token")
+    try:
+        reservation = call(client)
+    finally:
+        client.close()
+
+    assert (reservation.id, servicer.attempts) == (7, {method: 2})
+
+
+@pytest.mark.parametrize(
+    ("method", "call"),
+    [
+        pytest.param("ReserveStock", lambda client: client.reserve_stock({1: 1}), id="ReserveStock"),
+        pytest.param("ConfirmReservation", lambda client: client.confirm_reservation(7), id="ConfirmReservation"),
+        pytest.param("ExtendReservation", lambda client: client.extend_reservation(7, 60), id="ExtendReservation"),
+    ],
+)
+def test_a_reservation_write_without_a_request_id_is_not_tried_again(client_kind, first_call_cancelled, method, call):
+    address, servicer = first_call_cancelled
+    client = connected_reservations(client_kind, address, lambda: "the-token")
+    try:
+        with pytest.raises(Cancelled):
+            call(client)
+    finally:
+        client.close()
+
+    assert servicer.attempts == {method: 1}
 
 
 def test_crm_client_reaches_exactly_the_customers_own_items(inventory_address, crm_address):

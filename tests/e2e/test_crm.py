@@ -10,6 +10,8 @@ import pytest
 
 from crm.v1 import crm_pb2 as crm
 from crm.v1 import crm_pb2_grpc
+from inventory.v1 import inventory_pb2 as pb
+from inventory.v1 import inventory_pb2_grpc
 from tests.helpers import (
     all_pages,
     authorized_channel,
@@ -118,6 +120,25 @@ def test_another_customers_item_answers_exactly_like_a_missing_one(as_customer, 
     assert missing.details() == f"item {missing_id} not found"
     assert error_reason(foreign) == ("ITEM_NOT_FOUND", "crm.v1", {"item_id": str(shop["BO-KB"])})
     assert error_reason(missing) == ("ITEM_NOT_FOUND", "crm.v1", {"item_id": str(missing_id)})
+
+
+def test_a_customer_sees_the_available_quantity_drop_when_units_of_their_item_are_reserved(
+    as_customer, shop, inventory_address
+):
+    alice = as_customer("alice")
+    keyboard = shop["AL-KB"]
+    before = alice.GetMyItem(crm.GetMyItemRequest(id=keyboard)).item
+
+    with authorized_channel(inventory_address, mint()) as channel:
+        inventory_pb2_grpc.ReservationServiceStub(channel).ReserveStock(
+            pb.ReserveStockRequest(lines=[pb.ReservationLine(item_id=keyboard, quantity=2)], reference="cart-1")
+        )
+
+    after = alice.GetMyItem(crm.GetMyItemRequest(id=keyboard)).item
+    listed = next(item for item in alice.ListMyItems(crm.ListMyItemsRequest()).items if item.id == keyboard)
+    assert (before.quantity, before.available_quantity) == (5, 5)
+    assert (after.quantity, after.available_quantity) == (5, 3)
+    assert listed.available_quantity == 3
 
 
 @pytest.mark.parametrize("sku", ["AL-OLD", "NOBODY"])

@@ -49,6 +49,14 @@ def test_secrets_stay_out_of_the_settings_repr():
         ({"JWT_SECRET_FILE": "/no/such/file"}, "JWT_SECRET_FILE"),
         ({"JWT_SECRET": SECRET, "INVENTORY_MAX_WORKERS": "many"}, "INVENTORY_MAX_WORKERS"),
         ({"JWT_SECRET": SECRET, "INVENTORY_SHUTDOWN_GRACE_S": "-1"}, "INVENTORY_SHUTDOWN_GRACE_S"),
+        (
+            {"JWT_SECRET": SECRET, "INVENTORY_RESERVATION_SWEEP_INTERVAL_S": "soon"},
+            "INVENTORY_RESERVATION_SWEEP_INTERVAL_S",
+        ),
+        (
+            {"JWT_SECRET": SECRET, "INVENTORY_RESERVATION_SWEEP_INTERVAL_S": "-1"},
+            "INVENTORY_RESERVATION_SWEEP_INTERVAL_S",
+        ),
     ],
 )
 def test_bad_settings_are_refused_naming_the_variable(env, named):
@@ -103,6 +111,16 @@ def test_pool_pre_ping_is_on_unless_turned_off():
     assert not InventorySettings.from_env(
         {"JWT_SECRET": SECRET, "INVENTORY_DB_POOL_PRE_PING": "false"}
     ).db_pool_pre_ping
+
+
+def test_reservations_are_swept_every_second_unless_configured():
+    assert InventorySettings.from_env({"JWT_SECRET": SECRET}).reservation_sweep_interval_s == 1.0
+    assert (
+        InventorySettings.from_env(
+            {"JWT_SECRET": SECRET, "INVENTORY_RESERVATION_SWEEP_INTERVAL_S": "0.25"}
+        ).reservation_sweep_interval_s
+        == 0.25
+    )
 
 
 SERVER_DEFAULTS_OF_EACH_SERVICE = {
