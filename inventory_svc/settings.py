@@ -55,12 +55,16 @@ class InventorySettings:
             db_pool_size=read.int("DB_POOL_SIZE", cls.db_pool_size, minimum=1),
             db_pool_pre_ping=read.bool("DB_POOL_PRE_PING", cls.db_pool_pre_ping),
             request_id_ttl_s=read.float("REQUEST_ID_TTL_S", cls.request_id_ttl_s),
-            request_id_purge_interval_s=read.float("REQUEST_ID_PURGE_INTERVAL_S", cls.request_id_purge_interval_s),
+            request_id_purge_interval_s=read.float(
+                "REQUEST_ID_PURGE_INTERVAL_S", cls.request_id_purge_interval_s, positive=True
+            ),
             max_watchers=read.int("MAX_WATCHERS", cls.max_watchers, minimum=1),
             max_watches_per_subject=read.int("MAX_WATCHES_PER_SUBJECT", cls.max_watches_per_subject, minimum=1),
             watch_poll_s=read.float("WATCH_POLL_S", cls.watch_poll_s),
             item_cache_size=read.int("ITEM_CACHE_SIZE", cls.item_cache_size),
             item_cache_max_age_s=read.float("ITEM_CACHE_MAX_AGE_S", cls.item_cache_max_age_s),
-            reservation_sweep_interval_s=read.float("RESERVATION_SWEEP_INTERVAL_S", cls.reservation_sweep_interval_s),
+            reservation_sweep_interval_s=read.float(
+                "RESERVATION_SWEEP_INTERVAL_S", cls.reservation_sweep_interval_s, positive=True
+            ),
             auth=AuthSettings.from_env(env, "INVENTORY", check=serving),
         )

@@ -68,7 +68,8 @@ class EnvReader:
             raise SettingsError(f"{key} must be at least {minimum}, got {value}")
         return value
 
-    def float(self, name: builtins.str, default: builtins.float) -> builtins.float:
+    def float(self, name: builtins.str, default: builtins.float, *, positive: bool = False) -> builtins.float:
+        """`positive`: zero is refused too (an interval of zero would spin)."""
         found = self._lookup(name)
         if not found:
             return default
@@ -79,6 +80,8 @@ class EnvReader:
             raise SettingsError(f"{key} must be a number, got {raw!r}") from None
         if not value >= 0:
             raise SettingsError(f"{key} must be zero or more, got {raw!r}")
+        if positive and not value > 0:
+            raise SettingsError(f"{key} must be greater than zero, got {raw!r}")
         return value
 
     def subject_caps(self, name: builtins.str) -> dict[builtins.str, builtins.int]:

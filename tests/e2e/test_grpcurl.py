@@ -9,12 +9,11 @@ import signal
 import subprocess
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, event
+from sqlalchemy import event
 
 from crm_svc.settings import CrmSettings
 from inventory.v1 import inventory_pb2 as pb
@@ -22,7 +21,6 @@ from inventory.v1 import inventory_pb2_grpc
 from inventory_svc.demo import seed_demo_items
 from inventory_svc.server import build_item_service
 from inventory_svc.settings import InventorySettings
-from servicekit.background import Periodic
 from servicekit.server_settings import ServerSettings
 from tests.helpers import (
     TEST_AUTH,
@@ -250,19 +248,6 @@ def test_readme_watch_example_shows_the_event_and_the_ledger(tmp_path):
     assert [m["reason"] for m in ledger] == ["STOCK_MOVEMENT_REASON_SALE", "STOCK_MOVEMENT_REASON_ITEM_CREATED"]
 
 
-@contextmanager
-def sweeping_reservations(engine: Engine, settings: InventorySettings) -> Iterator[None]:
-    """The sweep that expires reservations, which inventory_svc.server.serve runs beside the
-    server and `serving` leaves out."""
-    items = build_item_service(engine, settings)
-    sweep = Periodic("expire-reservations", settings.reservation_sweep_interval_s, items.reservations.expire_all_due)
-    sweep.start()
-    try:
-        yield
-    finally:
-        sweep.stop()
-
-
 # Docs whose ```console blocks are transcripts: `$ command` lines, each followed by what it printed.
 TRANSCRIPT_DOCS = ("docs/api.md",)
 # In a transcript, a line of just "..." stands for any number of lines left out.
@@ -352,7 +337,6 @@ def test_documented_answers_are_what_the_servers_answer(tmp_path, document):
     with (
         migrated_engine(settings) as engine,
         serving(settings, engine) as running,
-        sweeping_reservations(engine, settings),
         serving_crm(
             CrmSettings(
                 server=ServerSettings(listen_address="127.0.0.1:0"),

@@ -57,6 +57,15 @@ def test_secrets_stay_out_of_the_settings_repr():
             {"JWT_SECRET": SECRET, "INVENTORY_RESERVATION_SWEEP_INTERVAL_S": "-1"},
             "INVENTORY_RESERVATION_SWEEP_INTERVAL_S",
         ),
+        # An interval of zero would run its task back to back.
+        (
+            {"JWT_SECRET": SECRET, "INVENTORY_RESERVATION_SWEEP_INTERVAL_S": "0"},
+            "INVENTORY_RESERVATION_SWEEP_INTERVAL_S must be greater than zero",
+        ),
+        (
+            {"JWT_SECRET": SECRET, "INVENTORY_REQUEST_ID_PURGE_INTERVAL_S": "0"},
+            "INVENTORY_REQUEST_ID_PURGE_INTERVAL_S must be greater than zero",
+        ),
     ],
 )
 def test_bad_settings_are_refused_naming_the_variable(env, named):
