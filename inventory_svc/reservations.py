@@ -269,6 +269,9 @@ class ReservationService:
             ((line, reservation) for reservation in reservations for line in reservation.lines),
             key=lambda step: (step[0].item_id, step[1].id),
         )
+        # Every item is changed before any ledger row is written: a low-stock row takes the
+        # event ids lock, and holding it while waiting for the next item could deadlock.
+        moved: list[tuple[Item, Item, Reservation]] = []
         for line, reservation in steps:
             delta, reserved_delta = ending.quantity_per_unit * line.quantity, ending.reserved_per_unit * line.quantity
             after = uow.items.add_to_quantity(line.item_id, delta, MAX_QUANTITY_VALUE, reserved_delta=reserved_delta)
@@ -281,6 +284,8 @@ class ReservationService:
             before = replace(
                 after, quantity=after.quantity - delta, reserved_quantity=after.reserved_quantity - reserved_delta
             )
+            moved.append((before, after, reservation))
+        for before, after, reservation in moved:
             who = reservation.principal if principal is None else principal
             self._record(uow, before, after, ending.reason, reservation.id, who, request_id)
         now = self._clock()

@@ -300,17 +300,28 @@ class ItemService:
 
     def _change_stock(self, uow: UnitOfWork, change: StockChange, principal: str, request_id: str) -> Item:
         """Makes one checked change in `uow` with its ledger row, or raises why it cannot."""
+        before, after = self._move_stock(uow, change)
+        self._record_change(uow, before, after, change, principal, request_id)
+        return after
+
+    @staticmethod
+    def _move_stock(uow: UnitOfWork, change: StockChange) -> tuple[Item, Item]:
+        """The item before and after one checked change in `uow`, or why it cannot be made."""
         if change.delta is not None:
             after = uow.items.add_to_quantity(change.item_id, change.delta, MAX_QUANTITY_VALUE)
             before = replace(after, quantity=after.quantity - change.delta) if after else None
         else:
             before = uow.items.get_for_update(change.item_id)
             after = uow.items.set_quantity(change.item_id, change.set_to or 0) if before else None
-        if after is None:
+        if before is None or after is None:
             raise stock_refusal(uow.items.get(change.item_id), change)
+        return before, after
+
+    def _record_change(
+        self, uow: UnitOfWork, before: Item, after: Item, change: StockChange, principal: str, request_id: str
+    ) -> None:
         reason = change.reason or MovementReason.OTHER
         self._record(uow, before, after, reason, note=change.note, principal=principal, request_id=request_id)
-        return after
 
     def batch_adjust_quantities(
         self, changes: Sequence[StockChange], *, principal: str = "", request_id: str = ""
@@ -342,15 +353,19 @@ class ItemService:
             )
             if replayed is not None:
                 return list(replayed)
-            after: dict[int, Item] = {}
-            # In the order of item ids, as every writer of several items locks them: no deadlock.
+            moved: dict[int, tuple[Item, Item]] = {}
+            # In the order of item ids, as every writer of several items locks them, and every
+            # item before any ledger row (whose low-stock events take a lock of their own): no
+            # deadlock.
             for index, change in sorted(enumerate(checked), key=lambda indexed: indexed[1].item_id):
                 try:
-                    after[index] = self._change_stock(uow, change, principal, request_id)
+                    moved[index] = self._move_stock(uow, change)
                 except DomainError as error:
                     error.metadata["request_index"] = str(index)
                     raise
-            items = [after[index] for index in range(len(checked))]
+            for index, (before, after) in sorted(moved.items(), key=lambda entry: entry[1][1].id):
+                self._record_change(uow, before, after, checked[index], principal, request_id)
+            items = [moved[index][1] for index in range(len(checked))]
             if request_id:
                 uow.request_ids.complete(request_id, tuple(items))
             uow.commit()

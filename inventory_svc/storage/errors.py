@@ -25,7 +25,14 @@ def unavailable_for(error: BaseException | None) -> Unavailable | None:
     if isinstance(error, OperationalError) and "database is locked" in str(error.orig):
         # SQLite's busy timeout ran out behind another writer.
         return DatabaseUnavailable("the database is busy; try again")
+    if isinstance(error, OperationalError) and getattr(error.orig, "pgcode", None) in _UNDONE_BY_POSTGRESQL:
+        # Writers lock items in id order so that this never happens; if it does, nothing was kept.
+        return DatabaseUnavailable("the database undid this call to break a deadlock: nothing was written; try again")
     return None
+
+
+# A deadlock, and a serialization failure: PostgreSQL rolled the transaction back.
+_UNDONE_BY_POSTGRESQL = frozenset({"40P01", "40001"})
 
 
 def lost_while_writing(stage: str) -> Unavailable:
