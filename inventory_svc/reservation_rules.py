@@ -60,6 +60,19 @@ class Reservation:
     expire_time: datetime
     update_time: datetime
 
+    @classmethod
+    def made(
+        cls,
+        reservation_id: int,
+        lines: Sequence[ReservationLine],
+        reference: str,
+        principal: str,
+        now: datetime,
+        expire_time: datetime,
+    ) -> Reservation:
+        """A reservation as ReserveStock makes it: ACTIVE since `now`."""
+        return cls(reservation_id, ReservationState.ACTIVE, tuple(lines), reference, principal, now, expire_time, now)
+
     def is_due(self, now: datetime) -> bool:
         """Active past its expire_time: it must expire before anything else is done with it."""
         return self.state is ReservationState.ACTIVE and self.expire_time <= now

@@ -298,16 +298,7 @@ class SqlReservationRepository:
                 for position, line in enumerate(lines)
             ],
         )
-        return Reservation(
-            id=reservation_id,
-            state=ReservationState.ACTIVE,
-            lines=tuple(lines),
-            reference=reference,
-            principal=principal,
-            create_time=now,
-            expire_time=expire_time,
-            update_time=now,
-        )
+        return Reservation.made(reservation_id, lines, reference, principal, now, expire_time)
 
     def get(self, reservation_id: int, *, for_update: bool = False) -> Reservation | None:
         """With `for_update`, the reservation is locked until the transaction ends."""

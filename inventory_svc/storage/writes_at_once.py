@@ -291,16 +291,7 @@ class SqlWritesAtOnce:
         fingerprint: str,
     ) -> Reservation | None:
         """What ReservationService.reserve does, in one statement: every line held or none."""
-        reservation = Reservation(
-            id=0,
-            state=ReservationState.ACTIVE,
-            lines=tuple(lines),
-            reference=reference,
-            principal=principal,
-            create_time=now,
-            expire_time=expire_time,
-            update_time=now,
-        )
+        reservation = Reservation.made(0, lines, reference, principal, now, expire_time)
         row = self._run_row(
             reservation_writes.RESERVE,
             {

@@ -303,6 +303,28 @@ def test_extend_moves_the_expiry_while_active(items_stub, reservations):
 # --- replays by request_id -------------------------------------------------------------------
 
 
+def sent_concurrently(call, request, times: int = 16) -> list:
+    """What each of `times` sends of one request answered, 8 at a time: a reply or an error."""
+
+    def send(_: int):
+        try:
+            return call(request)
+        except grpc.RpcError as error:
+            return error
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(send, range(times)))
+
+
+def assert_one_answer(answers: list) -> None:
+    """Every reply the same; a replay that arrived while the first was still writing may
+    only have been told to try again."""
+    replies = [answer for answer in answers if not isinstance(answer, grpc.RpcError)]
+    refused = [answer for answer in answers if isinstance(answer, grpc.RpcError)]
+    assert replies and all(reply == replies[0] for reply in replies)
+    assert all(error_reason(error)[0] == "REQUEST_IN_PROGRESS" for error in refused)
+
+
 def test_reserve_replayed_answers_the_first_reservation_and_holds_once(items_stub, reservations):
     item = create(items_stub, quantity=10)
     request_id = str(uuid.uuid4())
@@ -359,20 +381,7 @@ def test_concurrent_replays_of_one_request_id_take_effect_once(items_stub, reser
         }
         request = request_type[method](id=held.id, request_id=request_id)
 
-    def send(_: int):
-        try:
-            return getattr(reservations, method)(request).reservation
-        except grpc.RpcError as error:
-            return error
-
-    with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(send, range(16)))
-
-    succeeded = [answer for answer in answers if isinstance(answer, pb.Reservation)]
-    # A replay that arrives while the first is still writing may be told to try again.
-    refused = [answer for answer in answers if not isinstance(answer, pb.Reservation)]
-    assert succeeded and all(answer == succeeded[0] for answer in succeeded)
-    assert all(error_reason(error)[0] == "REQUEST_IN_PROGRESS" for error in refused)
+    assert_one_answer(sent_concurrently(getattr(reservations, method), request))
     rows = movements(items_stub, item.id)
     steps = [row for row in rows if row.reason != pb.STOCK_MOVEMENT_REASON_ITEM_CREATED]
     assert len(steps) == (1 if method == "ReserveStock" else 2)
@@ -601,17 +610,5 @@ def test_concurrent_replays_of_a_batch_change_stock_once(items_stub):
         requests=[change(first.id, delta=-1), change(second.id, delta=3)], request_id=str(uuid.uuid4())
     )
 
-    def send(_: int):
-        try:
-            return items_stub.BatchAdjustQuantities(request)
-        except grpc.RpcError as error:
-            return error
-
-    with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(send, range(16)))
-
-    replies = [answer for answer in answers if isinstance(answer, pb.BatchAdjustQuantitiesResponse)]
-    refused = [answer for answer in answers if not isinstance(answer, pb.BatchAdjustQuantitiesResponse)]
-    assert replies and all(reply == replies[0] for reply in replies)
-    assert all(error_reason(error)[0] == "REQUEST_IN_PROGRESS" for error in refused)
+    assert_one_answer(sent_concurrently(items_stub.BatchAdjustQuantities, request))
     assert (get(items_stub, first.id).quantity, get(items_stub, second.id).quantity) == (9, 13)
