@@ -100,7 +100,7 @@ def test_each_reservation_made_in_bulk_is_confirmed_once_through_the_grpc_client
     run = grpc_load.run(address, load, 4, tmp_path, max_processes=4, duration_s=30, warmup_s=0, each_body_once=True)
 
     assert (run.calls_sent, run.ran_out, run.not_ok_by_code) == (40, True, {})
-    assert run.result.calls == 40
+    assert 0 < run.result.calls <= 40  # those answered before the bodies ran out
     assert _states(database, made) == {"confirmed"}
     assert bench_reservations.check_oversell(database).ok
 
