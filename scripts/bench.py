@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench_support import data, drivers, h2load, profile
+from bench_support import data, drivers, h2load, profile, reservations
 from bench_support.common import ROOT, VAR, say
 from bench_support.explain import explain_queries
 from bench_support.measure import measure_all
@@ -177,6 +177,9 @@ def main() -> None:
     }
 
     database = prepare_database(args, env)
+    # What an earlier run left held (one stopped halfway) would expire under this one's load.
+    if left := reservations.expire_left(database):
+        say(f"expired the {left:,} reservations an earlier run left ACTIVE")
     fixtures = data.read_fixtures(database, pool=32, customer=BENCH_CUSTOMER)
     started_at = datetime.now(UTC)
     services, processes = start_servers(database, env, log_dir)
@@ -186,8 +189,9 @@ def main() -> None:
     profiles: list[tuple[str, Path]] = []
     checks: dict[str, str] = {}
     counters = data.PostgresCounters(database) if database.kind == "postgresql" else None
+    oversell: list[tuple[str, reservations.Oversell]] = []
     try:
-        workloads = build_workloads(args, fixtures, tokens, processes)
+        workloads = build_workloads(args, fixtures, tokens, processes, database, in_flights)
         for workload in workloads:
             checks[workload.name] = spot_check(workload, processes[workload.server].address)
 
@@ -205,6 +209,11 @@ def main() -> None:
         exit_codes = services.stop()
         if counters:
             counters.close()
+    if any(workload.reserves for workload in workloads):
+        say("checking the reservations and the ledger of every item ...")
+        oversell.append(("after the last cell", reservations.check_oversell(database)))
+        left = reservations.expire_left(database)
+        oversell.append((f"after the {left:,} left ACTIVE were expired", reservations.check_oversell(database)))
 
     explain = (
         explain_queries(database, fixtures, workloads, args.search, PAGE_SIZE) if database.kind == "postgresql" else []
@@ -224,7 +233,14 @@ def main() -> None:
         "background_busy_percent": {"before": background[0], "after": background[1]},
     }
     summary = summary_lines(
-        meta, rows, read_earlier(args.compare) if args.compare else None, memory, adjust_log, ledger, auth_turns
+        meta,
+        rows,
+        read_earlier(args.compare) if args.compare else None,
+        memory,
+        adjust_log,
+        ledger,
+        auth_turns,
+        oversell,
     )
     lines = list(summary)
     lines += ["", "workloads:"] + [f"  {w.name}: {w.note}; checked: {checks.get(w.name, '')}" for w in workloads]
@@ -277,6 +293,7 @@ def main() -> None:
                 "notes": NOTES,
                 "workloads": [{"name": w.name, "note": w.note, "checked": checks.get(w.name, "")} for w in workloads],
                 "server_exit_codes": exit_codes,
+                "reservations_checked": [{"when": when, **asdict(found)} for when, found in oversell],
             },
             indent=2,
         )
@@ -285,6 +302,10 @@ def main() -> None:
     if args.write_docs:
         DOCS_PERFORMANCE.write_text(with_bench_table(DOCS_PERFORMANCE.read_text(), summary))
         print(f"table written to {DOCS_PERFORMANCE}")
+    if not all(found.ok for _, found in oversell):
+        raise SystemExit(
+            "bench: the reservations check failed (above): oversold, or reserved units or the ledger wrong"
+        )
 
 
 if __name__ == "__main__":

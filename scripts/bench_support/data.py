@@ -77,6 +77,8 @@ DEFAULT_SEARCH = "wireless mouse"
 # An item of the dataset starts with at least this much stock when it is used by the
 # AdjustQuantity workload, so that -1 calls never run it out.
 ADJUSTABLE_STOCK = 1_000
+# Items the reservation workloads reserve from (well stocked too, none of AdjustQuantity's).
+RESERVABLE_ITEMS = 256
 
 
 @dataclass(frozen=True)
@@ -291,6 +293,7 @@ class Fixtures:
     customer_items: int
     adjust_item_ids: list[int]  # well-stocked items, for AdjustQuantity
     category_sizes: dict[str, int]
+    reservable_item_ids: list[int]  # other well-stocked items, for the reservation workloads
 
 
 def read_fixtures(database: Database, pool: int, customer: str) -> Fixtures:
@@ -323,13 +326,17 @@ def read_fixtures(database: Database, pool: int, customer: str) -> Fixtures:
     finally:
         engine.dispose()
     rng.shuffle(item_ids)
+    customer_item_ids = rng.sample(list(owned), min(pool, len(owned)))
+    adjust_item_ids = rng.sample(list(adjustable), min(pool, len(adjustable)))
+    others = [item_id for item_id in adjustable if item_id not in set(adjust_item_ids)]
     return Fixtures(
         item_ids=item_ids,
         customer=customer,
-        customer_item_ids=rng.sample(list(owned), min(pool, len(owned))),
+        customer_item_ids=customer_item_ids,
         customer_items=len(owned),
-        adjust_item_ids=rng.sample(list(adjustable), min(pool, len(adjustable))),
+        adjust_item_ids=adjust_item_ids,
         category_sizes={str(name): int(size) for name, size in sizes.items()},
+        reservable_item_ids=rng.sample(others, min(RESERVABLE_ITEMS, len(others))),
     )
 
 

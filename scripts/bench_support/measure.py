@@ -9,11 +9,11 @@ import contextlib
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bench_support import data, h2load, profile
+from bench_support import data, grpc_load, h2load, profile
 from bench_support.common import VAR, fmt, say
 from bench_support.services import (
     Process,
@@ -22,7 +22,7 @@ from bench_support.services import (
     postgres_cpu_seconds,
     scrape_handled,
 )
-from bench_support.workloads import AUTH_OFF, AUTH_ON, Workload
+from bench_support.workloads import AUTH_OFF, AUTH_ON, TARGET_IN_FLIGHT, Workload
 
 AUTH_TURNS = 3
 
@@ -48,6 +48,11 @@ class Row:
     # Calls still in flight when h2load ended a timed cell: it resets them, and the servers
     # count them CANCELLED. Not errors of the service; left out of `errors`.
     cut_at_end: int = 0
+    target_per_s: float | None = None  # the workload's target, on its row at TARGET_IN_FLIGHT
+    load_client: str = "h2load"  # or "grpc.aio" (grpc_load.py)
+    # A cell of bodies used once that ran out of them: measured over `seconds` only.
+    ran_out: bool = False
+    seconds: float = 0.0
 
 
 def _errors(
@@ -126,8 +131,23 @@ def measure(
             output = VAR / "profiles" / f"{_slug(workload.name)}-{in_flight}-{process.name}.txt"
             output.parent.mkdir(parents=True, exist_ok=True)
             spies.append((process.name, output, profile.start(process.pid, seconds, output)))
+    client: grpc_load.ClientRun | None = None
     with workload.background(args.warmup + args.duration) if workload.background else contextlib.nullcontext():
-        if workload.deltas:
+        if workload.grpc_client:
+            client = grpc_load.run(
+                target.address,
+                workload.load,
+                in_flight,
+                workdir,
+                max_processes=args.max_h2load,
+                duration_s=args.duration,
+                warmup_s=args.warmup,
+                each_body_once=workload.each_body_once,
+            )
+            result = client.result
+            if workload.each_body_once:
+                workload.load = replace(workload.load, bodies=workload.load.bodies[client.calls_sent :])
+        elif workload.deltas:
             result = h2load.run(target.address, workload.load, in_flight, workdir, calls=calls, **run)
         else:
             result = h2load.run(
@@ -148,15 +168,24 @@ def measure(
     cut = 0
     errors: int | None
     by_code: dict[str, int]
-    if not servers[0].metrics_address:  # the null servers count nothing: h2load's failures are all we know
-        errors, by_code, ok = result.failed, {}, result.calls
+    if not servers[0].metrics_address:  # the null servers count nothing: the client's failures are all we know
+        errors, by_code, ok = (0 if client else result.failed), {}, result.calls
     else:
-        # A cell of exactly counted calls (AdjustQuantity) waits for every answer: nothing is cut.
+        # A cell of exactly counted calls (AdjustQuantity) waits for every answer, as the
+        # gRPC client does at the end of a cell: nothing is cut.
         measured_method = workload.load.path.rsplit("/", 1)[1] if workload.background else None
-        errors, by_code, ok, cut = _errors(servers, deltas, 0 if workload.deltas else in_flight, measured_method)
-        if errors is not None:
+        waited = bool(workload.deltas) or client is not None
+        errors, by_code, ok, cut = _errors(servers, deltas, 0 if waited else in_flight, measured_method)
+        if errors is not None and client is None:
             errors += result.failed
-    cores = cpu_used / wall
+    if client is not None and errors is not None and result.failed > errors:
+        # The client saw every non-OK status the server sent, and also calls the server never answered.
+        by_code.update({f"as the grpc.aio client saw them: {code}": n for code, n in client.not_ok_by_code.items()})
+        errors = result.failed
+    # CPU per call: over the whole cell, of the calls it made. h2load keeps the servers busy
+    # for all of it (its rate holds for the warm-up too); the gRPC client counts its calls,
+    # and its cell's wall time includes the client's start, when the servers are idle.
+    calls_in_cell = client.calls_sent if client else result.calls_per_s * wall
     busy = (busy_after[0] - busy_before[0]) / max(busy_after[1] - busy_before[1], 1) * 100
     row = Row(
         workload.name,
@@ -166,18 +195,19 @@ def measure(
         h2load.percentile(result.latencies_ms, 0.99),
         errors,
         result.calls,
-        cores / result.calls_per_s * 1e6 if result.calls_per_s else None,
-        (db_after - db_before) / wall / result.calls_per_s * 1e6
-        if db_before is not None
-        and db_after is not None
-        and result.calls_per_s
-        and not workload.server.startswith("null")
+        cpu_used / calls_in_cell * 1e6 if calls_in_cell else None,
+        (db_after - db_before) / calls_in_cell * 1e6
+        if db_before is not None and db_after is not None and calls_in_cell and not workload.server.startswith("null")
         else None,
         busy,
         result.cpu_seconds / wall * 100,
         by_code,
         profiled=profiling,
         cut_at_end=cut,
+        target_per_s=workload.target_per_s if in_flight == TARGET_IN_FLIGHT else None,
+        load_client="grpc.aio" if client else "h2load",
+        ran_out=bool(client and client.ran_out),
+        seconds=result.seconds,
     )
     if counted_before and counted_after and not workload.server.startswith("null"):
         row.db_sessions_opened = counted_after["sessions"] - counted_before["sessions"]

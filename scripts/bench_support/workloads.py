@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import argparse
 import math
+import random
 import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager as ContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
 from google.protobuf.message import Message
 
-from bench_support import data, h2load
+from bench_support import data, h2load, reservations
 from bench_support.background import competing_load, header_only_streams
 from bench_support.common import VAR, say
 from bench_support.services import Process
@@ -23,10 +24,18 @@ from crm.v1 import crm_pb2
 from inventory.v1 import inventory_pb2 as pb
 
 ITEM_SERVICE = "/inventory.v1.ItemService/"
+RESERVATION_SERVICE = "/inventory.v1.ReservationService/"
 CRM_SERVICE = "/crm.v1.CustomerItemsService/"
 PAGE_SIZE = 50
 BENCH_CUSTOMER = data.customer_id(7)
 AUTH_ON, AUTH_OFF = "GetItem, auth interceptor on", "GetItem, auth interceptor off"
+NULL_AIO_CLIENT = "null server (grpc.aio) GetItem, grpc.aio client"
+CONFIRM = "ConfirmReservation"
+# The calls in flight at which a workload's target (calls/s) is judged.
+TARGET_IN_FLIGHT = 8
+# ACTIVE reservations made for each ConfirmReservation cell, per second of it (warm-up
+# included): more than it confirms on this machine; a cell that runs out ends early.
+CONFIRMABLE_PER_S = 3_000
 
 
 @dataclass
@@ -45,6 +54,13 @@ class Workload:
     # Other load held on the server while the cell runs (a context manager taking the cell's
     # seconds): what the measured calls must be served through.
     background: Callable[[float], ContextManager[Any]] | None = None
+    # Calls/s the issue asks for at TARGET_IN_FLIGHT.
+    target_per_s: float | None = None
+    # Loaded by grpc_load.py instead of h2load: bodies of their own per call.
+    grpc_client: bool = False
+    each_body_once: bool = False  # (grpc_client) each body one call, in order, and used up
+    # Changes reservations: the run ends with the oversell check.
+    reserves: bool = False
 
 
 def _expect(condition: bool, message: str) -> None:
@@ -69,8 +85,46 @@ def page_token_for(address: str, token: str, request: pb.ListItemsRequest, page:
         return current.page_token
 
 
+def reserve_bodies(item_ids: list[int], lines: int, count: int, seed: int) -> list[bytes]:
+    """`count` ReserveStock requests of `lines` distinct random items each, 1 to 3 units a
+    line, the default ttl (15 minutes), no request_id (a fixed body with one would be a replay)."""
+    rng = random.Random(seed)
+    return [
+        h2load.grpc_frame(
+            pb.ReserveStockRequest(
+                lines=[
+                    pb.ReservationLine(item_id=item_id, quantity=rng.randint(1, 3))
+                    for item_id in rng.sample(item_ids, lines)
+                ],
+                reference=f"bench-cart-{number}",
+            )
+        )
+        for number in range(count)
+    ]
+
+
+def _reserved(lines: int) -> Callable[[Any], str]:
+    def check(reply: pb.ReserveStockResponse) -> str:
+        held = reply.reservation
+        _expect(held.state == pb.RESERVATION_STATE_ACTIVE, f"state {held.state}, not ACTIVE")
+        _expect(len(held.lines) == lines, f"{len(held.lines)} lines, not {lines}")
+        return f"ACTIVE, {lines} line{'s' if lines > 1 else ''}"
+
+    return check
+
+
+def _confirmed(reply: pb.ConfirmReservationResponse) -> str:
+    _expect(reply.reservation.state == pb.RESERVATION_STATE_CONFIRMED, f"state {reply.reservation.state}")
+    return "CONFIRMED"
+
+
 def build_workloads(
-    args: argparse.Namespace, fixtures: data.Fixtures, tokens: dict[str, str], processes: dict[str, Process]
+    args: argparse.Namespace,
+    fixtures: data.Fixtures,
+    tokens: dict[str, str],
+    processes: dict[str, Process],
+    database: data.Database,
+    in_flights: list[int],
 ) -> list[Workload]:
     frame = h2load.grpc_frame
     inventory_token, customer_token = tokens["inventory"], tokens["customer"]
@@ -115,6 +169,16 @@ def build_workloads(
             get_item,
             ("null server (grpc.aio)",),
             note="grpc.aio server, constant reply",
+        ),
+        Workload(
+            NULL_AIO_CLIENT,
+            "null server (grpc.aio)",
+            h2load.Load(ITEM_SERVICE + "GetItem", [frame(pb.GetItemRequest(id=1))]),
+            pb.GetItemResponse,
+            get_item,
+            ("null server (grpc.aio)",),
+            grpc_client=True,
+            note="the same, loaded by the grpc.aio client of the ConfirmReservation rows (grpc_load.py): their ceiling",
         ),
         Workload(
             "GetItem",
@@ -217,6 +281,41 @@ def build_workloads(
             deltas=deltas,
             note="item k: +1 from one h2load process, -1 from the next; no request_id",
         ),
+        *(
+            Workload(
+                f"ReserveStock {lines} line{'s' if lines > 1 else ''}",
+                "inventory",
+                h2load.Load(
+                    RESERVATION_SERVICE + "ReserveStock",
+                    reserve_bodies(fixtures.reservable_item_ids, lines, args.max_h2load, seed=lines),
+                    inventory_token,
+                ),
+                pb.ReserveStockResponse,
+                _reserved(lines),
+                ("inventory",),
+                target_per_s=target,
+                reserves=True,
+                note=f"{lines} distinct random items of {len(fixtures.reservable_item_ids)} (each with "
+                f"{reservations.RESERVABLE_STOCK:,} available at the start), 1-3 units a line, one body per "
+                "h2load process; each call a new ACTIVE reservation",
+            )
+            for lines, target in ((1, 1_500), (10, 500))
+        ),
+        Workload(
+            CONFIRM,
+            "inventory",
+            h2load.Load(RESERVATION_SERVICE + "ConfirmReservation", [], inventory_token),
+            pb.ConfirmReservationResponse,
+            _confirmed,
+            ("inventory",),
+            target_per_s=1_500,
+            grpc_client=True,
+            each_body_once=True,
+            reserves=True,
+            note=f"each call another ACTIVE reservation of 1 unit of a random item of the "
+            f"{len(fixtures.reservable_item_ids)}, made in bulk before the cells ({CONFIRMABLE_PER_S:,} per "
+            "second of a cell), each confirmed once, through the grpc.aio client; no request_id",
+        ),
         Workload(
             "CRM GetMyItem",
             "crm",
@@ -245,7 +344,16 @@ def build_workloads(
     if args.only:
         pattern = re.compile(args.only, re.IGNORECASE)
         workloads = [w for w in workloads if pattern.search(w.name)]
+    if any(w.reserves for w in workloads):
+        reservations.top_up(database, fixtures.reservable_item_ids)
     for workload in workloads:
+        if workload.name == CONFIRM:
+            # Every cell's reservations and the spot check's one; ids kept in order, used up in order.
+            count = math.ceil(CONFIRMABLE_PER_S * (args.warmup + args.duration)) * len(in_flights) + 1
+            say(f"making {count:,} ACTIVE reservations for {CONFIRM} ...")
+            made = reservations.add_confirmable(database, fixtures.reservable_item_ids, count, seed=data.SEED)
+            bodies = [frame(pb.ConfirmReservationRequest(id=reservation_id)) for reservation_id in made]
+            workload.load = replace(workload.load, bodies=bodies)
         if "page" in workload.name and not workload.load.bodies:
             first = pb.ListItemsRequest(category=categories[0], page_size=PAGE_SIZE)
             say(f"following next_page_token to page {deep_page} ...")
@@ -256,12 +364,16 @@ def build_workloads(
 
 
 def spot_check(workload: Workload, address: str) -> str:
-    """Sends each body once through a real gRPC client and checks the reply: h2load cannot."""
+    """Sends each body once through a real gRPC client and checks the reply: h2load cannot.
+    Of bodies used once, only the first, which is then used up."""
     described: set[str] = set()
+    bodies = workload.load.bodies[:1] if workload.each_body_once else workload.load.bodies
+    if workload.each_body_once:
+        workload.load = replace(workload.load, bodies=workload.load.bodies[1:])
     with grpc.insecure_channel(address) as channel:
         call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(workload.load.path)
         metadata = (("authorization", f"Bearer {workload.load.token}"),) if workload.load.token else None
-        for body in workload.load.bodies:
+        for body in bodies:
             try:
                 reply = workload.reply_type.FromString(call(body[5:], metadata=metadata, timeout=30))
             except grpc.RpcError as error:
