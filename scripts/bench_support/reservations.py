@@ -19,9 +19,7 @@ from bench_support.data import Database, connect
 from inventory_svc.domain import MovementReason
 from inventory_svc.reservation_rules import ReservationState
 from inventory_svc.storage.tables import (
-    RESERVATION_IDS_LOCK,
     items,
-    lock_id_order,
     reservation_lines,
     reservations,
     stock_movements,
@@ -129,7 +127,6 @@ def add_confirmable(database: Database, item_ids: list[int], count: int, seed: i
     try:
         with engine.begin() as connection:
             now = _now()
-            lock_id_order(connection, RESERVATION_IDS_LOCK)  # ids in commit order, as the service keeps them
             state = {item.id: item for item in _locked_items(connection, sorted(set(picked)))}
             made = connection.execute(
                 insert(reservations).returning(reservations.c.id, sort_by_parameter_order=True),
