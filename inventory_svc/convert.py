@@ -246,7 +246,8 @@ def duration_from_proto(message: duration_pb2.Duration, field: str) -> timedelta
         raise InvalidField(field, "nanos must be within ±999,999,999 and share the sign of seconds")
     if abs(seconds) > _MAX_DURATION_S:
         raise InvalidField(field, "is too long")
-    return timedelta(seconds=seconds, microseconds=nanos // 1000)
+    # Up to the next microsecond, so that a hair over a bound is still over it.
+    return timedelta(seconds=seconds, microseconds=-(-nanos // 1000))
 
 
 def reservation_lines_from_proto(lines: Iterable[pb.ReservationLine]) -> list[ReservationLine]:

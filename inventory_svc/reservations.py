@@ -111,6 +111,10 @@ class ReservationService:
         request_id: str,
     ) -> Reservation:
         lines, ttl, reference = request
+        if request_id:
+            # Items before the request_id, as the one-statement way takes them: a retry racing
+            # down that way must not wait on us while we wait on it.
+            uow.items.lock([line.item_id for line in lines])
         replayed = replay(uow, self._request_id_ttl_s, request_id, Reservation, "ReserveStock", *request)
         if replayed is not None:
             return replayed

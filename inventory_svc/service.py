@@ -289,6 +289,10 @@ class ItemService:
         return after
 
     def _adjust_quantity(self, uow: UnitOfWork, change: StockChange, principal: str, request_id: str) -> Item:
+        if request_id:
+            # The item before the request_id, as the one-statement way takes them: a retry
+            # racing down that way must not wait on us while we wait on it.
+            uow.items.lock([change.item_id])
         replayed = replay(uow, self._request_id_ttl_s, request_id, Item, "AdjustQuantity", *_request_parts(change))
         if replayed is not None:
             return replayed

@@ -27,6 +27,10 @@ STATUS_FOR_ERROR: dict[type[errors.DomainError], grpc.StatusCode] = {
 }
 
 INTERNAL_MESSAGE = "internal error"
+# What one answer carries at most: its trailers must stay under the 8 KiB that grpc clients
+# accept by default, and a request of 100 lines can break a rule on every line.
+MAX_VIOLATIONS_SENT = 20
+MAX_MESSAGE_CHARS = 1_000
 
 
 def status_code_for(error: errors.DomainError) -> grpc.StatusCode:
@@ -43,18 +47,18 @@ def error_domain(method: str) -> str:
 def to_rpc_status(error: errors.DomainError, domain: str) -> grpc.Status:
     """The status for `error` as the service of `domain` answers it."""
     code = status_code_for(error)
-    status = status_pb2.Status(code=code.value[0], message=str(error))
+    status = status_pb2.Status(code=code.value[0], message=_capped_message(error))
     _add_detail(status, error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata))
     if error.field_violations:
         violations = [
             error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-            for v in error.field_violations
+            for v in error.field_violations[:MAX_VIOLATIONS_SENT]
         ]
         _add_detail(status, error_details_pb2.BadRequest(field_violations=violations))
     if error.precondition_violations:
         failures = [
             error_details_pb2.PreconditionFailure.Violation(type=v.type, subject=v.subject, description=v.description)
-            for v in error.precondition_violations
+            for v in error.precondition_violations[:MAX_VIOLATIONS_SENT]
         ]
         _add_detail(status, error_details_pb2.PreconditionFailure(violations=failures))
     if error.retry_after_s is not None:
@@ -62,6 +66,16 @@ def to_rpc_status(error: errors.DomainError, domain: str) -> grpc.Status:
         delay.FromNanoseconds(int(error.retry_after_s * 1e9))
         _add_detail(status, error_details_pb2.RetryInfo(retry_delay=delay))
     return _to_grpc_status(status)
+
+
+def _capped_message(error: errors.DomainError) -> str:
+    message = str(error)
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS].rstrip() + " ..."
+    total = max(len(error.field_violations), len(error.precondition_violations))
+    if total > MAX_VIOLATIONS_SENT:
+        message += f" (the details name the first {MAX_VIOLATIONS_SENT} of {total})"
+    return message
 
 
 def _add_detail(status: status_pb2.Status, detail: Message) -> None:

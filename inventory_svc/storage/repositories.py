@@ -74,6 +74,12 @@ class SqlItemRepository:
         row = self._connection.execute(select(*ITEM).where(items.c.id == item_id).with_for_update()).first()
         return item_from_row(row) if row else None
 
+    def lock(self, item_ids: Sequence[int]) -> None:
+        """Locks the items until the transaction ends, in the order of their ids (SQLite's
+        write transactions lock it all)."""
+        statement = select(items.c.id).where(items.c.id.in_(item_ids)).order_by(items.c.id).with_for_update()
+        self._connection.execute(statement).all()
+
     def get_many(self, item_ids: Iterable[int]) -> dict[int, Item]:
         rows = self._connection.execute(select(*ITEM).where(items.c.id.in_(set(item_ids))))
         return {row.id: item_from_row(row) for row in rows}

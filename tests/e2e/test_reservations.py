@@ -141,6 +141,7 @@ def test_reserving_an_unknown_item_is_not_found_naming_it(items_stub, reservatio
         ({"lines": lines((1, 1), (1, 2))}, "lines[1].item_id"),
         ({"lines": lines((1, 1)), "ttl": duration_pb2.Duration(nanos=500_000_000)}, "ttl"),
         ({"lines": lines((1, 1)), "ttl": duration_pb2.Duration(seconds=24 * 3600 + 1)}, "ttl"),
+        ({"lines": lines((1, 1)), "ttl": duration_pb2.Duration(seconds=24 * 3600, nanos=1)}, "ttl"),
         ({"lines": lines((1, 1)), "ttl": duration_pb2.Duration(seconds=-5)}, "ttl"),
         ({"lines": lines((1, 1)), "ttl": duration_pb2.Duration(seconds=10**15)}, "ttl"),
         ({"lines": lines((1, 1)), "reference": "r" * 101}, "reference"),
@@ -612,3 +613,17 @@ def test_concurrent_replays_of_a_batch_change_stock_once(items_stub):
 
     assert_one_answer(sent_concurrently(items_stub.BatchAdjustQuantities, request))
     assert (get(items_stub, first.id).quantity, get(items_stub, second.id).quantity) == (9, 13)
+
+
+def test_a_request_breaking_a_rule_on_every_line_still_answers_its_own_status(reservations, items_stub):
+    # 200 broken fields would not fit in the trailers a client accepts (8 KiB): it would see
+    # RESOURCE_EXHAUSTED instead of what was wrong.
+    reserve_error = rpc_error(reservations.ReserveStock, pb.ReserveStockRequest(lines=lines(*[(0, 0)] * 100)))
+    batch_error = rpc_error(
+        items_stub.BatchAdjustQuantities, pb.BatchAdjustQuantitiesRequest(requests=[change(10**15)] * 100)
+    )
+
+    for error in (reserve_error, batch_error):
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert len(bad_request_fields(error)) == 20
+        assert error.details().endswith(f"(the details name the first 20 of {199 if error is batch_error else 200})")

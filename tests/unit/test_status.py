@@ -203,3 +203,14 @@ def test_a_typed_client_reads_back_every_reason_and_detail(cls):
     assert received.precondition_violations == sent.precondition_violations
     assert received.retry_after_s == sent.retry_after_s
     assert str(received) == str(sent)
+
+
+def test_an_answer_naming_many_items_stays_within_the_trailers_a_client_accepts():
+    short = [ShortLine(10**18 + n, 5, 2) for n in range(100)]
+
+    status = to_rpc_status(InsufficientStock(short), "inventory.v1")
+
+    trailers = sum(len(key) + len(value) for key, value in status.trailing_metadata)
+    assert trailers + len(status.details.encode()) < 8192  # grpc's default soft limit
+    assert len(details_of(InsufficientStock(short))["PreconditionFailure"].violations) == 20
+    assert status.details.endswith("(the details name the first 20 of 100)")
