@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from inventory_svc.domain import Item, ItemFields, ItemQuery, Page, StockChange, StockMovement
+from inventory_svc.domain import Item, ItemFields, ItemQuery, Page
 from inventory_svc.reservation_rules import Reservation, ReservationLine, ReservationQuery
 from inventory_svc.service import ItemService
+from inventory_svc.stock import StockChange, StockMovement
 from inventory_svc.watches import WATCH_BATCH, LowStockWatch
 from servicekit.call_context import current_call
 from servicekit.errors import DeadlineExceeded

@@ -10,18 +10,9 @@ from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 from google.type import money_pb2
 
 from inventory.v1 import inventory_pb2 as pb
-from inventory_svc.domain import (
-    MUTABLE_FIELDS,
-    NANOS_PER_UNIT,
-    Item,
-    ItemFields,
-    ItemQuery,
-    Money,
-    MovementReason,
-    StockChange,
-    StockMovement,
-)
+from inventory_svc.domain import MUTABLE_FIELDS, NANOS_PER_UNIT, Item, ItemFields, ItemQuery, Money
 from inventory_svc.reservation_rules import Reservation, ReservationLine, ReservationQuery, ReservationState
+from inventory_svc.stock import MovementReason, StockChange, StockMovement
 from servicekit.errors import FieldChecks, InvalidField
 
 # Item fields a client can never write; UpdateItem rejects them in an update_mask.

@@ -9,8 +9,9 @@ from datetime import datetime
 from types import TracebackType
 from typing import Protocol, TypeAlias
 
-from inventory_svc.domain import Item, ItemFields, ItemQuery, MovementReason, StockMovement
+from inventory_svc.domain import Item, ItemFields, ItemQuery
 from inventory_svc.reservation_rules import Reservation, ReservationLine, ReservationQuery, ReservationState
+from inventory_svc.stock import MovementReason, StockMovement
 
 # What a request_id's record keeps as the first result of its request.
 StoredResult: TypeAlias = "Item | Reservation | tuple[Item, ...]"

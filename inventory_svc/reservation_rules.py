@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 
-from inventory_svc.domain import MAX_QUANTITY_VALUE, MovementReason, check_text, item_subject
+from inventory_svc.domain import MAX_QUANTITY_VALUE, check_text, item_subject
+from inventory_svc.stock import MovementReason
 from servicekit.errors import FailedPrecondition, FieldChecks, InvalidField, NotFound, PreconditionViolation
 
 MAX_RESERVATION_LINES = 100

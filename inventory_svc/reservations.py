@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from inventory_svc.domain import MAX_QUANTITY_VALUE, Item, ItemNotFound, MovementReason, Page, movement_between
+from inventory_svc.domain import MAX_QUANTITY_VALUE, Item, ItemNotFound, Page
 from inventory_svc.idempotency import canonical_request_id, replay, request_fingerprint
 from inventory_svc.item_cache import ItemCache
 from inventory_svc.ports import UnitOfWork, UnitOfWorkFactory
@@ -29,6 +29,7 @@ from inventory_svc.reservation_rules import (
     check_lines,
     check_ttl,
 )
+from inventory_svc.stock import MovementReason, movement_between
 from servicekit.errors import InvalidField
 from servicekit.page_tokens import PagePosition, decode_page_token, encode_page_token, query_fingerprint
 

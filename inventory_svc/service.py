@@ -16,22 +16,24 @@ from inventory_svc.domain import (
     ItemKeptChanging,
     ItemNotFound,
     ItemQuery,
-    MovementReason,
     Page,
-    StockChange,
-    StockMovement,
-    StockReserved,
     apply_changes,
     check_text,
-    checked_stock_change,
-    movement_between,
-    stock_refusal,
     validate_item_fields,
 )
 from inventory_svc.idempotency import canonical_request_id, replay, request_fingerprint
 from inventory_svc.item_cache import ItemCache
 from inventory_svc.ports import UnitOfWork, UnitOfWorkFactory
 from inventory_svc.reservations import ReservationService
+from inventory_svc.stock import (
+    MovementReason,
+    StockChange,
+    StockMovement,
+    StockReserved,
+    checked_stock_change,
+    movement_between,
+    stock_refusal,
+)
 from inventory_svc.watches import LowStockSignal, LowStockWatches
 from servicekit.errors import DomainError, FieldChecks, InvalidField
 from servicekit.page_tokens import PagePosition, decode_page_token, encode_page_token, query_fingerprint

@@ -8,8 +8,9 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from inventory_svc.domain import ItemQuery, StockMovement, TooManyWatches
+from inventory_svc.domain import ItemQuery, TooManyWatches
 from inventory_svc.ports import UnitOfWorkFactory
+from inventory_svc.stock import StockMovement
 from servicekit.errors import InvalidField, ShuttingDown
 
 WATCH_BATCH = 100

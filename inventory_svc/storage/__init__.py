@@ -5,7 +5,7 @@ exports; the service sees it only through the Protocols of inventory_svc.ports.
 tables          declarative rows, UtcDateTime, NOTIFY channels, advisory lock ids
 rows            domain objects to and from rows (and an Item as a request_id's JSON)
 queries         filter and page statements, the hottest calls' statements
-repositories    items, the stock ledger, request_ids, reservations
+repositories    items, the stock ledger, request_ids; reservation_repository: reservations
 writes_at_once  PostgreSQL's one-statement writes (data-modifying CTEs); reservation_writes
                 holds the statements of reservation steps
 unit_of_work    SqlUnitOfWork; errors: what a database error means to a client

@@ -17,8 +17,8 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Integer, String, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from inventory_svc.domain import LowStockChange, MovementReason
 from inventory_svc.reservation_rules import ReservationState
+from inventory_svc.stock import LowStockChange, MovementReason
 from inventory_svc.storage.tables import (
     LOW_STOCK_CHANNEL,
     LOW_STOCK_EVENT_IDS_LOCK,

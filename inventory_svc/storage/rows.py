@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from inventory_svc.domain import MUTABLE_FIELDS, Item, ItemFields, LowStockChange, Money, MovementReason, StockMovement
+from inventory_svc.domain import MUTABLE_FIELDS, Item, ItemFields, Money
 from inventory_svc.ports import StoredResult
 from inventory_svc.reservation_rules import Reservation, ReservationLine, ReservationState
+from inventory_svc.stock import LowStockChange, MovementReason, StockMovement
 from inventory_svc.storage.tables import ITEM_COLUMNS
 
 

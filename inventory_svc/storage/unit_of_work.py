@@ -16,12 +16,8 @@ from inventory_svc.domain import DatabaseUnavailable
 from inventory_svc.ports import UnitOfWorkFactory
 from inventory_svc.storage.engine import WRITE_TRANSACTION_OPTION
 from inventory_svc.storage.errors import lost_while_writing, unavailable_for
-from inventory_svc.storage.repositories import (
-    SqlItemRepository,
-    SqlRequestIdRepository,
-    SqlReservationRepository,
-    SqlStockMovementRepository,
-)
+from inventory_svc.storage.repositories import SqlItemRepository, SqlRequestIdRepository, SqlStockMovementRepository
+from inventory_svc.storage.reservation_repository import SqlReservationRepository
 from inventory_svc.storage.writes_at_once import SqlWritesAtOnce
 
 

@@ -33,8 +33,9 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.sql.base import Executable
 
-from inventory_svc.domain import Item, ItemFields, LowStockChange, Money, MovementReason
+from inventory_svc.domain import Item, ItemFields, Money
 from inventory_svc.reservation_rules import ENDINGS, Reservation, ReservationLine, ReservationState
+from inventory_svc.stock import LowStockChange, MovementReason
 from inventory_svc.storage import queries, reservation_writes
 from inventory_svc.storage.errors import is_unique_violation, lost_while_writing
 from inventory_svc.storage.queries import utcnow

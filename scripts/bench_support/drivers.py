@@ -60,8 +60,9 @@ from sqlalchemy.engine import make_url
 from bench_support import data
 from bench_support.services import machine_busy_ticks
 from inventory_svc import migrations
-from inventory_svc.domain import MAX_QUANTITY_VALUE, Item, MovementReason
+from inventory_svc.domain import MAX_QUANTITY_VALUE, Item
 from inventory_svc.settings import InventorySettings
+from inventory_svc.stock import MovementReason
 from inventory_svc.storage.engine import build_engine
 from inventory_svc.storage.queries import (
     ADD_MOVEMENT,

@@ -16,8 +16,8 @@ from typing import Any
 from sqlalchemy import bindparam, func, insert, select, update
 
 from bench_support.data import Database, connect
-from inventory_svc.domain import MovementReason
 from inventory_svc.reservation_rules import ReservationState
+from inventory_svc.stock import MovementReason
 from inventory_svc.storage.tables import (
     items,
     reservation_lines,

@@ -16,11 +16,12 @@ import pytest
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 
-from inventory_svc.domain import ItemFields, LowStockChange, Money
+from inventory_svc.domain import ItemFields, Money
 from inventory_svc.reservation_rules import InsufficientStock, ReservationLine, ReservationState
 from inventory_svc.server import build_item_service
 from inventory_svc.service import ItemService
 from inventory_svc.settings import InventorySettings
+from inventory_svc.stock import LowStockChange
 from inventory_svc.storage import SqlUnitOfWork
 from inventory_svc.storage.tables import LOW_STOCK_EVENT_IDS_LOCK
 from servicekit.errors import FailedPrecondition, InvalidField, NotFound

@@ -14,8 +14,8 @@ import grpc
 
 from inventory.v1 import inventory_pb2 as pb
 from inventory.v1 import inventory_pb2_grpc
-from inventory_svc.domain import LowStockChange, MovementReason, StockMovement
 from inventory_svc.settings import InventorySettings
+from inventory_svc.stock import LowStockChange, MovementReason, StockMovement
 from inventory_svc.storage import SqlUnitOfWork
 from servicekit.server_settings import ServerSettings
 from tests.helpers import (

@@ -7,7 +7,8 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy import Engine
 
-from inventory_svc.domain import Item, MovementReason, movement_between
+from inventory_svc.domain import Item
+from inventory_svc.stock import MovementReason, movement_between
 from inventory_svc.storage import SqlUnitOfWork
 from tests.integration.builders import new_fields
 

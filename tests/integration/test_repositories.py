@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, update
 
-from inventory_svc.domain import ItemQuery, LowStockChange, MovementReason, movement_between
+from inventory_svc.domain import ItemQuery
+from inventory_svc.stock import LowStockChange, MovementReason, movement_between
 from inventory_svc.storage import SqlUnitOfWork
 from inventory_svc.storage.tables import request_ids
 from servicekit.errors import AlreadyExists

@@ -9,8 +9,8 @@ import threading
 import pytest
 from sqlalchemy import Engine, func, select
 
-from inventory_svc.domain import MovementReason, movement_between
 from inventory_svc.settings import InventorySettings
+from inventory_svc.stock import MovementReason, movement_between
 from inventory_svc.storage import SqlUnitOfWork, build_engine
 from inventory_svc.storage import engine as storage_engine
 from servicekit.errors import Unavailable

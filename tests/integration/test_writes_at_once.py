@@ -7,7 +7,8 @@ import dataclasses
 
 from sqlalchemy import Engine
 
-from inventory_svc.domain import Item, LowStockChange, MovementReason, StockMovement, movement_between
+from inventory_svc.domain import Item
+from inventory_svc.stock import LowStockChange, MovementReason, StockMovement, movement_between
 from inventory_svc.storage import SqlUnitOfWork
 from tests.integration.builders import new_fields
 from tests.integration.conftest import on_postgresql_only

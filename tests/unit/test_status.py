@@ -15,8 +15,10 @@ from grpc_status import rpc_status
 import crm_svc.service
 import inventory_svc.domain
 import inventory_svc.reservation_rules
-from inventory_svc.domain import EtagMismatch, ItemNotFound, StockWouldGoNegative
+import inventory_svc.stock
+from inventory_svc.domain import EtagMismatch, ItemNotFound
 from inventory_svc.reservation_rules import InsufficientStock, ReservationNotActive, ReservationState, ShortLine
+from inventory_svc.stock import StockWouldGoNegative
 from servicekit import errors
 from servicekit.calls import error_from_rpc
 from servicekit.status import STATUS_FOR_ERROR, error_domain, status_code_for, to_rpc_status
@@ -28,7 +30,13 @@ DOMAINS_OF_PACKAGE = {
     "inventory_svc": frozenset({"inventory.v1"}),
     "crm_svc": frozenset({"crm.v1"}),
 }
-MODULES_WITH_ERRORS = (errors, inventory_svc.domain, inventory_svc.reservation_rules, crm_svc.service)
+MODULES_WITH_ERRORS = (
+    errors,
+    inventory_svc.domain,
+    inventory_svc.stock,
+    inventory_svc.reservation_rules,
+    crm_svc.service,
+)
 
 
 def error_classes() -> list[type[errors.DomainError]]:
