@@ -131,6 +131,10 @@ class ItemService:
             return self._create_item(uow, fields, principal, request_id)
 
     def _create_item(self, uow: UnitOfWork, fields: ItemFields, principal: str, request_id: str) -> Item:
+        if request_id:
+            # The ids' lock before the request_id, as the one-statement way takes them: a
+            # retry racing down that way must not wait on us while we wait on it.
+            uow.items.lock_new_ids()
         replayed = replay(uow, self._request_id_ttl_s, request_id, Item, "CreateItem", fields)
         if replayed is not None:
             return replayed

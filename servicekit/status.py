@@ -28,9 +28,12 @@ STATUS_FOR_ERROR: dict[type[errors.DomainError], grpc.StatusCode] = {
 
 INTERNAL_MESSAGE = "internal error"
 # What one answer carries at most: its trailers must stay under the 8 KiB that grpc clients
-# accept by default, and a request of 100 lines can break a rule on every line.
+# accept by default, and a request of 100 lines can break a rule on every line, each with
+# text a client sent (an update_mask path, say) that may be long and far from ASCII.
+MAX_TRAILER_BYTES = 6_000
 MAX_VIOLATIONS_SENT = 20
-MAX_MESSAGE_CHARS = 1_000
+MAX_MESSAGE_BYTES = 1_000
+MAX_TEXT_BYTES = 200
 
 
 def status_code_for(error: errors.DomainError) -> grpc.StatusCode:
@@ -45,37 +48,60 @@ def error_domain(method: str) -> str:
 
 
 def to_rpc_status(error: errors.DomainError, domain: str) -> grpc.Status:
-    """The status for `error` as the service of `domain` answers it."""
-    code = status_code_for(error)
-    status = status_pb2.Status(code=code.value[0], message=_capped_message(error))
-    _add_detail(status, error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata))
-    if error.field_violations:
+    """The status for `error` as the service of `domain` answers it: with fewer violations
+    named (and the message saying how many there were) when all of them would not fit."""
+    total = max(len(error.field_violations), len(error.precondition_violations))
+    for shown in (MAX_VIOLATIONS_SENT, 5, 0):
+        status = _status_of(error, domain, shown, total)
+        if _trailer_bytes(status) <= MAX_TRAILER_BYTES:
+            break
+    return _to_grpc_status(status)
+
+
+def _status_of(error: errors.DomainError, domain: str, shown: int, total: int) -> status_pb2.Status:
+    message = _cut(str(error), MAX_MESSAGE_BYTES)
+    if total > shown:
+        message += f" (the details name the first {shown} of {total})"
+    status = status_pb2.Status(code=status_code_for(error).value[0], message=message)
+    metadata = {key: _cut(value, MAX_TEXT_BYTES) for key, value in error.metadata.items()}
+    _add_detail(status, error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=metadata))
+    if error.field_violations and shown:
         violations = [
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-            for v in error.field_violations[:MAX_VIOLATIONS_SENT]
+            error_details_pb2.BadRequest.FieldViolation(
+                field=_cut(v.field, MAX_TEXT_BYTES), description=_cut(v.description, MAX_TEXT_BYTES)
+            )
+            for v in error.field_violations[:shown]
         ]
         _add_detail(status, error_details_pb2.BadRequest(field_violations=violations))
-    if error.precondition_violations:
+    if error.precondition_violations and shown:
         failures = [
-            error_details_pb2.PreconditionFailure.Violation(type=v.type, subject=v.subject, description=v.description)
-            for v in error.precondition_violations[:MAX_VIOLATIONS_SENT]
+            error_details_pb2.PreconditionFailure.Violation(
+                type=v.type, subject=_cut(v.subject, MAX_TEXT_BYTES), description=_cut(v.description, MAX_TEXT_BYTES)
+            )
+            for v in error.precondition_violations[:shown]
         ]
         _add_detail(status, error_details_pb2.PreconditionFailure(violations=failures))
     if error.retry_after_s is not None:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(error.retry_after_s * 1e9))
         _add_detail(status, error_details_pb2.RetryInfo(retry_delay=delay))
-    return _to_grpc_status(status)
+    return status
 
 
-def _capped_message(error: errors.DomainError) -> str:
-    message = str(error)
-    if len(message) > MAX_MESSAGE_CHARS:
-        message = message[:MAX_MESSAGE_CHARS].rstrip() + " ..."
-    total = max(len(error.field_violations), len(error.precondition_violations))
-    if total > MAX_VIOLATIONS_SENT:
-        message += f" (the details name the first {MAX_VIOLATIONS_SENT} of {total})"
-    return message
+def _cut(text: str, max_bytes: int) -> str:
+    """`text`, cut to at most `max_bytes` of UTF-8 (and marked so) when longer."""
+    encoded = text.encode()
+    if len(encoded) <= max_bytes:
+        return text
+    return encoded[:max_bytes].decode(errors="ignore").rstrip() + " ..."
+
+
+def _trailer_bytes(status: status_pb2.Status) -> int:
+    """What the answer's trailers take: grpc-message, percent-encoded (3 bytes for each byte
+    past printable ASCII), and grpc-status-details-bin, in base64."""
+    message = status.message.encode()
+    encoded_message = sum(1 if 0x20 <= byte < 0x7F and byte != 0x25 else 3 for byte in message)
+    return encoded_message + (len(status.SerializeToString()) + 2) // 3 * 4
 
 
 def _add_detail(status: status_pb2.Status, detail: Message) -> None:

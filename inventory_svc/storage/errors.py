@@ -9,10 +9,16 @@ from inventory_svc.domain import DatabaseUnavailable
 from servicekit.errors import Unavailable
 
 
+def sqlstate(error: DBAPIError) -> str | None:
+    """PostgreSQL's code of the error (psycopg2 calls it pgcode, psycopg 3 sqlstate); None on SQLite."""
+    code = getattr(error.orig, "pgcode", None) or getattr(error.orig, "sqlstate", None)
+    return str(code) if code is not None else None
+
+
 def is_unique_violation(error: IntegrityError) -> bool:
-    pgcode = getattr(error.orig, "pgcode", None)
-    if pgcode is not None:
-        return bool(pgcode == "23505")
+    code = sqlstate(error)
+    if code is not None:
+        return code == "23505"
     return "UNIQUE constraint failed" in str(error.orig)
 
 
@@ -25,8 +31,9 @@ def unavailable_for(error: BaseException | None) -> Unavailable | None:
     if isinstance(error, OperationalError) and "database is locked" in str(error.orig):
         # SQLite's busy timeout ran out behind another writer.
         return DatabaseUnavailable("the database is busy; try again")
-    if isinstance(error, OperationalError) and getattr(error.orig, "pgcode", None) in _UNDONE_BY_POSTGRESQL:
-        # Writers lock items in id order so that this never happens; if it does, nothing was kept.
+    if isinstance(error, OperationalError) and sqlstate(error) in _UNDONE_BY_POSTGRESQL:
+        # Writers take their locks in one order so that this should not happen; if it does,
+        # nothing was kept.
         return DatabaseUnavailable("the database undid this call to break a deadlock: nothing was written; try again")
     return None
 

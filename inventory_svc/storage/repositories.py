@@ -45,6 +45,11 @@ class SqlItemRepository:
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
 
+    def lock_new_ids(self) -> None:
+        """Takes, until the transaction ends, the lock that keeps new items' ids in commit
+        order (add() takes it too; taking it twice is free)."""
+        lock_id_order(self._connection, ITEM_IDS_LOCK)
+
     def add(self, fields: ItemFields) -> Item:
         now = utcnow()
         statement = (

@@ -37,7 +37,7 @@ from inventory_svc.domain import Item, ItemFields, Money
 from inventory_svc.reservation_rules import ENDINGS, Reservation, ReservationLine, ReservationState
 from inventory_svc.stock import LowStockChange, MovementReason
 from inventory_svc.storage import queries, reservation_writes
-from inventory_svc.storage.errors import is_unique_violation, lost_while_writing
+from inventory_svc.storage.errors import is_unique_violation, lost_while_writing, sqlstate
 from inventory_svc.storage.queries import utcnow
 from inventory_svc.storage.rows import item_from_row, reservation_to_values, row_values
 from inventory_svc.storage.tables import (
@@ -222,7 +222,7 @@ class SqlWritesAtOnce:
         except DBAPIError as error:
             if isinstance(error, IntegrityError) and is_unique_violation(error):
                 return None  # the statement failed as a whole: nothing was written
-            if getattr(error.orig, "pgcode", None) in _WROTE_NOTHING:
+            if sqlstate(error) in _WROTE_NOTHING:
                 return None
             if error.connection_invalidated:
                 raise lost_while_writing("writing") from error  # after the statement was sent

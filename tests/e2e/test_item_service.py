@@ -620,3 +620,17 @@ def test_text_search_folds_case_beyond_ascii(items_stub):
 
     assert listed_skus(items_stub, query="école") == ["FR-1"]
     assert listed_skus(items_stub, name_contains="grüner") == ["DE-1"]
+
+
+@pytest.mark.parametrize("path", ["x" * 10_000, "é" * 1_000, "一" * 1_000])
+def test_a_long_update_mask_path_is_invalid_argument_not_an_oversized_answer(items_stub, path):
+    # Echoed back whole, the path would make trailers past the 8 KiB a client accepts: it
+    # would see RESOURCE_EXHAUSTED instead of what was wrong.
+    item = create(items_stub)
+
+    error = rpc_error(
+        items_stub.UpdateItem, pb.UpdateItemRequest(item=pb.Item(id=item.id), update_mask={"paths": [path]})
+    )
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(error) == ["update_mask"]

@@ -213,12 +213,28 @@ def test_a_typed_client_reads_back_every_reason_and_detail(cls):
     assert str(received) == str(sent)
 
 
+def trailer_bytes(status: grpc.Status) -> int:
+    """What the answer's trailers take on the wire: grpc-message percent-encoded, the rest as sent."""
+    message = status.details.encode()
+    encoded = sum(1 if 0x20 <= byte < 0x7F and byte != 0x25 else 3 for byte in message)
+    return encoded + sum(len(key) + len(value) for key, value in status.trailing_metadata)
+
+
 def test_an_answer_naming_many_items_stays_within_the_trailers_a_client_accepts():
-    short = [ShortLine(10**18 + n, 5, 2) for n in range(100)]
+    short = [ShortLine(10**18 + n, 2**31 - 1, 2) for n in range(100)]
 
     status = to_rpc_status(InsufficientStock(short), "inventory.v1")
 
-    trailers = sum(len(key) + len(value) for key, value in status.trailing_metadata)
-    assert trailers + len(status.details.encode()) < 8192  # grpc's default soft limit
+    assert trailer_bytes(status) < 8192  # grpc's default soft limit
     assert len(details_of(InsufficientStock(short))["PreconditionFailure"].violations) == 20
     assert status.details.endswith("(the details name the first 20 of 100)")
+
+
+def test_long_text_far_from_ascii_in_every_violation_still_fits():
+    error = errors.InvalidField.of([errors.FieldViolation("é" * 1000, "一" * 1000)] * 100, message="💥" * 5000)
+
+    status = to_rpc_status(error, "inventory.v1")
+
+    assert trailer_bytes(status) < 8192
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert status.details.endswith("of 100)")
