@@ -161,6 +161,22 @@ class DatabaseUnavailable(Unavailable):
     reason = "DATABASE_UNAVAILABLE"
 
 
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+
+
+def check_id(value: int, field: str) -> None:
+    if value <= 0:
+        raise InvalidField(field, "must be greater than zero")
+
+
+def page_limit(page_size: int) -> int:
+    """A listing's page size: 0 means the default, more than the most is clamped."""
+    if page_size < 0:
+        raise InvalidField("page_size", "must be zero or more")
+    return min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
 def check_text(field: str, value: str, max_length: int, required: bool = False) -> None:
     if "\x00" in value:
         raise InvalidField(field, "must not contain NUL characters")

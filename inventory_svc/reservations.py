@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from inventory_svc.domain import MAX_QUANTITY_VALUE, Item, ItemNotFound, Page
+from inventory_svc.domain import MAX_QUANTITY_VALUE, Item, ItemNotFound, Page, check_id, page_limit
 from inventory_svc.idempotency import canonical_request_id, replay, request_fingerprint
 from inventory_svc.item_cache import ItemCache
 from inventory_svc.ports import UnitOfWork, UnitOfWorkFactory
@@ -33,19 +33,12 @@ from inventory_svc.stock import MovementReason, movement_between
 from servicekit.errors import InvalidField
 from servicekit.page_tokens import PagePosition, decode_page_token, encode_page_token, query_fingerprint
 
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
 # Reservations one sweep expires in one transaction.
 SWEEP_BATCH = 100
 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _check_id(reservation_id: int, field: str = "id") -> None:
-    if reservation_id <= 0:
-        raise InvalidField(field, "must be greater than zero")
 
 
 class ReservationService:
@@ -160,7 +153,7 @@ class ReservationService:
     def _end(
         self, reservation_id: int, state: ReservationState, method: str, principal: str, request_id: str
     ) -> Reservation:
-        _check_id(reservation_id)
+        check_id(reservation_id, "id")
         request_id = canonical_request_id(request_id)
         ended = None
         with self._unit_of_work(for_write=True, at_once=True) as uow:
@@ -206,7 +199,7 @@ class ReservationService:
 
     def extend(self, reservation_id: int, ttl: timedelta | None) -> Reservation:
         """The reservation now expires `ttl` from now."""
-        _check_id(reservation_id)
+        check_id(reservation_id, "id")
         if ttl is None:
             raise InvalidField("ttl", "is required")
         ttl = check_ttl(ttl)
@@ -319,7 +312,7 @@ class ReservationService:
             self._cache.invalidate(line.item_id)  # now: this replica's readers see their own write
 
     def get(self, reservation_id: int) -> Reservation:
-        _check_id(reservation_id)
+        check_id(reservation_id, "id")
         with self._unit_of_work() as uow:
             reservation = uow.reservations.get(reservation_id)
         if reservation is None:
@@ -328,9 +321,7 @@ class ReservationService:
 
     def list(self, query: ReservationQuery, page_size: int, page_token: str) -> Page[Reservation]:
         query.check()
-        if page_size < 0:
-            raise InvalidField("page_size", "must be zero or more")
-        limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        limit = page_limit(page_size)
         fingerprint = query_fingerprint("reservations", query)
         after_id = decode_page_token(page_token, fingerprint).after_id if page_token else 0
         with self._unit_of_work() as uow:

@@ -18,7 +18,9 @@ from inventory_svc.domain import (
     ItemQuery,
     Page,
     apply_changes,
+    check_id,
     check_text,
+    page_limit,
     validate_item_fields,
 )
 from inventory_svc.idempotency import canonical_request_id, replay, request_fingerprint
@@ -38,18 +40,11 @@ from inventory_svc.watches import LowStockSignal, LowStockWatches
 from servicekit.errors import DomainError, FieldChecks, InvalidField
 from servicekit.page_tokens import PagePosition, decode_page_token, encode_page_token, query_fingerprint
 
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
 # Optimistic update attempts when the caller sent no etag and others keep changing the item.
 UPDATE_ATTEMPTS = 3
 MAX_BATCH_SIZE = 100
 DEFAULT_REQUEST_ID_TTL_S = 24 * 3600.0
 MAX_VERSION = 2**31 - 1  # an item's version, and so its etag, is a 32-bit counter
-
-
-def _check_id(item_id: int, field: str) -> None:
-    if item_id <= 0:
-        raise InvalidField(field, "must be greater than zero")
 
 
 def _version_from_etag(etag: str, field: str) -> int:
@@ -63,12 +58,6 @@ def _request_parts(change: StockChange) -> tuple[object, ...]:
     """What a request_id of AdjustQuantity is stored with (kept as it was before StockChange,
     so that keys stored by an earlier release still match their retries)."""
     return (change.item_id, change.delta, change.set_to, change.reason, change.note)
-
-
-def _page_limit(page_size: int) -> int:
-    if page_size < 0:
-        raise InvalidField("page_size", "must be zero or more")
-    return min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
 class ItemService:
@@ -158,8 +147,8 @@ class ItemService:
         return [found[item_id] for item_id in item_ids]
 
     def list_stock_movements(self, item_id: int, page_size: int, page_token: str) -> Page[StockMovement]:
-        _check_id(item_id, "item_id")
-        limit = _page_limit(page_size)
+        check_id(item_id, "item_id")
+        limit = page_limit(page_size)
         fingerprint = query_fingerprint("stock-movements", item_id)
         before_id = decode_page_token(page_token, fingerprint).after_id if page_token else None
         with self._unit_of_work() as uow:
@@ -178,7 +167,7 @@ class ItemService:
 
     def cached_item(self, item_id: int) -> Item | None:
         """The item if the cache holds it: no database, nothing that blocks."""
-        _check_id(item_id, "id")
+        check_id(item_id, "id")
         return self._cache.get(item_id)
 
     def get_item(self, item_id: int) -> Item:
@@ -211,7 +200,7 @@ class ItemService:
         return self._page("low-stock", query, page_size, page_token)
 
     def update_item(self, item_id: int, changes: Mapping[str, Any], etag: str, *, principal: str = "") -> Item:
-        _check_id(item_id, "item.id")
+        check_id(item_id, "item.id")
         expected_version = _version_from_etag(etag, "item.etag") if etag else None
         for _ in range(UPDATE_ATTEMPTS):
             with self._unit_of_work(for_write=True) as uow:
@@ -235,7 +224,7 @@ class ItemService:
         raise ItemKeptChanging(item_id)
 
     def delete_item(self, item_id: int, etag: str, *, principal: str = "") -> None:
-        _check_id(item_id, "id")
+        check_id(item_id, "id")
         expected_version = _version_from_etag(etag, "etag") if etag else None
         with self._unit_of_work(for_write=True) as uow:
             deleted = uow.items.delete(item_id, expected_version)
@@ -384,7 +373,7 @@ class ItemService:
         return items
 
     def _page(self, kind: str, query: ItemQuery, page_size: int, page_token: str) -> Page[Item]:
-        limit = _page_limit(page_size)
+        limit = page_limit(page_size)
         fingerprint = query_fingerprint(kind, query)
         # The total is counted on the first page only and carried by the token: counting
         # every match again costs more than the page itself on a large table.
