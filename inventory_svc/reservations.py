@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from inventory_svc.domain import MAX_QUANTITY_VALUE, Item, ItemNotFound, Page, check_id, page_limit
 from inventory_svc.idempotency import canonical_request_id, replay, request_fingerprint
 from inventory_svc.item_cache import ItemCache
+from inventory_svc.ledger import record_movement
 from inventory_svc.ports import UnitOfWork, UnitOfWorkFactory
 from inventory_svc.reservation_rules import (
     ENDINGS,
@@ -29,7 +30,7 @@ from inventory_svc.reservation_rules import (
     check_lines,
     check_ttl,
 )
-from inventory_svc.stock import MovementReason, movement_between
+from inventory_svc.stock import MovementReason
 from servicekit.errors import InvalidField
 from servicekit.page_tokens import PagePosition, decode_page_token, encode_page_token, query_fingerprint
 
@@ -126,7 +127,15 @@ class ReservationService:
         reservation = uow.reservations.add(lines, reference, principal, now, now + ttl)
         for line, after in held:
             before = replace(after, reserved_quantity=after.reserved_quantity - line.quantity)
-            self._record(uow, before, after, MovementReason.RESERVED, reservation.id, principal, request_id)
+            record_movement(
+                uow,
+                before,
+                after,
+                MovementReason.RESERVED,
+                principal=principal,
+                request_id=request_id,
+                reservation_id=reservation.id,
+            )
         if request_id:
             uow.request_ids.complete(request_id, reservation)
         uow.commit()
@@ -285,27 +294,13 @@ class ReservationService:
             moved.append((before, after, reservation))
         for before, after, reservation in moved:
             who = reservation.principal if principal is None else principal
-            self._record(uow, before, after, ending.reason, reservation.id, who, request_id)
+            record_movement(
+                uow, before, after, ending.reason, principal=who, request_id=request_id, reservation_id=reservation.id
+            )
         now = self._clock()
         for reservation in reservations:
             uow.reservations.set_state(reservation.id, state, now)
         return [replace(reservation, state=state, update_time=now) for reservation in reservations]
-
-    @staticmethod
-    def _record(
-        uow: UnitOfWork,
-        before: Item,
-        after: Item,
-        reason: MovementReason,
-        reservation_id: int,
-        principal: str,
-        request_id: str,
-    ) -> None:
-        movement = movement_between(
-            before, after, reason, principal=principal, request_id=request_id, reservation_id=reservation_id
-        )
-        if movement is not None:
-            uow.movements.add(movement)
 
     def _forget(self, lines: Sequence[ReservationLine]) -> None:
         for line in lines:

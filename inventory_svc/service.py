@@ -25,6 +25,7 @@ from inventory_svc.domain import (
 )
 from inventory_svc.idempotency import canonical_request_id, replay, request_fingerprint
 from inventory_svc.item_cache import ItemCache
+from inventory_svc.ledger import record_movement
 from inventory_svc.ports import UnitOfWork, UnitOfWorkFactory
 from inventory_svc.reservations import ReservationService
 from inventory_svc.stock import (
@@ -33,7 +34,6 @@ from inventory_svc.stock import (
     StockMovement,
     StockReserved,
     checked_stock_change,
-    movement_between,
     stock_refusal,
 )
 from inventory_svc.watches import LowStockSignal, LowStockWatches
@@ -83,21 +83,6 @@ class ItemService:
             max_watches_per_subject=max_watches_per_subject,
         )
 
-    @staticmethod
-    def _record(
-        uow: UnitOfWork,
-        before: Item | None,
-        after: Item | None,
-        reason: MovementReason,
-        *,
-        note: str = "",
-        principal: str = "",
-        request_id: str = "",
-    ) -> None:
-        movement = movement_between(before, after, reason, note=note, principal=principal, request_id=request_id)
-        if movement is not None:
-            uow.movements.add(movement)
-
     def create_item(self, fields: ItemFields, *, principal: str = "", request_id: str = "") -> Item:
         validate_item_fields(fields)
         request_id = canonical_request_id(request_id)
@@ -128,7 +113,7 @@ class ItemService:
         if replayed is not None:
             return replayed
         item = uow.items.add(fields)
-        self._record(uow, None, item, MovementReason.ITEM_CREATED, principal=principal, request_id=request_id)
+        record_movement(uow, None, item, MovementReason.ITEM_CREATED, principal=principal, request_id=request_id)
         if request_id:
             uow.request_ids.complete(request_id, item)
         uow.commit()
@@ -215,7 +200,7 @@ class ItemService:
                     raise StockReserved(item_id, current.reserved_quantity)
                 updated = uow.items.replace_fields(item_id, current.version, fields)
                 if updated is not None:
-                    self._record(uow, current, updated, MovementReason.ITEM_UPDATED, principal=principal)
+                    record_movement(uow, current, updated, MovementReason.ITEM_UPDATED, principal=principal)
                     uow.commit()
                     self._cache.invalidate(item_id)  # now: this replica's readers must see their own write
                     return updated
@@ -235,7 +220,7 @@ class ItemService:
                 if expected_version is not None and current.version != expected_version:
                     raise EtagMismatch(item_id, etag)
                 raise ItemHasReservations(item_id, current.reserved_quantity)
-            self._record(uow, deleted, None, MovementReason.ITEM_DELETED, principal=principal)
+            record_movement(uow, deleted, None, MovementReason.ITEM_DELETED, principal=principal)
             uow.commit()
         self._cache.invalidate(item_id)
 
@@ -320,7 +305,7 @@ class ItemService:
         self, uow: UnitOfWork, before: Item, after: Item, change: StockChange, principal: str, request_id: str
     ) -> None:
         reason = change.reason or MovementReason.OTHER
-        self._record(uow, before, after, reason, note=change.note, principal=principal, request_id=request_id)
+        record_movement(uow, before, after, reason, note=change.note, principal=principal, request_id=request_id)
 
     def batch_adjust_quantities(
         self, changes: Sequence[StockChange], *, principal: str = "", request_id: str = ""
