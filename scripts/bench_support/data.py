@@ -386,3 +386,21 @@ class PostgresCounters:
     def close(self) -> None:
         self._connection.close()
         self._engine.dispose()
+
+
+def ledger_row(item: Any, now: datetime, **values: Any) -> dict[str, Any]:
+    """A stock_movements row of the bench's own making for `item`, as the service writes one
+    (no low-stock event, principal "bench"); `values` gives the rest."""
+    return {
+        "item_id": item.id,
+        "sku": item.sku,
+        "low_stock_change": 0,
+        "low_stock_threshold": item.low_stock_threshold,
+        "customer_id": item.customer_id,
+        "category": item.category,
+        "note": "",
+        "principal": "bench",
+        "request_id": "",
+        "create_time": now,
+        **values,
+    }

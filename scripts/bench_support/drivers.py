@@ -98,24 +98,16 @@ def _utcnow() -> datetime:
 def _movement(item: Item, delta: int) -> dict[str, Any]:
     """The ledger row of an adjustment, as SqlStockMovementRepository.add writes it (no
     low-stock event: the adjusted items hold far more than their threshold)."""
-    return {
-        "item_id": item.id,
-        "sku": item.sku,
-        "delta": delta,
-        "quantity_after": item.quantity,
-        "reason": MovementReason.CORRECTION.value,
-        "low_stock_change": 0,
-        "low_stock_threshold": item.low_stock_threshold,
-        "customer_id": item.customer_id,
-        "category": item.category,
-        "note": "",
-        "principal": "bench",
-        "request_id": "",
-        "create_time": _utcnow(),
-        "reserved_delta": 0,
-        "reserved_after": item.reserved_quantity,
-        "reservation_id": None,
-    }
+    return data.ledger_row(
+        item,
+        _utcnow(),
+        delta=delta,
+        quantity_after=item.quantity,
+        reason=MovementReason.CORRECTION.value,
+        reserved_delta=0,
+        reserved_after=item.reserved_quantity,
+        reservation_id=None,
+    )
 
 
 def _adjustment(item_id: int, delta: int) -> dict[str, Any]:

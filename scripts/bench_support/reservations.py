@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
 
-from bench_support.data import Database, connect
+from bench_support.data import Database, connect, ledger_row
 from inventory_svc.reservation_rules import ReservationState
 from inventory_svc.stock import MovementReason
 from inventory_svc.storage.tables import (
@@ -37,22 +37,6 @@ ACTIVE = ReservationState.ACTIVE.value
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _ledger_row(item: Any, now: datetime, **values: Any) -> dict[str, Any]:
-    return {
-        "item_id": item.id,
-        "sku": item.sku,
-        "low_stock_change": 0,
-        "low_stock_threshold": item.low_stock_threshold,
-        "customer_id": item.customer_id,
-        "category": item.category,
-        "note": "",
-        "principal": "bench",
-        "request_id": "",
-        "create_time": now,
-        **values,
-    }
 
 
 def _set_reserved(connection: Any, reserved: dict[int, int], now: datetime) -> None:
@@ -89,7 +73,7 @@ def top_up(database: Database, item_ids: list[int]) -> None:
                     continue
                 changes.append({"item_id": item.id, "new_quantity": quantity, "now": now})
                 ledger.append(
-                    _ledger_row(
+                    ledger_row(
                         item,
                         now,
                         delta=quantity - item.quantity,
@@ -155,7 +139,7 @@ def add_confirmable(database: Database, item_ids: list[int], count: int, seed: i
             for reservation_id, item_id in zip(reservation_ids, picked, strict=True):
                 reserved[item_id] += 1
                 ledger.append(
-                    _ledger_row(
+                    ledger_row(
                         state[item_id],
                         now,
                         delta=0,
@@ -280,7 +264,7 @@ def expire_left(database: Database) -> int:
                 item = state[row.item_id]
                 reserved[row.item_id] -= row.quantity
                 ledger.append(
-                    _ledger_row(
+                    ledger_row(
                         item,
                         now,
                         delta=0,

@@ -151,11 +151,16 @@ def build_workloads(
 
         return check
 
+    # The null servers answer any id alike; the real ones get a random active id per h2load process.
+    get_item_1 = h2load.Load(ITEM_SERVICE + "GetItem", [frame(pb.GetItemRequest(id=1))])
+    get_items = h2load.Load(
+        ITEM_SERVICE + "GetItem", [frame(pb.GetItemRequest(id=i)) for i in fixtures.item_ids], inventory_token
+    )
     workloads = [
         Workload(
             "null server (threads) GetItem",
             "null server (threads)",
-            h2load.Load(ITEM_SERVICE + "GetItem", [frame(pb.GetItemRequest(id=1))]),
+            get_item_1,
             pb.GetItemResponse,
             get_item,
             ("null server (threads)",),
@@ -164,7 +169,7 @@ def build_workloads(
         Workload(
             "null server (grpc.aio) GetItem",
             "null server (grpc.aio)",
-            h2load.Load(ITEM_SERVICE + "GetItem", [frame(pb.GetItemRequest(id=1))]),
+            get_item_1,
             pb.GetItemResponse,
             get_item,
             ("null server (grpc.aio)",),
@@ -173,7 +178,7 @@ def build_workloads(
         Workload(
             NULL_AIO_CLIENT,
             "null server (grpc.aio)",
-            h2load.Load(ITEM_SERVICE + "GetItem", [frame(pb.GetItemRequest(id=1))]),
+            get_item_1,
             pb.GetItemResponse,
             get_item,
             ("null server (grpc.aio)",),
@@ -183,9 +188,7 @@ def build_workloads(
         Workload(
             "GetItem",
             "inventory",
-            h2load.Load(
-                ITEM_SERVICE + "GetItem", [frame(pb.GetItemRequest(id=i)) for i in fixtures.item_ids], inventory_token
-            ),
+            get_items,
             pb.GetItemResponse,
             get_item,
             ("inventory",),
@@ -195,11 +198,7 @@ def build_workloads(
             Workload(
                 name,
                 name,
-                h2load.Load(
-                    ITEM_SERVICE + "GetItem",
-                    [frame(pb.GetItemRequest(id=i)) for i in fixtures.item_ids],
-                    inventory_token,
-                ),
+                get_items,
                 pb.GetItemResponse,
                 get_item,
                 (name,),
@@ -210,9 +209,7 @@ def build_workloads(
         Workload(
             "GetItem while 1,000 header-only streams are held",
             "inventory",
-            h2load.Load(
-                ITEM_SERVICE + "GetItem", [frame(pb.GetItemRequest(id=i)) for i in fixtures.item_ids], inventory_token
-            ),
+            get_items,
             pb.GetItemResponse,
             get_item,
             ("inventory",),
@@ -222,9 +219,7 @@ def build_workloads(
         Workload(
             "GetItem of subject B, subject A searching",
             "inventory",
-            h2load.Load(
-                ITEM_SERVICE + "GetItem", [frame(pb.GetItemRequest(id=i)) for i in fixtures.item_ids], inventory_token
-            ),
+            get_items,
             pb.GetItemResponse,
             get_item,
             ("inventory",),
