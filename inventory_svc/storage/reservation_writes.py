@@ -76,10 +76,10 @@ WITH wanted AS (
     FROM unnest(:item_ids, :quantities) WITH ORDINALITY AS w(item_id, quantity, position)
 ), locked AS MATERIALIZED (
     SELECT items.id, items.quantity - items.reserved_quantity AS available
-    FROM items JOIN wanted ON items.id = wanted.item_id
+    FROM items
     WHERE items.id = ANY(ARRAY(SELECT item_id FROM wanted))
     ORDER BY items.id
-    FOR UPDATE OF items
+    FOR UPDATE
 ), enough AS MATERIALIZED (
     SELECT count(*) = :line_count AS ok
     FROM locked JOIN wanted ON locked.id = wanted.item_id
@@ -151,7 +151,7 @@ WITH ended AS (
     SELECT items.id FROM items
     WHERE items.id = ANY(ARRAY(SELECT item_id FROM wanted))
     ORDER BY items.id
-    FOR UPDATE OF items
+    FOR UPDATE
 ), all_locked AS MATERIALIZED (
     SELECT count(*) AS locked FROM locked
 ), changed AS (
